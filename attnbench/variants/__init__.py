@@ -1,0 +1,38 @@
+"""Every built-in variant, one module per family, registered on import."""
+
+from __future__ import annotations
+
+from attnbench.variants import exact  # noqa: F401
+from attnbench.variants.layer import AttentionCore, AttentionLayer, ProjectedAttention
+from attnbench.variants.registry import (
+    VariantInfo,
+    build,
+    register,
+    unregister,
+    variant_info,
+    variant_names,
+)
+
+__all__ = ["AttentionCore", "AttentionLayer", "ProjectedAttention", "VariantInfo", "build",
+           "register", "unregister", "variant_info", "variant_names", "load_plugins"]
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register variants that installed packages declare under the entry-point
+    group ``attnbench.variants`` (once per process)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="attnbench.variants"):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plugin must not break the tool
+            import warnings
+
+            warnings.warn(f"attnbench plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
+                          stacklevel=2)

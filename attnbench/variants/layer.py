@@ -1,0 +1,137 @@
+"""Shared pieces of every attention layer.
+
+Two base classes:
+
+* ``AttentionCore``: the mechanism proper, ``core(q, k, v) -> out`` on tensors
+  of shape (batch, heads, seq_len, head_dim). Most variants are only a core;
+  ``ProjectedAttention`` wraps one in the usual q/k/v and output projections.
+* ``AttentionLayer``: a whole layer ``x (batch, seq_len, dim) -> same``, for
+  mechanisms that do not compute attention from q, k, v (Fastformer, AFT,
+  convolutions) and for the wrapper itself.
+
+FLOPs convention (used by every variant, see README): a matrix product of
+(m x k) by (k x n) costs 2*m*n*k; a softmax costs 5 FLOPs per element (max,
+subtract, exp, sum, divide); other element-wise work costs 1 FLOP per element
+and operation where it is part of the mechanism. ``flops()`` is one forward
+pass; the runner takes backward = 2 x forward and forward_backward = 3 x forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SOFTMAX_FLOPS_PER_ELEMENT = 5
+
+
+def matmul_flops(m: int, n: int, k: int) -> int:
+    """FLOPs of an (m x k) @ (k x n) product."""
+    return 2 * m * n * k
+
+
+def softmax_flops(elements: int) -> int:
+    return SOFTMAX_FLOPS_PER_ELEMENT * elements
+
+
+def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
+    """An nn.Linear applied to ``tokens`` vectors (bias ignored)."""
+    return matmul_flops(tokens, d_out, d_in)
+
+
+def check_dims(dim: int, heads: int, seq_len: int) -> int:
+    """Validate the common layer arguments and return head_dim."""
+    for name, value in (("dim", dim), ("heads", heads), ("seq_len", seq_len)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if dim % heads:
+        raise ValueError(f"heads ({heads}) must divide dim ({dim})")
+    return dim // heads
+
+
+def causal_mask(n_q: int, n_k: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean mask, True where query i may see key j (j <= i)."""
+    i = torch.arange(n_q, device=device)[:, None]
+    j = torch.arange(n_k, device=device)[None, :]
+    return j <= i
+
+
+class AttentionCore(nn.Module):
+    """q, k, v (batch, heads, seq_len, head_dim) -> out of the same shape.
+
+    Subclasses take ``heads, head_dim, seq_len, causal`` and their own keyword
+    parameters; the registry reads the parameters and defaults from the
+    constructor's signature, so defaults live in one place.
+    """
+
+    #: the core uses q as its keys (Reformer); the wrapper then projects no k.
+    shared_qk: bool = False
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        self.seq_len = seq_len
+        self.causal = causal
+        self.scale = head_dim ** -0.5
+
+    def flops(self, batch: int, seq_len: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AttentionLayer(nn.Module):
+    """x (batch, seq_len, dim) -> (batch, seq_len, dim).
+
+    Layers built around an ``AttentionCore`` expose it as ``layer.core``.
+    """
+
+    def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False) -> None:
+        super().__init__()
+        self.head_dim = check_dims(dim, heads, seq_len)
+        self.dim = dim
+        self.heads = heads
+        self.seq_len = seq_len
+        self.causal = causal
+
+    def flops(self, batch: int, seq_len: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, dim) -> (B, H, N, d)."""
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, d) -> (B, N, dim)."""
+        b, h, n, d = t.shape
+        return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+class ProjectedAttention(AttentionLayer):
+    """The standard multi-head layer around a core: fused q/k/v projection,
+    the core, then the output projection."""
+
+    def __init__(self, core: AttentionCore, dim: int, heads: int, seq_len: int,
+                 causal: bool = False) -> None:
+        super().__init__(dim, heads, seq_len, causal)
+        self.core = core
+        self.n_proj = 2 if core.shared_qk else 3
+        self.qkv = nn.Linear(dim, self.n_proj * dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.qkv.weight, gain=1 / math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        parts = self.qkv(x).view(b, n, self.n_proj, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.n_proj == 2:
+            q, v = parts[0], parts[1]
+            k = q
+        else:
+            q, k, v = parts[0], parts[1], parts[2]
+        return self.out(self.merge_heads(self.core(q, k, v)))
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        tokens = batch * seq_len
+        proj = linear_flops(tokens, self.dim, self.n_proj * self.dim) + linear_flops(tokens, self.dim, self.dim)
+        return proj + self.core.flops(batch, seq_len)
