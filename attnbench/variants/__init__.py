@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attnbench.variants import exact  # noqa: F401
+from attnbench.variants import exact, fastformer, lowrank  # noqa: F401
 from attnbench.variants.layer import AttentionCore, AttentionLayer, ProjectedAttention
 from attnbench.variants.registry import (
     VariantInfo,
