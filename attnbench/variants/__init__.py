@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from attnbench.variants import exact, fastformer, lowrank  # noqa: F401
+import importlib
+
 from attnbench.variants.layer import AttentionCore, AttentionLayer, ProjectedAttention
 from attnbench.variants.registry import (
     VariantInfo,
@@ -15,6 +16,12 @@ from attnbench.variants.registry import (
 
 __all__ = ["AttentionCore", "AttentionLayer", "ProjectedAttention", "VariantInfo", "build",
            "register", "unregister", "variant_info", "variant_names", "load_plugins"]
+
+# One module per family; import order is the order of `attnbench list`.
+FAMILY_MODULES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer",
+                  "fastformer", "aft", "conv")
+for _module in FAMILY_MODULES:
+    importlib.import_module(f"attnbench.variants.{_module}")
 
 _plugins_loaded = False
 

@@ -133,5 +133,6 @@ class ProjectedAttention(AttentionLayer):
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens = batch * seq_len
-        proj = linear_flops(tokens, self.dim, self.n_proj * self.dim) + linear_flops(tokens, self.dim, self.dim)
+        proj = (linear_flops(tokens, self.dim, self.n_proj * self.dim)
+                + linear_flops(tokens, self.dim, self.dim))
         return proj + self.core.flops(batch, seq_len)

@@ -1,0 +1,1 @@
+"""Attention Free Transformer (arXiv 2105.14103): full, simple and local modes."""

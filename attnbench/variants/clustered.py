@@ -1,0 +1,1 @@
+"""Clustering and learnable patterns: reformer (LSH), routing (k-means), sinkhorn (sorted blocks)."""

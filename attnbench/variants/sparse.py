@@ -1,0 +1,1 @@
+"""Sparse patterns: local (blocked sliding window), strided (Sparse Transformer), longformer, bigbird."""
