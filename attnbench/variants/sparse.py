@@ -1,1 +1,357 @@
-"""Sparse patterns: local (blocked sliding window), strided (Sparse Transformer), longformer, bigbird."""
+"""Sparse patterns: each query attends to a fixed subset of the keys.
+
+* ``local``: blocked sliding window, the local 1-D attention of the Image
+  Transformer (arXiv 1802.05751). The sequence is cut into blocks of w queries;
+  each block scores its own and its neighbouring key blocks (only the previous
+  one when causal) under an exact band mask |i − j| ≤ w.
+* ``strided``: the Sparse Transformer's strided pattern (arXiv 1904.10509):
+  the first ⌈H/2⌉ heads are local, the others strided.
+* ``longformer``: sliding band ±w/2 plus g global tokens (arXiv 2004.05150).
+* ``bigbird``: blocks of b seeing 3 sliding, 2 global and r random key blocks
+  (arXiv 2007.14062).
+
+None of them builds an N×N tensor: each computes small dense blocks (a block of
+queries against the few key blocks it may see), one batched matmul over all
+blocks, with one softmax over every key a query sees (so sub-patterns such as
+Longformer's band and its global columns share one normalisation). N that is
+not a multiple of the block is zero-padded; padded keys are masked and padded
+query rows dropped. Masks are built once per sequence length and cached.
+Causal variants use the non-causal pattern intersected with j ≤ i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
+from attnbench.variants.registry import ceil_sqrt, register
+
+Tensor = torch.Tensor
+
+
+def _check_int(variant: str, name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{variant} {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _attend_flops(rows: int, keys: int, d: int) -> int:
+    """Scores, softmax and weighted sum for ``rows`` queries against ``keys`` keys each."""
+    return matmul_flops(rows, keys, d) + softmax_flops(rows * keys) + matmul_flops(rows, d, keys)
+
+
+def _pad_to(t: Tensor, length: int) -> Tensor:
+    """Zero-pad the sequence dim (-2) of (..., N, d) up to ``length``."""
+    return t if t.shape[-2] == length else F.pad(t, (0, 0, 0, length - t.shape[-2]))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
+    """softmax(q kᵀ) v with ``blocked`` (True = may not attend) masked; q is pre-scaled.
+
+    Masked logits get the dtype's lowest finite value, not -inf, so that a row
+    with nothing to see (a padded query) stays finite instead of NaN.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if blocked is not None:
+        scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
+    # Normalise in float32 at least: half-precision exp sums lose digits.
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+class _SparseCore(AttentionCore):
+    """A core with a small cache of masks / patterns keyed by sequence length and device."""
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self._cache: dict[tuple, object] = {}
+
+    def _cached(self, key: tuple, make: Callable[[], object]) -> object:
+        if key not in self._cache:
+            if len(self._cache) >= 8:
+                self._cache.clear()
+            self._cache[key] = make()
+        return self._cache[key]
+
+
+# --------------------------------------------------------------------------- band
+
+
+def _band_geometry(n: int, block: int, lo: int, hi: int) -> tuple[int, int, int]:
+    """Blocks of ``block`` queries seeing keys i − lo ≤ j ≤ i + hi: (blocks, back, ahead),
+    the number of key blocks looked at before and after a query block's own."""
+    n_blocks = -(-n // block)
+    back = min(-(-lo // block), n_blocks - 1)
+    ahead = min(-(-hi // block), n_blocks - 1)
+    return n_blocks, back, ahead
+
+
+def _band_mask(n: int, block: int, lo: int, hi: int, n_global: int, causal: bool,
+               device: torch.device) -> Tensor:
+    """(blocks, block, width + n_global), True where query i may NOT see key j. Band keys
+    j ∉ [i − lo, i + hi], padding and the global tokens (j < n_global, which come
+    separately as the last n_global columns) are blocked."""
+    n_blocks, back, ahead = _band_geometry(n, block, lo, hi)
+    width = (back + 1 + ahead) * block
+    i = torch.arange(n_blocks * block, device=device).view(n_blocks, block, 1)
+    j = (torch.arange(n_blocks, device=device).view(n_blocks, 1, 1) - back) * block \
+        + torch.arange(width, device=device)
+    rel = j - i
+    blocked = (rel < -lo) | (rel > hi) | (j < n_global) | (j >= n)
+    if n_global:
+        g = torch.arange(n_global, device=device)
+        g_blocked = (g > i) if causal else torch.zeros_like(g > i)
+        blocked = torch.cat([blocked, g_blocked.expand(n_blocks, block, n_global)], dim=-1)
+    return blocked
+
+
+def _band_attention(core: _SparseCore, q: Tensor, k: Tensor, v: Tensor, block: int, lo: int,
+                    hi: int, n_global: int = 0) -> Tensor:
+    """Attention of (B, H, N, d) under the band i − lo ≤ j ≤ i + hi (plus the first
+    ``n_global`` keys as extra columns of every block); q is pre-scaled."""
+    b, h, n, d = q.shape
+    n_blocks, back, ahead = _band_geometry(n, block, lo, hi)
+    width = (back + 1 + ahead) * block
+
+    def windows(t: Tensor) -> Tensor:
+        # (B, H, N, d) -> (B, H, blocks, width, d): each block's keys as an overlapping view
+        t = F.pad(t, (0, 0, back * block, (n_blocks + ahead) * block - n))
+        return t.unfold(-2, width, block).transpose(-1, -2)
+
+    keys, values = windows(k), windows(v)
+    if n_global:  # every block also sees the global tokens: extra columns, same softmax
+        glob = (b, h, n_blocks, n_global, d)
+        keys = torch.cat([keys, k[:, :, None, :n_global].expand(glob)], dim=-2)
+        values = torch.cat([values, v[:, :, None, :n_global].expand(glob)], dim=-2)
+    blocked = core._cached(("band", n, block, lo, hi, n_global, q.device),
+                           lambda: _band_mask(n, block, lo, hi, n_global, core.causal, q.device))
+    queries = _pad_to(q, n_blocks * block).view(b, h, n_blocks, block, d)
+    out = _attend(queries, keys, values, blocked)
+    return out.view(b, h, n_blocks * block, d)[:, :, :n]
+
+
+def _band_flops(batch_heads: int, n: int, block: int, lo: int, hi: int, d: int,
+                n_global: int = 0) -> int:
+    n_blocks, back, ahead = _band_geometry(n, block, lo, hi)
+    keys = (back + 1 + ahead) * block + n_global
+    return batch_heads * _attend_flops(n_blocks * block, keys, d)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@register("local", family="sparse", paper="1802.05751", complexity="O(N·w·d)", causal=True)
+class LocalAttention(_SparseCore):
+    """Blocked sliding window: query i sees keys |i − j| ≤ window (j ≤ i when causal),
+    computed block by block, each block of w queries against 3 (causal: 2) key blocks."""
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 window: int = 256) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.window = _check_int("local", "window", window, 1)
+
+    def _geometry(self, n: int) -> tuple[int, int, int]:
+        return min(self.window, n), self.window, 0 if self.causal else self.window
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _band_attention(self, q * self.scale, k, v, *self._geometry(q.shape[-2]))
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        return _band_flops(batch * self.heads, seq_len, *self._geometry(seq_len), self.head_dim)
+
+
+@register("strided", family="sparse", paper="1904.10509", complexity="O(N·√N·d)", causal=True)
+class StridedAttention(_SparseCore):
+    """Sparse Transformer strided attention, stride l (⌈√N⌉ when None): the first ⌈H/2⌉
+    heads local, the others strided.
+
+    Causal (the paper's setting): local heads see i − l < j ≤ i, strided heads
+    (i − j) mod l = 0 with j ≤ i. Non-causal: local |i − j| < l, strided
+    (i − j) mod l = 0 in both directions. The strided heads reshape N → (N/l, l)
+    and transpose, so each residue class mod l is one contiguous group of N/l
+    tokens attending within itself: O(N·(N/l)·d) + O(N·l·d).
+
+    l ≥ N makes the local heads full attention (strided heads then see only
+    themselves); l = 1 makes the strided heads full attention. With one head
+    the layer is local only.
+    """
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 stride: int | None = None) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        if stride is not None:
+            _check_int("strided", "stride", stride, 1)
+        self.stride = stride
+        self.local_heads = heads - heads // 2
+
+    def _stride(self, n: int) -> int:
+        return min(self.stride if self.stride is not None else ceil_sqrt(n), n)
+
+    def _local_geometry(self, n: int) -> tuple[int, int, int]:
+        stride = self._stride(n)
+        return stride, stride - 1, 0 if self.causal else stride - 1
+
+    def _strided_mask(self, n: int, stride: int, device: torch.device) -> Tensor:
+        """(l, m, m), True where group member a may NOT see member c (position c·l + r)."""
+        groups = -(-n // stride)
+        a = torch.arange(groups, device=device).view(groups, 1)
+        c = torch.arange(groups, device=device).view(1, groups)
+        r = torch.arange(stride, device=device).view(stride, 1, 1)
+        blocked = c * stride + r >= n
+        return blocked | (c > a) if self.causal else blocked
+
+    def _strided(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        b, h, n, d = q.shape
+        stride = self._stride(n)
+        groups = -(-n // stride)
+
+        def regroup(t: Tensor) -> Tensor:  # (B, h, N, d) -> (B, h, l, N/l, d), one residue per row
+            return _pad_to(t, groups * stride).view(b, h, groups, stride, d).transpose(2, 3)
+
+        blocked = self._cached(("strided", n, stride, q.device),
+                               lambda: self._strided_mask(n, stride, q.device))
+        out = _attend(regroup(q), regroup(k), regroup(v), blocked)
+        return out.transpose(2, 3).reshape(b, h, groups * stride, d)[:, :, :n]
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q = q * self.scale
+        hl = self.local_heads
+        local = _band_attention(self, q[:, :hl], k[:, :hl], v[:, :hl],
+                                *self._local_geometry(q.shape[-2]))
+        if hl == self.heads:
+            return local
+        return torch.cat([local, self._strided(q[:, hl:], k[:, hl:], v[:, hl:])], dim=1)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        stride = self._stride(seq_len)
+        groups = -(-seq_len // stride)
+        strided_heads = self.heads - self.local_heads
+        return (_band_flops(batch * self.local_heads, seq_len, *self._local_geometry(seq_len),
+                            self.head_dim)
+                + batch * strided_heads * stride * _attend_flops(groups, groups, self.head_dim))
+
+
+@register("longformer", family="sparse", paper="2004.05150", complexity="O(N·(w+g)·d)", causal=True)
+class LongformerAttention(_SparseCore):
+    """Longformer: a sliding band |i − j| ≤ ⌊w/2⌋ plus the first g tokens global
+    (they attend to every token and every token attends to them).
+
+    The band is computed in blocks of ⌊w/2⌋ queries against 3 key blocks, with the
+    g global keys appended to every block's keys so one softmax normalises band and
+    global columns together; the g global rows are computed apart, (g × N).
+    Causal: the same pattern with j ≤ i. Full attention once ⌊w/2⌋ ≥ N − 1.
+    """
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 window: int = 512, global_tokens: int = 1) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.window = _check_int("longformer", "window", window, 1)
+        self.global_tokens = _check_int("longformer", "global_tokens", global_tokens, 0)
+
+    def _geometry(self, n: int) -> tuple[int, int, int]:
+        half = self.window // 2
+        return max(1, min(half, n)), half, 0 if self.causal else half
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        n = q.shape[-2]
+        g = min(self.global_tokens, n)
+        q = q * self.scale
+        band = _band_attention(self, q, k, v, *self._geometry(n), n_global=g)
+        if not g:
+            return band
+        blocked = None
+        if self.causal:
+            blocked = self._cached(("global", n, g, q.device), lambda: torch.arange(
+                n, device=q.device) > torch.arange(g, device=q.device)[:, None])
+        glob = _attend(q[:, :, :g], k, v, blocked)  # the global rows see every key
+        return torch.cat([glob, band[:, :, g:]], dim=2)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        g = min(self.global_tokens, seq_len)
+        bh = batch * self.heads
+        return (_band_flops(bh, seq_len, *self._geometry(seq_len), self.head_dim, n_global=g)
+                + bh * _attend_flops(g, seq_len, self.head_dim))
+
+
+@register("bigbird", family="sparse", paper="2007.14062", complexity="O(N·b·(5+r)·d)", causal=False)
+class BigBirdAttention(_SparseCore):
+    """BigBird (ITC): blocks of b; each query block sees its 3 sliding blocks, the
+    first and last block (global) and r random blocks (per head, drawn from the
+    other blocks with a generator seeded by ``seed``, the same on every call);
+    the first and last query blocks see every key.
+
+    Key blocks are gathered per query block, so one softmax covers all of them,
+    blocks seen twice (block 1's left neighbour is the global block 0) counted
+    once. As in the reference code, N ≤ (5 + 2r)·b is plain full attention
+    (at most (5 + 2r)·b keys per query, so the cost bound holds). Not causal.
+    """
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 block: int = 64, random_blocks: int = 3, seed: int = 0) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        if causal:
+            raise ValueError("bigbird does not support causal attention")
+        self.block = _check_int("bigbird", "block", block, 1)
+        self.random_blocks = _check_int("bigbird", "random_blocks", random_blocks, 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"bigbird seed must be an integer, got {seed!r}")
+        self.seed = seed
+
+    def is_full(self, n: int) -> bool:
+        return n <= (5 + 2 * self.random_blocks) * self.block
+
+    def key_blocks(self, n: int) -> tuple[Tensor, Tensor]:
+        """The pattern of the middle query blocks 1 … nb−2: block indices (H, nb−2, 5+r)
+        [left, self, right, first, last, random…] and whether each counts (False for a
+        duplicate of a global block). Deterministic given ``seed``."""
+        n_blocks = -(-n // self.block)
+        middle = torch.arange(1, n_blocks - 1)
+        fixed = torch.stack([middle - 1, middle, middle + 1, torch.zeros_like(middle),
+                             torch.full_like(middle, n_blocks - 1)], dim=1)
+        gen = torch.Generator().manual_seed(self.seed)
+        draw = torch.rand(self.heads, len(middle), n_blocks, generator=gen)
+        draw.scatter_(2, fixed.expand(self.heads, -1, -1), 2.0)  # never draw a fixed block
+        rand = draw.topk(self.random_blocks, dim=2, largest=False).indices
+        idx = torch.cat([fixed.expand(self.heads, -1, -1), rand], dim=2)
+        valid = torch.ones_like(idx, dtype=torch.bool)
+        valid[:, 0, 0] = False  # block 1's left neighbour is the first (global) block
+        valid[:, -1, 2] = False  # block nb−2's right neighbour is the last one
+        return idx, valid
+
+    def _pattern(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        idx, valid = self.key_blocks(n)
+        pos = idx[..., None] * self.block + torch.arange(self.block)  # (H, m, 5+r, b)
+        blocked = (~valid[..., None] | (pos >= n)).flatten(2)[:, :, None]  # (H, m, 1, keys)
+        return idx.to(device), blocked.to(device)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        b, h, n, d = q.shape
+        q = q * self.scale
+        if self.is_full(n):
+            return _attend(q, k, v, None)
+        blk = self.block
+        n_blocks = -(-n // blk)
+        idx, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
+        queries = _pad_to(q, n_blocks * blk).view(b, h, n_blocks, blk, d)
+        heads = torch.arange(h, device=q.device)[:, None, None]
+
+        def gather(t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, H, nb−2, (5+r)·b, d)
+            t = _pad_to(t, n_blocks * blk).view(b, h, n_blocks, blk, d)
+            return t[:, heads, idx].flatten(3, 4)
+
+        middle = _attend(queries[:, :, 1:-1], gather(k), gather(v), blocked)
+        # The first and last query blocks are global: they see all N keys.
+        glob = _attend(torch.cat([queries[:, :, 0], queries[:, :, -1]], dim=2), k, v, None)
+        out = torch.cat([glob[:, :, :blk], middle.flatten(2, 3), glob[:, :, blk:]], dim=2)
+        return out[:, :, :n]
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        bh, d, blk = batch * self.heads, self.head_dim, self.block
+        if self.is_full(seq_len):
+            return bh * _attend_flops(seq_len, seq_len, d)
+        n_blocks = -(-seq_len // blk)
+        keys = (5 + self.random_blocks) * blk
+        return bh * (_attend_flops((n_blocks - 2) * blk, keys, d) + _attend_flops(2 * blk, seq_len, d))
