@@ -1,0 +1,1 @@
+"""Measurement: timing, memory, the per-case worker and the sweep runner."""

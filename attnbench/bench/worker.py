@@ -1,0 +1,174 @@
+"""Run one case: build the layer, then per pass measure peak memory (one
+untimed run) and time it (warm-up + samples). Used in a worker process by the
+runner, or in-process with ``--in-process``.
+
+Passes:
+* forward: ``layer(x)`` under ``torch.inference_mode()``;
+* backward: the graph of one forward is built once and retained; each sample
+  clears the gradients (untimed) and times ``y.backward(grad, retain_graph=True)``;
+* forward_backward: a training step of the layer, forward then backward of a
+  fixed random upstream gradient, gradients cleared between samples (untimed).
+x requires grad in the backward passes, as for any layer inside a network.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from attnbench.bench import memory, timing
+from attnbench.suite import Case
+
+PASS_FLOPS_FACTOR = {"forward": 1, "backward": 2, "forward_backward": 3}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class CaseSkipped(Exception):
+    """The case cannot run here (no CUDA, unsupported combination)."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower()
+                                              or "DefaultCPUAllocator: can't allocate" in text)
+
+
+def classify(exc: BaseException) -> str:
+    if isinstance(exc, CaseSkipped):
+        return "skipped"
+    return "oom" if is_oom(exc) else "error"
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CaseSkipped("CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CaseSkipped(f"{name} does not exist (this machine has {torch.cuda.device_count()} GPUs)")
+    return device
+
+
+def _clear_grads(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+
+
+def _pass_functions(name: str, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor,
+                    device: torch.device) -> tuple[Callable[[], object], Callable[[], float]]:
+    """(region for the memory run, one timed sample) of a pass."""
+    if name == "forward":
+        def region() -> object:
+            with torch.inference_mode():
+                return layer(x)
+
+        return region, lambda: timing.timed(region, device)
+
+    if name == "backward":
+        y = layer(x)
+
+        def region() -> object:
+            y.backward(grad, retain_graph=True)
+            return None
+
+        def sample_backward() -> float:
+            _clear_grads(layer, x)
+            return timing.timed(region, device)
+
+        def memory_region() -> object:
+            _clear_grads(layer, x)
+            return region()
+
+        return memory_region, sample_backward
+
+    def step() -> object:
+        layer(x).backward(grad)
+        return None
+
+    def sample_step() -> float:
+        _clear_grads(layer, x)
+        return timing.timed(step, device)
+
+    def memory_step() -> object:
+        _clear_grads(layer, x)
+        return step()
+
+    return memory_step, sample_step
+
+
+def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
+    from attnbench.variants import build
+
+    torch.manual_seed(case.seed)
+    layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
+                  **case.params)
+    layer = layer.to(device=device, dtype=DTYPES[case.dtype])
+    if case.compile:
+        layer = torch.compile(layer)
+    return layer
+
+
+def run_case(case: Case, emit: Emit) -> None:
+    """Measure ``case``; report through ``emit(kind, payload)``:
+    ("meta", {...}) once the layer is built, ("pass", {...}) after each pass,
+    ("fail", {...}) if the case cannot even start."""
+    from attnbench.variants.registry import variant_info
+
+    started = time.perf_counter()
+    try:
+        device = resolve_device(case.device)
+        info = variant_info(case.variant)
+        layer = build_layer(case, device)
+        flops_fn = getattr(layer, "flops", None)
+        forward_flops = int(flops_fn(case.batch, case.seq_len)) if callable(flops_fn) else None
+        generator = torch.Generator(device="cpu").manual_seed(case.seed)
+        x = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, DTYPES[case.dtype])
+        grad = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, DTYPES[case.dtype])
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record
+        emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
+        return
+    emit("meta", {
+        "family": info.family,
+        "param_count": sum(p.numel() for p in layer.parameters()),
+        "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "build_s": time.perf_counter() - started,
+    })
+    for pass_name in case.passes:
+        result: dict[str, Any] = {"pass": pass_name, "status": "ok", "error": None, "samples_ms": []}
+        result["flops"] = forward_flops * PASS_FLOPS_FACTOR[pass_name] if forward_flops is not None else None
+        try:
+            with torch.enable_grad():
+                x.requires_grad_(pass_name != "forward")
+                memory_region, sample_once = _pass_functions(pass_name, layer, x, grad, device)
+                reading = memory.measure_peak(memory_region, device)
+                result["peak_mem_mib"] = reading.peak_mib
+                result["peak_reserved_mib"] = reading.reserved_mib
+                result["samples_ms"] = timing.sample(sample_once, case.timing)
+        except Exception as exc:  # noqa: BLE001
+            result.update(status=classify(exc), error=short_error(exc))
+        finally:
+            _clear_grads(layer, x)
+            memory_region = sample_once = None  # drop the retained graph before the next pass
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        emit("pass", result)

@@ -1,0 +1,240 @@
+"""The command line: each command declares its options and calls the library.
+
+Results go to stdout; progress, warnings and errors to stderr. Exit codes:
+0 done; 1 compare found a regression; 2 bad usage or input; 3 some cases
+failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from attnbench.errors import AttnbenchError
+
+JSON_SCHEMA = 1
+
+app = typer.Typer(
+    name="attnbench",
+    help="Measure what self-attention mechanisms cost: time, memory and FLOPs of efficient variants.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+# Piped output gets a wide fixed width so that tables are never cut at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Print the project's own errors as one message and exit with their code."""
+    try:
+        yield
+    except AttnbenchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except ValueError as exc:  # bad parameters from the variant registry
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps({"schema": JSON_SCHEMA, **payload}, indent=2, default=str) + "\n")
+
+
+def _warn(messages: list[str]) -> None:
+    for message in messages:
+        err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+@app.command()
+def run(
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to run.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where run directories are created.")] = Path("results"),
+    resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run: only its missing cases run.",
+                                                metavar="RUN_DIR")] = None,
+    device: Annotated[str | None, typer.Option(help="Run every case on this device (cpu, cuda, cuda:N, "
+                                                    "auto).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="The suite's smaller 'quick' setting.")] = False,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run cases in this process (for "
+                                             "debugging: a crash or hang then stops the sweep).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a suite and write results/<run-id>/ (run.json, cases.jsonl, results.csv).
+
+    Example: [bold]attnbench run suites/quick.yaml[/]
+    """
+    from attnbench import suite as suite_mod
+    from attnbench.bench.runner import RunOptions, resume_command, run_suite
+    from attnbench.report import failures_table, run_tables
+
+    with _user_errors():
+        suite = suite_mod.load(suite_path, quick=quick)
+        if device:
+            suite = suite.with_device(device)
+        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet)
+        summary = run_suite(suite, options)
+    _warn(summary.warnings)
+    from attnbench.results import records_frame
+
+    frame = records_frame(summary.records, summary.run_dir.name)
+    for table in run_tables(frame):
+        out.print(table)
+    failed = failures_table(frame)
+    if failed is not None:
+        out.print(failed)
+    err.print(f"results: {summary.run_dir}", highlight=False)
+    if summary.interrupted:
+        err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  "
+                  f"{resume_command(summary, str(suite_path))}", markup=True, highlight=False)
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the tidy CSV here.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default: the suite's "
+                                                      "baseline, else softmax).")] = None,
+) -> None:
+    """Print a run's tables again from disk.
+
+    Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
+    """
+    from attnbench.analysis import default_baseline
+    from attnbench.report import comparison_tables, failures_table, run_tables
+    from attnbench.results import load_run, write_csv
+
+    with _user_errors():
+        run_data = load_run(run_dir)
+        frame = run_data.frame()
+        _warn(run_data.warnings)
+        for table in run_tables(frame):
+            out.print(table)
+        base = default_baseline(frame, baseline or run_data.meta.get("baseline"))
+        if base is not None and len(set(frame["label"])) > 1:
+            for pass_name in [p for p in ("forward", "forward_backward") if p in set(frame["pass"])]:
+                for table in comparison_tables(frame, base, pass_name):
+                    out.print(table)
+        failed = failures_table(frame)
+        if failed is not None:
+            out.print(failed)
+        if csv is not None:
+            write_csv(frame, csv)
+            err.print(f"wrote {csv}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
+    baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default softmax).")] = None,
+    pass_name: Annotated[str | None, typer.Option("--pass", help="forward, backward or forward_backward "
+                                                                 "(default: all measured).")] = None,
+) -> None:
+    """Each variant's speed-up and memory ratio against a baseline, laid out like
+    Long Range Arena's Table 2 (rows models, columns N, cells "steps/s (speed-up)").
+
+    Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
+    """
+    from attnbench.analysis import default_baseline
+    from attnbench.report import comparison_tables
+    from attnbench.results import load_run
+
+    with _user_errors():
+        run_data = load_run(run_dir)
+        frame = run_data.frame()
+        _warn(run_data.warnings)
+        base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
+        if base is None:
+            raise AttnbenchError(f"{run_dir}: no finished cases to compare")
+        passes = [pass_name] if pass_name else [p for p in ("forward", "backward", "forward_backward")
+                                                if p in set(frame["pass"])]
+        for p in passes:
+            for table in comparison_tables(frame, base, p):
+                out.print(table)
+
+
+@app.command("list")
+def list_variants(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every registered variant: family, paper, complexity, causal support.
+
+    Example: [bold]attnbench list --json[/]
+    """
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from attnbench.variants import variant_info, variant_names
+
+    infos = [variant_info(n) for n in variant_names()]
+    if as_json:
+        _print_json({"variants": [asdict(i) for i in infos]})
+        return
+    table = Table(title="attnbench variants")
+    for col in ("variant", "family", "paper", "complexity", "causal", "defaults", "origin"):
+        table.add_column(col, no_wrap=col in ("variant", "family", "paper"))
+    for i in infos:
+        defaults = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
+        table.add_row(i.name, i.family, f"arXiv:{i.paper}" if i.paper else "", i.complexity,
+                      "yes" if i.causal else "no", defaults, i.origin)
+    out.print(table)
+
+
+@app.command()
+def validate(
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to check.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Check the quick setting.")] = False,
+) -> None:
+    """Check a suite and run nothing.
+
+    Example: [bold]attnbench validate suites/quick.yaml[/]
+    """
+    from attnbench import suite as suite_mod
+
+    with _user_errors():
+        suite = suite_mod.load(suite_path, quick=quick)
+    cases = suite.cases()
+    out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
+              f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
+
+
+@app.command()
+def env(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What this machine offers (Python, torch, CUDA, GPUs, CPU, SDPA backends)
+    and what would make timings noisy.
+
+    Example: [bold]attnbench env --json[/]
+    """
+    from attnbench.env import collect_environment
+
+    data = collect_environment()
+    if as_json:
+        _print_json({"environment": data})
+        return
+    from rich.table import Table
+
+    table = Table(title="environment", show_header=False)
+    table.add_column("key", no_wrap=True, style="bold")
+    table.add_column("value")
+    for key, value in data.items():
+        if key in ("warnings", "schema"):
+            continue
+        table.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+    out.print(table)
+    _warn(data["warnings"])
+
+
+def main(argv: list[str] | None = None) -> Callable[..., Any]:  # pragma: no cover - console entry
+    return app(argv)

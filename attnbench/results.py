@@ -1,0 +1,175 @@
+"""Results on disk: run.json, cases.jsonl (one record per finished case,
+appended and flushed at once) and the tidy results.csv derived from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from attnbench.errors import ResultsError
+
+RECORD_SCHEMA = 1
+STATUSES = ("ok", "oom", "timeout", "crashed", "error", "skipped")
+# Worst first: the status of a case is the worst of its passes.
+_SEVERITY = {"crashed": 5, "timeout": 4, "oom": 3, "error": 2, "skipped": 1, "ok": 0}
+
+CSV_COLUMNS = [
+    "run_id", "variant", "label", "family", "params", "batch", "seq_len", "heads", "dim", "head_dim",
+    "dtype", "device", "causal", "threads", "pass", "status", "median_ms", "iqr_ms", "min_ms", "mean_ms",
+    "std_ms", "samples", "rel_iqr", "noisy", "peak_mem_mib", "peak_reserved_mib", "flops", "flops_source",
+    "tflops", "tokens_per_s", "param_count", "error", "compile", "device_name", "case_id",
+]
+
+
+def worst_status(statuses: list[str]) -> str:
+    return max(statuses, key=lambda s: _SEVERITY.get(s, 0)) if statuses else "ok"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader never sees it half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one case to cases.jsonl and make it durable before returning."""
+    line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@dataclass
+class Run:
+    """A results directory read back: metadata, case records, warnings."""
+
+    path: Path
+    meta: dict[str, Any]
+    records: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id", self.path.name))
+
+    def frame(self) -> pd.DataFrame:
+        return records_frame(self.records, self.run_id)
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read cases.jsonl. A truncated last line (a run killed mid-write) is
+    dropped with a warning; a bad line elsewhere is an error naming it."""
+    records: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return [], []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot read: {exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "case_id" not in record or "case" not in record:
+                raise ValueError("not a case record")
+        except ValueError as exc:
+            if number == len(lines):
+                warnings.append(f"{path}:{number}: ignored a truncated last line (the run was cut off "
+                                "while writing it); that case will be run again on --resume")
+                continue
+            raise ResultsError(f"{path}:{number}: corrupted line ({exc}); fix or delete that line") from None
+        records.append(record)
+    return records, warnings
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a results directory written by ``attnbench run``."""
+    p = Path(path)
+    if not p.exists():
+        raise ResultsError(f"{p}: no such results directory")
+    if not p.is_dir():
+        raise ResultsError(f"{p}: is a file, not a results directory")
+    meta_path = p / "run.json"
+    if not meta_path.exists():
+        raise ResultsError(f"{p}: not an attnbench results directory (no run.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ResultsError(f"{meta_path}: not an attnbench run.json")
+    records, warnings = read_records(p / "cases.jsonl")
+    # A resumed run may hold an older record of the same case: the last wins.
+    latest = {r["case_id"]: r for r in records}
+    return Run(path=p, meta=meta, records=list(latest.values()), warnings=warnings)
+
+
+def _stats_row(samples: list[float]) -> dict[str, Any]:
+    from attnbench.bench.timing import NOISY_REL_IQR, summarize
+
+    row = summarize(samples)
+    med = row["median_ms"]
+    row["rel_iqr"] = (row["iqr_ms"] / med) if med else None
+    row["noisy"] = bool(row["rel_iqr"] is not None and row["rel_iqr"] > NOISY_REL_IQR)
+    return row
+
+
+def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+    """The CSV rows (one per pass) of a case record."""
+    case = record["case"]
+    passes = {p["pass"]: p for p in record.get("passes", [])}
+    rows = []
+    for pass_name in case["passes"]:
+        result = passes.get(pass_name)
+        if result is None:  # the case ended before this pass: it shares the case's fate
+            result = {"status": record.get("status", "error"), "error": record.get("error"), "samples_ms": [],
+                      "flops": None}
+        samples = result.get("samples_ms") or []
+        row: dict[str, Any] = {
+            "run_id": run_id, "variant": case["variant"], "label": case["label"],
+            "family": record.get("family"), "params": json.dumps(case["params"], sort_keys=True),
+            "batch": case["batch"], "seq_len": case["seq_len"], "heads": case["heads"], "dim": case["dim"],
+            "head_dim": case["dim"] // case["heads"], "dtype": case["dtype"], "device": case["device"],
+            "causal": case["causal"], "threads": record.get("threads"), "pass": pass_name,
+            "status": result["status"], "peak_mem_mib": result.get("peak_mem_mib"),
+            "peak_reserved_mib": result.get("peak_reserved_mib"), "flops": result.get("flops"),
+            "flops_source": result.get("flops_source", "analytic" if result.get("flops") is not None else None),
+            "param_count": record.get("param_count"), "error": result.get("error"),
+            "compile": case.get("compile", False), "device_name": record.get("device_name"),
+            "case_id": record["case_id"],
+        }
+        row.update(_stats_row(samples) if result["status"] == "ok" else _stats_row([]))
+        med = row["median_ms"]
+        row["tflops"] = (row["flops"] / (med / 1e3) / 1e12) if med and row["flops"] else None
+        row["tokens_per_s"] = (case["batch"] * case["seq_len"] / (med / 1e3)) if med else None
+        rows.append(row)
+    return rows
+
+
+def records_frame(records: list[dict[str, Any]], run_id: str) -> pd.DataFrame:
+    rows = [row for record in records for row in record_rows(record, run_id)]
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    if not frame.empty:
+        frame["flops"] = frame["flops"].astype("Int64")
+    return frame
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    write_atomic(path, frame.to_csv(index=False))

@@ -1,0 +1,518 @@
+"""Suite files: YAML -> validated ``Suite`` -> list of ``Case``.
+
+Every mistake is a ``SuiteError`` naming the file, the line and the key, so
+the CLI can print one clear message and exit 2. The YAML is loaded with a
+SafeLoader that remembers the line of every key and list item.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attnbench.errors import SuiteError
+
+SCHEMA_VERSION = 1
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+PASSES = ("forward", "backward", "forward_backward")
+# Sizes past these are almost certainly typos (an extra zero), not experiments.
+MAX_SEQ_LEN = 1 << 22
+MAX_DIM = 1 << 16
+MAX_BATCH = 1 << 16
+
+TOP_KEYS = ("version", "name", "description", "defaults", "grid", "variants", "timing", "limits",
+            "baseline", "published", "quick")
+DEFAULT_KEYS = ("batch", "dim", "dtype", "causal", "passes", "compile")
+GRID_KEYS = ("seq_lens", "heads", "devices")
+VARIANT_KEYS = ("name", "label", "params") + DEFAULT_KEYS + GRID_KEYS
+TIMING_KEYS = ("warmup", "min_time_s", "max_reps", "min_reps", "target_rel_iqr")
+LIMIT_KEYS = ("case_timeout_s", "memory_margin_mib")
+
+
+# --- YAML with line numbers -------------------------------------------------
+
+class _LineDict(dict):
+    line: int = 0
+    lines: dict[Any, int]
+
+
+class _LineList(list):
+    line: int = 0
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
+    loader.flatten_mapping(node)
+    data = _LineDict()
+    data.line = node.start_mark.line + 1
+    data.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            raise SuiteError(f"a key must be a plain name, got {key!r}", line=line)
+        if key in data:
+            raise SuiteError("duplicate key", line=line, key=str(key))
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.lines[key] = line
+    return data
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _LineList:
+    data = _LineList(loader.construct_object(child, deep=True) for child in node.value)
+    data.line = node.start_mark.line + 1
+    data.lines = [child.start_mark.line + 1 for child in node.value]
+    return data
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+def _plain(value: Any) -> Any:
+    """Strip the line bookkeeping: plain dicts and lists for the rest of the code."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- the validated model ----------------------------------------------------
+
+@dataclass(frozen=True)
+class TimingSettings:
+    warmup: int = 3  # untimed runs first
+    min_time_s: float = 0.2  # keep sampling until this much time is spent ...
+    max_reps: int = 50  # ... or this many samples
+    min_reps: int = 5  # never fewer samples than this (unless max_reps is smaller)
+    target_rel_iqr: float = 0.05  # stop early once IQR/median is under this
+
+
+@dataclass(frozen=True)
+class Limits:
+    case_timeout_s: float = 300.0
+    memory_margin_mib: float = 1024.0  # CPU: skip a case whose estimate leaves less free
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    label: str
+    params: dict[str, Any]
+    overrides: dict[str, Any]  # per-variant defaults / grid keys
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration: a variant at one N, heads, device and dtype."""
+
+    suite: str
+    variant: str
+    label: str
+    params: dict[str, Any]
+    batch: int
+    seq_len: int
+    heads: int
+    dim: int
+    dtype: str
+    device: str
+    causal: bool
+    passes: tuple[str, ...]
+    compile: bool = False
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def case_id(self) -> str:
+        """Stable identity of the case, used by --resume and compare."""
+        return (f"{self.label}|N={self.seq_len}|H={self.heads}|dim={self.dim}|B={self.batch}"
+                f"|{self.dtype}|{self.device}|causal={int(self.causal)}")
+
+    @property
+    def seed(self) -> int:
+        """A fixed seed per case, so inputs repeat exactly run to run."""
+        return zlib.crc32(self.case_id.encode())
+
+    @property
+    def series(self) -> tuple:
+        """The case without N: cases of one series differ only in seq_len."""
+        return (self.label, self.heads, self.dim, self.batch, self.dtype, self.device, self.causal)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passes"] = list(self.passes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Case:
+        d = dict(d)
+        d["passes"] = tuple(d["passes"])
+        d["timing"] = TimingSettings(**d.get("timing", {}))
+        d["limits"] = Limits(**d.get("limits", {}))
+        return cls(**d)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    path: str
+    defaults: dict[str, Any]
+    grid: dict[str, list[Any]]
+    variants: list[VariantSpec]
+    timing: TimingSettings
+    limits: Limits
+    baseline: str | None = None
+    published: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def cases(self) -> list[Case]:
+        """The grid expanded: for each variant, N × heads × devices, N innermost
+        so that a series runs from small to large (an OOM then skips the rest)."""
+        out: list[Case] = []
+        for spec in self.variants:
+            settings = {**self.defaults, **{k: v for k, v in spec.overrides.items() if k in DEFAULT_KEYS}}
+            grid = {**self.grid, **{k: v for k, v in spec.overrides.items() if k in GRID_KEYS}}
+            for device, heads, seq_len in itertools.product(
+                    grid["devices"], grid["heads"], sorted(grid["seq_lens"])):
+                out.append(Case(
+                    suite=self.name, variant=spec.name, label=spec.label, params=dict(spec.params),
+                    batch=settings["batch"], seq_len=seq_len, heads=heads, dim=settings["dim"],
+                    dtype=settings["dtype"], device=device, causal=settings["causal"],
+                    passes=tuple(settings["passes"]), compile=settings.get("compile", False),
+                    timing=self.timing, limits=self.limits))
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for two runs' figures to be comparable (used by --resume)."""
+        return {
+            "timing": asdict(self.timing),
+            "variants": {s.label: {"name": s.name, "params": s.params} for s in self.variants},
+        }
+
+    def with_device(self, device: str) -> Suite:
+        _check_device(device, self.path, None, "--device")
+        grid = {**self.grid, "devices": [device]}
+        variants = [replace(s, overrides={k: v for k, v in s.overrides.items() if k != "devices"})
+                    for s in self.variants]
+        return replace(self, grid=grid, variants=variants)
+
+
+# --- validation ---------------------------------------------------------------
+
+DEFAULTS: dict[str, Any] = {"batch": 1, "dim": 256, "dtype": "float32", "causal": False,
+                            "passes": list(PASSES), "compile": False}
+
+
+class _Validator:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, message: str, node: Any = None, key: str | None = None, line: int | None = None) -> None:
+        if line is None and node is not None:
+            line = getattr(node, "line", None)
+        raise SuiteError(message, file=self.path, line=line, key=key)
+
+    def line_of(self, mapping: Any, key: Any) -> int | None:
+        lines = getattr(mapping, "lines", None)
+        if isinstance(lines, dict):
+            return lines.get(key, getattr(mapping, "line", None))
+        return getattr(mapping, "line", None)
+
+    def mapping(self, value: Any, key: str, parent: Any, allowed: tuple[str, ...]) -> dict:
+        if value is None:
+            return _LineDict()
+        if not isinstance(value, dict):
+            self.fail(f"must be a mapping, got {type(value).__name__}", key=key,
+                      line=self.line_of(parent, key.split(".")[-1]))
+        for k in value:
+            if k not in allowed:
+                from attnbench.variants.registry import did_you_mean
+
+                self.fail(f"unknown key.{did_you_mean(str(k), list(allowed))} "
+                          f"Allowed here: {', '.join(allowed)}",
+                          key=f"{key}.{k}" if key else str(k), line=self.line_of(value, k))
+        return value
+
+    def integer(self, value: Any, key: str, line: int | None, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"must be an integer, got {value!r}", key=key, line=line)
+        if value < lo:
+            self.fail(f"must be at least {lo}, got {value}", key=key, line=line)
+        if value > hi:
+            self.fail(f"{value} is larger than {hi}: is that a typo?", key=key, line=line)
+        return value
+
+    def number(self, value: Any, key: str, line: int | None, lo: float, positive: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(f"must be a number, got {value!r}", key=key, line=line)
+        if value < lo or (positive and value <= 0):
+            self.fail(f"must be {'positive' if positive else f'at least {lo}'}, got {value}", key=key,
+                      line=line)
+        return float(value)
+
+    def boolean(self, value: Any, key: str, line: int | None) -> bool:
+        if not isinstance(value, bool):
+            self.fail(f"must be true or false, got {value!r}", key=key, line=line)
+        return value
+
+    def int_list(self, value: Any, key: str, line: int | None, lo: int, hi: int) -> list[int]:
+        items = self.nonempty_list(value, key, line)
+        out = [self.integer(v, f"{key}[{i}]", _item_line(items, i, line), lo, hi) for i, v in enumerate(items)]
+        if len(set(out)) != len(out):
+            self.fail("has repeated values", key=key, line=line)
+        return out
+
+    def nonempty_list(self, value: Any, key: str, line: int | None) -> list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+        if not isinstance(value, list):
+            self.fail(f"must be a list, got {value!r}", key=key, line=line)
+        if not value:
+            self.fail("must not be empty", key=key, line=line)
+        return value
+
+    def settings(self, raw: dict, prefix: str, base: dict[str, Any]) -> dict[str, Any]:
+        """Validate defaults-like keys (batch, dim, dtype, causal, passes, compile)."""
+        out = dict(base)
+        for key in DEFAULT_KEYS:
+            if key not in raw:
+                continue
+            value, line, name = raw[key], self.line_of(raw, key), f"{prefix}{key}"
+            if key == "batch":
+                out[key] = self.integer(value, name, line, 1, MAX_BATCH)
+            elif key == "dim":
+                out[key] = self.integer(value, name, line, 1, MAX_DIM)
+            elif key == "dtype":
+                if value not in DTYPES:
+                    self.fail(f"unknown dtype {value!r}; choose one of {', '.join(DTYPES)}", key=name, line=line)
+                out[key] = value
+            elif key in ("causal", "compile"):
+                out[key] = self.boolean(value, name, line)
+            elif key == "passes":
+                items = self.nonempty_list(value, name, line)
+                for i, p in enumerate(items):
+                    if p not in PASSES:
+                        self.fail(f"unknown pass {p!r}; choose from {', '.join(PASSES)}",
+                                  key=f"{name}[{i}]", line=_item_line(items, i, line))
+                out[key] = list(dict.fromkeys(items))
+        return out
+
+    def grid(self, raw: dict, prefix: str, base: dict[str, list]) -> dict[str, list]:
+        out = dict(base)
+        for key in GRID_KEYS:
+            if key not in raw:
+                continue
+            value, line, name = raw[key], self.line_of(raw, key), f"{prefix}{key}"
+            if key == "seq_lens":
+                out[key] = self.int_list(value, name, line, 1, MAX_SEQ_LEN)
+            elif key == "heads":
+                out[key] = self.int_list(value, name, line, 1, MAX_DIM)
+            else:
+                items = self.nonempty_list(value, name, line)
+                for i, d in enumerate(items):
+                    _check_device(d, self.path, _item_line(items, i, line), f"{name}[{i}]")
+                out[key] = list(dict.fromkeys(items))
+        return out
+
+
+def _item_line(items: Any, i: int, fallback: int | None) -> int | None:
+    lines = getattr(items, "lines", None)
+    return lines[i] if isinstance(lines, list) and i < len(lines) else fallback
+
+
+def _check_device(device: Any, path: str, line: int | None, key: str) -> None:
+    ok = isinstance(device, str) and (
+        device in ("cpu", "cuda", "auto")
+        or (device.startswith("cuda:") and device[5:].isdigit()))
+    if not ok:
+        raise SuiteError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto",
+                         file=path, line=line, key=key)
+
+
+def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
+    """Validate suite text; raise SuiteError naming file, line and key."""
+    from attnbench.variants.registry import did_you_mean, variant_info, variant_names
+
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except SuiteError as exc:
+        exc.file = path
+        raise
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(f"YAML syntax error: {problem}", file=path,
+                         line=mark.line + 1 if mark else None) from None
+    v = _Validator(path)
+    if raw is None:
+        v.fail("the suite is empty")
+    if not isinstance(raw, dict):
+        v.fail(f"a suite is a mapping of keys (name, grid, variants, ...), got {type(raw).__name__}", line=1)
+    v.mapping(raw, "", None, TOP_KEYS)
+    if "version" in raw and raw["version"] != SCHEMA_VERSION:
+        v.fail(f"unsupported schema version {raw['version']!r}; this attnbench reads version {SCHEMA_VERSION}",
+               key="version", line=v.line_of(raw, "version"))
+    name = raw.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name.strip():
+        v.fail("must be a non-empty string", key="name", line=v.line_of(raw, "name"))
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        v.fail("must be a string", key="description", line=v.line_of(raw, "description"))
+
+    if quick and raw.get("quick") is not None:
+        quick_raw = v.mapping(raw["quick"], "quick", raw, ("defaults", "grid", "timing", "limits"))
+    else:
+        if raw.get("quick") is not None:
+            v.mapping(raw["quick"], "quick", raw, ("defaults", "grid", "timing", "limits"))
+        quick_raw = {}
+
+    def section(key: str, allowed: tuple[str, ...]) -> list[dict]:
+        parts = [v.mapping(raw.get(key), key, raw, allowed)]
+        if key in quick_raw:
+            parts.append(v.mapping(quick_raw[key], f"quick.{key}", quick_raw, allowed))
+        return parts
+
+    defaults = dict(DEFAULTS)
+    for part in section("defaults", DEFAULT_KEYS):
+        defaults = v.settings(part, "defaults.", defaults)
+    grid: dict[str, list] = {"devices": ["cpu"]}
+    for part in section("grid", GRID_KEYS):
+        grid = v.grid(part, "grid.", grid)
+    for key in ("seq_lens", "heads"):
+        if key not in grid:
+            v.fail("is required: the grid needs at least one value", key=f"grid.{key}",
+                   line=getattr(raw.get("grid"), "line", v.line_of(raw, "grid")))
+
+    timing_values: dict[str, Any] = {}
+    for part in section("timing", TIMING_KEYS):
+        for key in TIMING_KEYS:
+            if key not in part:
+                continue
+            line, name = v.line_of(part, key), f"timing.{key}"
+            if key in ("warmup",):
+                timing_values[key] = v.integer(part[key], name, line, 0, 10_000)
+            elif key in ("max_reps", "min_reps"):
+                timing_values[key] = v.integer(part[key], name, line, 1, 1_000_000)
+            else:
+                timing_values[key] = v.number(part[key], name, line, 0.0, positive=(key == "min_time_s"))
+    timing = TimingSettings(**timing_values)
+    if timing.min_reps > timing.max_reps:
+        timing = replace(timing, min_reps=timing.max_reps)
+
+    limit_values: dict[str, Any] = {}
+    for part in section("limits", LIMIT_KEYS):
+        for key in LIMIT_KEYS:
+            if key in part:
+                limit_values[key] = v.number(part[key], f"limits.{key}", v.line_of(part, key), 0.0,
+                                             positive=(key == "case_timeout_s"))
+    limits = Limits(**limit_values)
+
+    if "variants" not in raw:
+        v.fail("is required: list the variants to measure", key="variants", line=1)
+    items = v.nonempty_list(raw["variants"], "variants", v.line_of(raw, "variants"))
+    specs: list[VariantSpec] = []
+    labels: dict[str, int] = {}
+    known = variant_names()
+    for i, item in enumerate(items):
+        line = _item_line(items, i, v.line_of(raw, "variants"))
+        key = f"variants[{i}]"
+        if isinstance(item, str):
+            item = _LineDict(name=item)
+            item.line, item.lines = line, {"name": line}
+        if not isinstance(item, dict):
+            v.fail(f"must be a variant name or a mapping with 'name', got {item!r}", key=key, line=line)
+        v.mapping(item, key, items, VARIANT_KEYS)
+        vname = item.get("name")
+        if not isinstance(vname, str) or not vname:
+            v.fail("needs a 'name'", key=f"{key}.name", line=line)
+        name_line = v.line_of(item, "name")
+        if vname not in known and ":" not in vname:
+            v.fail(f"unknown variant {vname!r}.{did_you_mean(vname, known)} "
+                   f"Run `attnbench list` for all of them", key=f"{key}.name", line=name_line)
+        try:
+            info = variant_info(vname)
+        except (ValueError, ImportError) as exc:
+            v.fail(str(exc), key=f"{key}.name", line=name_line)
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            v.fail("must be a mapping of parameter: value", key=f"{key}.params", line=v.line_of(item, "params"))
+        for p in params:
+            if p not in info.defaults:
+                choices = ", ".join(info.defaults) or "none"
+                v.fail(f"variant {vname!r} has no parameter {p!r}.{did_you_mean(str(p), list(info.defaults))} "
+                       f"Its parameters: {choices}", key=f"{key}.params.{p}", line=v.line_of(params, p))
+        label = item.get("label", vname)
+        if not isinstance(label, str) or not label or "|" in label:
+            v.fail("must be a non-empty string without '|'", key=f"{key}.label", line=v.line_of(item, "label"))
+        if label in labels:
+            v.fail(f"label {label!r} is used twice (also line {labels[label]}); give each a distinct 'label'",
+                   key=f"{key}.label" if "label" in item else f"{key}.name", line=line)
+        labels[label] = line or 0
+        own = v.settings(item, f"{key}.", {})
+        own.update(v.grid(item, f"{key}.", {}))
+        causal = own.get("causal", defaults["causal"])
+        if causal and not info.causal:
+            v.fail(f"variant {vname!r} does not support causal attention; set causal: false for it",
+                   key=f"{key}.causal" if "causal" in item else "defaults.causal",
+                   line=v.line_of(item, "causal") if "causal" in item else line)
+        specs.append(VariantSpec(name=vname, label=label, params=_plain(params), overrides=own, line=line or 0))
+
+    suite = Suite(name=name, description=description, path=path, defaults=defaults, grid=grid,
+                  variants=specs, timing=timing, limits=limits, raw=_plain(raw))
+    for key in ("baseline", "published"):
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, str):
+                v.fail("must be a string", key=key, line=v.line_of(raw, key))
+            setattr(suite, key, value)
+    if suite.baseline is not None and suite.baseline not in labels:
+        v.fail(f"baseline {suite.baseline!r} is not one of the suite's variants ({', '.join(labels)})",
+               key="baseline", line=v.line_of(raw, "baseline"))
+    _check_heads(suite, v, raw)
+    return suite
+
+
+def _check_heads(suite: Suite, v: _Validator, raw: dict) -> None:
+    for spec in suite.variants:
+        dim = spec.overrides.get("dim", suite.defaults["dim"])
+        for heads in spec.overrides.get("heads", suite.grid["heads"]):
+            if dim % heads:
+                where = "heads" if "heads" in spec.overrides or "dim" in spec.overrides else "grid.heads"
+                v.fail(f"heads {heads} does not divide dim {dim} (variant {spec.label!r})", key=where,
+                       line=spec.line if where == "heads" else v.line_of(raw.get("grid") or {}, "heads"))
+
+
+def load(path: str | Path, quick: bool = False) -> Suite:
+    """Load and validate a suite file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuiteError("no such file", file=str(path)) from None
+    except IsADirectoryError:
+        raise SuiteError("is a directory, not a suite file", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"cannot read: {exc}", file=str(path)) from None
+    return parse(text, str(path), quick=quick)
+
+
+def suite_to_json(suite: Suite) -> str:
+    return json.dumps(suite.raw, sort_keys=True)
