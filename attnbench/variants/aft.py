@@ -79,6 +79,35 @@ def banded_apply(band: torch.Tensor, z: torch.Tensor, window: int, causal: bool)
     return out.reshape(bsz, n_pad, feat)[:, :n]
 
 
+class _SimpleCore(torch.autograd.Function):
+    """Non-causal AFT-simple on the fused projection qkv (B, N, 3C) -> Y (B, N, C).
+
+    Y = σ(Q) ⊙ g with g = Σ_t softmax_t(K) ⊙ V. The backward writes the three
+    gradients straight into one (B, N, 3C) buffer, in a few element-wise passes:
+    dQ = dY ⊙ g ⊙ σ'(Q), dg = Σ_t dY ⊙ σ(Q), dV = p ⊙ dg, dK = dV ⊙ (V − g)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv.chunk(3, dim=-1)
+        p = torch.softmax(k, dim=1)  # max-subtracted per channel
+        g = (p * v).sum(dim=1, keepdim=True)
+        s = torch.sigmoid(q)
+        ctx.save_for_backward(qkv, p, s, g)
+        return s * g
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        qkv, p, s, g = ctx.saved_tensors
+        v = qkv.chunk(3, dim=-1)[2]
+        dqkv = torch.empty_like(qkv)
+        dq, dk, dv = dqkv.chunk(3, dim=-1)
+        dg = (dy * s).sum(dim=1, keepdim=True)
+        torch.ops.aten.sigmoid_backward.grad_input(dy * g, s, grad_input=dq)
+        torch.mul(p, dg, out=dv)
+        torch.sub(v, g, out=dk).mul_(dv)
+        return dqkv
+
+
 @register("aft", family="aft", paper="2105.14103",
           complexity="O(N·d) simple, O(N·s·d) local, O(N²·d) full", causal=True)
 class AFT(AttentionLayer):
@@ -109,23 +138,20 @@ class AFT(AttentionLayer):
         if self.mode != "simple" and n != self.seq_len:
             raise ValueError(f"aft mode {self.mode!r} was built for seq_len {self.seq_len}, got {n}: "
                              "its bias w has one row per position")
-        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         dtype = torch.promote_types(x.dtype, torch.float32)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        qkv = self.to_qkv(x).to(dtype)
+        if self.mode == "simple" and not self.causal:
+            return self.out(_SimpleCore.apply(qkv).to(x.dtype))
+        q, k, v = qkv.chunk(3, dim=-1)
         e = torch.exp(k - k.detach().amax(dim=1, keepdim=True))
-        if self.mode == "simple":
-            num, den = self._simple(e * v, e)
+        if self.mode == "simple":  # causal: cumulative sums
+            num, den = e.mul(v).cumsum(dim=1), e.cumsum(dim=1)
         else:
             sums = self._full(torch.cat([e * v, e], dim=-1)) if self.mode == "full" \
                 else self._local(torch.cat([e * v, e], dim=-1))
             num, den = sums.chunk(2, dim=-1)
         y = torch.sigmoid(q) * (num / den)
         return self.out(y.to(x.dtype))
-
-    def _simple(self, ev: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.causal:
-            return ev.cumsum(dim=1), e.cumsum(dim=1)
-        return ev.sum(dim=1, keepdim=True), e.sum(dim=1, keepdim=True)
 
     def _full(self, z: torch.Tensor) -> torch.Tensor:
         """exp(w) @ z with w = −∞ above the diagonal when causal."""
