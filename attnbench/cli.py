@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 # Piped output gets a wide fixed width so that tables are never cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-path
 
 
 @contextmanager

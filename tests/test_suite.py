@@ -1,0 +1,85 @@
+"""The suite loader: validation messages name file, line and key."""
+
+from pathlib import Path
+
+import pytest
+
+from attnbench.errors import SuiteError
+from attnbench.suite import load, parse
+
+BASE = """\
+name: t
+defaults:
+  dim: 64
+grid:
+  seq_lens: [128, 64]
+  heads: [2, 4]
+variants:
+  - softmax
+  - name: linformer
+    label: lin16
+    params: {k: 16}
+    dim: 32
+    seq_lens: [64]
+"""
+
+
+def test_cases_expand_the_grid_with_variant_overrides():
+    suite = parse(BASE, "s.yaml")
+    cases = suite.cases()
+    soft = [c for c in cases if c.label == "softmax"]
+    lin = [c for c in cases if c.label == "lin16"]
+    assert [(c.heads, c.seq_len) for c in soft] == [(2, 64), (2, 128), (4, 64), (4, 128)]
+    assert [(c.heads, c.seq_len, c.dim, c.params) for c in lin] == [(2, 64, 32, {"k": 16}), (4, 64, 32, {"k": 16})]
+    assert len({c.case_id for c in cases}) == len(cases)
+    assert all(c.seed == parse(BASE, "s.yaml").cases()[i].seed for i, c in enumerate(cases))
+
+
+@pytest.mark.parametrize("text,line,key,message", [
+    ("name: [", 1, None, "YAML syntax error"),
+    (BASE.replace("dim: 64", "dim: sixty"), 3, "defaults.dim", "must be an integer"),
+    (BASE.replace("seq_lens: [128, 64]", "seq_lens: [128, -64]"), 5, "grid.seq_lens[1]", "at least 1"),
+    (BASE.replace("seq_lens: [128, 64]", "seq_lens: [128, 1000000000]"), 5, "grid.seq_lens[1]", "typo"),
+    (BASE.replace("seq_lens: [128, 64]", "seq_lens: []"), 5, "grid.seq_lens", "must not be empty"),
+    (BASE.replace("heads: [2, 4]", "heads: [3]"), 6, "grid.heads", "does not divide"),
+    (BASE.replace("  - softmax", "  - softmx"), 8, "variants[0].name", "Did you mean 'softmax'"),
+    (BASE.replace("{k: 16}", "{kk: 16}"), 11, "variants[1].params.kk", "Did you mean 'k'"),
+    (BASE.replace("name: t", "name: t\nfoo: 1"), 2, "foo", "unknown key"),
+    (BASE.replace("  dim: 64", "  dim: 64\n  dtype: float8"), 4, "defaults.dtype", "unknown dtype"),
+    (BASE.replace("  heads: [2, 4]", "  heads: [2, 4]\n  devices: [tpu]"), 7, "grid.devices[0]", "unknown device"),
+    (BASE.replace("label: lin16", "label: softmax"), 9, "variants[1].label", "used twice"),
+    (BASE + "  - name: fastformer\n    causal: true\n", 15, "variants[2].causal", "does not support causal"),
+    ("grid: {seq_lens: [64], heads: [2]}\n", 1, "variants", "is required"),
+    ("variants: [softmax]\n", None, "grid.seq_lens", "is required"),
+    ("defaults:\n  batch: 1\n  batch: 2\n", 3, "batch", "duplicate key"),
+])
+def test_mistakes_name_file_line_and_key(text, line, key, message):
+    with pytest.raises(SuiteError) as info:
+        parse(text, "suite.yaml")
+    err = info.value
+    assert err.file == "suite.yaml"
+    assert message in err.message
+    if line is not None:
+        assert err.line == line
+    assert err.key == key
+    assert str(err).startswith("suite.yaml")
+
+
+def test_load_reports_missing_file(tmp_path: Path):
+    with pytest.raises(SuiteError, match="no such file"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_quick_section_overrides_grid_and_timing():
+    text = BASE + "quick:\n  grid: {seq_lens: [64]}\n  timing: {max_reps: 3}\n"
+    assert {c.seq_len for c in parse(text, "s.yaml").cases()} == {64, 128}
+    quick = parse(text, "s.yaml", quick=True)
+    assert {c.seq_len for c in quick.cases()} == {64}
+    assert quick.timing.max_reps == 3
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("suites/*.yaml")))
+def test_shipped_suites_validate(path: Path):
+    suite = load(path)
+    assert suite.cases()
+    load(path, quick=True)

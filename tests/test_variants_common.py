@@ -1,0 +1,88 @@
+"""Checks every registered variant gets the moment it is registered."""
+
+import pytest
+import torch
+
+import attnbench
+from attnbench.variants.registry import _VARIANTS
+
+BUILTIN = [n for n in attnbench.variant_names() if _VARIANTS[n].info.origin == "built-in"]
+N, DIM, HEADS = 128, 32, 2
+
+
+def test_all_documented_variants_are_registered():
+    expected = {"softmax", "sdpa", "local", "strided", "longformer", "bigbird", "reformer", "routing",
+                "sinkhorn", "linformer", "nystrom", "linear", "performer", "synthesizer", "fastformer", "aft",
+                "lightconv", "dynamicconv"}
+    assert expected <= set(BUILTIN), f"missing: {sorted(expected - set(BUILTIN))}"
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_info_is_complete(name):
+    info = attnbench.variant_info(name)
+    assert info.name == name and info.family and info.complexity.startswith("O(")
+    assert info.paper.count(".") == 1, f"{name}: paper should be an arXiv id, got {info.paper!r}"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", BUILTIN)
+def test_shape_and_gradients_reach_every_parameter(name, causal):
+    if causal and not attnbench.variant_info(name).causal:
+        with pytest.raises(ValueError, match="causal"):
+            attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, causal=True)
+        return
+    layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, causal=causal)
+    x = torch.randn(2, N, DIM, requires_grad=True)
+    y = layer(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.isfinite(y).all()
+    y.backward(torch.randn_like(y))
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for pname, p in layer.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient reaches {pname}"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_same_seed_builds_the_same_layer(name):
+    torch.manual_seed(3)
+    a = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N)
+    torch.manual_seed(3)
+    b = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N)
+    x = torch.randn(1, N, DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_flops_are_positive_and_grow(name):
+    small = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N)
+    large = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=2 * N)
+    f1, f2 = small.flops(1, N), large.flops(1, 2 * N)
+    assert isinstance(f1, int) and f1 > 0
+    # The family tests check the exact growth at large N; here fixed costs (landmarks) may dominate.
+    assert 1.0 < f2 / f1 <= 4.5
+    assert large.flops(2, 2 * N) == 2 * f2
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_unknown_parameter_is_a_value_error_naming_the_known_ones(name):
+    with pytest.raises(ValueError, match="has no parameter 'no_such_param'"):
+        attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, no_such_param=1)
+
+
+def test_unknown_variant_suggests_the_close_name():
+    with pytest.raises(ValueError, match="Did you mean 'linformer'"):
+        attnbench.build("linformr")
+
+
+def test_bad_dims_are_value_errors():
+    with pytest.raises(ValueError, match="must divide"):
+        attnbench.build("softmax", dim=30, heads=4, seq_len=16)
+    with pytest.raises(ValueError, match="seq_len"):
+        attnbench.build("softmax", dim=32, heads=4, seq_len=0)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        attnbench.register("softmax", family="exact")(type(attnbench.build("softmax").core))
