@@ -50,6 +50,45 @@ def _print_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps({"schema": JSON_SCHEMA, **payload}, indent=2, default=str) + "\n")
 
 
+COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "device", "causal", "heads",
+                        "seq_len", "pass", "status", "median_ms", "iqr_ms", "noisy", "baseline_ms", "speedup",
+                        "peak_mem_mib", "baseline_mem_mib", "mem_ratio", "flops", "flops_source", "tflops",
+                        "tokens_per_s", "error"]
+
+
+def _report_json(run_dir: Path) -> None:
+    """``report --json``: the run's tidy rows (the results.csv columns)."""
+    from attnbench.results import CSV_COLUMNS, frame_records, load_run
+
+    with _user_errors():
+        run_data = load_run(run_dir)
+        frame = run_data.frame()
+    _warn(run_data.warnings)
+    _print_json({"run_id": run_data.meta.get("run_id", Path(run_dir).name), "run_dir": str(run_dir),
+                 "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
+                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS)})
+
+
+def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) -> None:
+    """``compare --json``: one row per variant, case and pass, with speed-up and memory ratio."""
+    from attnbench.analysis import default_baseline, with_baseline
+    from attnbench.results import frame_records, load_run
+
+    with _user_errors():
+        run_data = load_run(run_dir)
+        frame = run_data.frame()
+        base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
+        if base is None:
+            raise AttnbenchError(f"{run_dir}: no finished cases to compare")
+        data = with_baseline(frame, base)
+        if pass_name:
+            data = data[data["pass"] == pass_name]
+    _warn(run_data.warnings)
+    _print_json({"run_id": run_data.meta.get("run_id", Path(run_dir).name), "run_dir": str(run_dir),
+                 "baseline": base, "passes": list(dict.fromkeys(data["pass"])),
+                 "rows": frame_records(data, COMPARE_JSON_COLUMNS)})
+
+
 def _warn(messages: list[str]) -> None:
     for message in messages:
         err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
@@ -104,11 +143,14 @@ def report(
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the tidy CSV here.")] = None,
     baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default: the suite's "
                                                       "baseline, else softmax).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tidy rows as JSON on stdout.")] = False,
 ) -> None:
     """Print a run's tables again from disk.
 
     Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
     """
+    if as_json:
+        return _report_json(run_dir)
     from attnbench.analysis import default_baseline
     from attnbench.report import comparison_tables, failures_table, run_tables
     from attnbench.results import load_run, write_csv
@@ -138,12 +180,15 @@ def compare(
     baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default softmax).")] = None,
     pass_name: Annotated[str | None, typer.Option("--pass", help="forward, backward or forward_backward "
                                                                  "(default: all measured).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON on stdout.")] = False,
 ) -> None:
     """Each variant's speed-up and memory ratio against a baseline, laid out like
     Long Range Arena's Table 2 (rows models, columns N, cells "steps/s (speed-up)").
 
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
     """
+    if as_json:
+        return _compare_json(run_dir, baseline, pass_name)
     from attnbench.analysis import default_baseline
     from attnbench.report import comparison_tables
     from attnbench.results import load_run
@@ -217,7 +262,7 @@ def env(
 
     Example: [bold]attnbench env --json[/]
     """
-    from attnbench.env import collect_environment
+    from attnbench.env import collect_environment, environment_rows
 
     data = collect_environment()
     if as_json:
@@ -228,10 +273,8 @@ def env(
     table = Table(title="environment", show_header=False)
     table.add_column("key", no_wrap=True, style="bold")
     table.add_column("value")
-    for key, value in data.items():
-        if key in ("warnings", "schema"):
-            continue
-        table.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+    for key, value in environment_rows(data):
+        table.add_row(key, value)
     out.print(table)
     _warn(data["warnings"])
 

@@ -173,3 +173,21 @@ def records_frame(records: list[dict[str, Any]], run_id: str) -> pd.DataFrame:
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     write_atomic(path, frame.to_csv(index=False))
+
+
+def frame_records(frame: pd.DataFrame, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a results frame as JSON-ready dicts: missing values (NaN, NA) become None."""
+    import math
+
+    data = frame if columns is None else frame[[c for c in columns if c in frame.columns]]
+    rows = []
+    for row in data.astype(object).to_dict(orient="records"):
+        clean = {}
+        for key, value in row.items():
+            if value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+                value = None
+            elif hasattr(value, "item"):  # numpy scalar
+                value = value.item()
+            clean[key] = value
+        rows.append(clean)
+    return rows

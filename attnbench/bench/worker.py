@@ -130,6 +130,7 @@ def run_case(case: Case, emit: Emit) -> None:
     """Measure ``case``; report through ``emit(kind, payload)``:
     ("meta", {...}) once the layer is built, ("pass", {...}) after each pass,
     ("fail", {...}) if the case cannot even start."""
+    from attnbench.variants import custom
     from attnbench.variants.registry import variant_info
 
     started = time.perf_counter()
@@ -137,11 +138,15 @@ def run_case(case: Case, emit: Emit) -> None:
         device = resolve_device(case.device)
         info = variant_info(case.variant)
         layer = build_layer(case, device)
-        flops_fn = getattr(layer, "flops", None)
-        forward_flops = int(flops_fn(case.batch, case.seq_len)) if callable(flops_fn) else None
         generator = torch.Generator(device="cpu").manual_seed(case.seed)
         x = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, DTYPES[case.dtype])
         grad = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, DTYPES[case.dtype])
+        if info.origin != "built-in":  # shape, dtype, device, causal: fail with the fix, before any timing
+            custom.check_layer(case, layer, x)
+        forward_flops, flops_source = custom.forward_flops(case, layer, x)
+    except custom.LayerCheckError as exc:
+        emit("fail", {"status": "error", "error": str(exc)})
+        return
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
         emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
         return
@@ -155,6 +160,7 @@ def run_case(case: Case, emit: Emit) -> None:
     for pass_name in case.passes:
         result: dict[str, Any] = {"pass": pass_name, "status": "ok", "error": None, "samples_ms": []}
         result["flops"] = forward_flops * PASS_FLOPS_FACTOR[pass_name] if forward_flops is not None else None
+        result["flops_source"] = flops_source if forward_flops is not None else None
         try:
             with torch.enable_grad():
                 x.requires_grad_(pass_name != "forward")

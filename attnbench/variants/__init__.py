@@ -35,9 +35,11 @@ def load_plugins() -> None:
     _plugins_loaded = True
     from importlib.metadata import entry_points
 
+    from attnbench.variants.custom import register_plugin
+
     for ep in entry_points(group="attnbench.variants"):
         try:
-            ep.load()
+            register_plugin(ep)
         except Exception as exc:  # a broken plugin must not break the tool
             import warnings
 

@@ -46,6 +46,7 @@ class _Entry:
     info: VariantInfo
     target: Callable[..., nn.Module]  # the class or factory registered
     is_core: bool  # target builds an AttentionCore, wrapped in ProjectedAttention
+    flops: Callable[..., int] | None = None  # analytic FLOPs of one forward, when the layer has no .flops
 
 
 # name -> entry, in registration order.
@@ -66,10 +67,19 @@ def _signature_params(target: Callable[..., Any], fixed: tuple[str, ...]) -> dic
 
 
 def register(name: str, *, family: str, paper: str = "", complexity: str = "",
-             causal: bool = False, origin: str = "built-in",
-             description: str | None = None,
+             causal: bool = False, origin: str | None = None,
+             description: str | None = None, flops: Callable[..., int] | None = None,
              replace: bool = False) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a variant under ``name``. Use as a class decorator."""
+    """Register a variant under ``name``. Use as a class decorator.
+
+    ``flops(batch, seq_len, dim, heads, **params) -> int`` (it may also take
+    ``causal``; only the arguments it names are passed) gives the FLOPs of one
+    forward pass; it is used when the built layer has no ``flops(batch, seq_len)``
+    method. Without either, the run counts one forward with
+    ``torch.utils.flop_counter`` (``flops_source`` = "flop_counter") or leaves
+    flops empty. ``origin`` defaults to "built-in" for attnbench's own modules
+    and "user" for everything else.
+    """
 
     def decorator(target: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not replace and name in _VARIANTS:
@@ -80,11 +90,20 @@ def register(name: str, *, family: str, paper: str = "", complexity: str = "",
         doc = description if description is not None else (inspect.getdoc(target) or "")
         info = VariantInfo(name=name, family=family, paper=paper, complexity=complexity,
                            causal=causal, defaults=_signature_params(target, fixed),
-                           origin=origin, description=doc.split("\n\n")[0].replace("\n", " "))
-        _VARIANTS[name] = _Entry(info=info, target=target, is_core=is_core)
+                           origin=origin or _default_origin(target),
+                           description=doc.split("\n\n")[0].replace("\n", " "))
+        if flops is not None and not callable(flops):
+            raise ValueError(f"variant {name!r}: flops must be a function "
+                             "flops(batch, seq_len, dim, heads, **params) -> int")
+        _VARIANTS[name] = _Entry(info=info, target=target, is_core=is_core, flops=flops)
         return target
 
     return decorator
+
+
+def _default_origin(target: Callable[..., Any]) -> str:
+    module = getattr(target, "__module__", "") or ""
+    return "built-in" if module == "attnbench" or module.startswith("attnbench.") else "user"
 
 
 def unregister(name: str) -> None:
