@@ -21,11 +21,13 @@ seq_len=, causal=, **params)`` and wrapped in the standard projections. Its
 ``supports_causal = False`` declares that the layer has no causal mode (suites
 that ask for one are rejected when they are loaded).
 
-Before any timing, the worker checks every variant that is not built in
-(:func:`check_layer`): one tensor out, of the input's shape, dtype and device,
-and, for a causal case, outputs at earlier positions unchanged when the last
-token changes. A failure is an ``error`` record for that case whose message
-says what to fix; the other variants still run.
+Before any timing, the worker checks every variant that is not built in (nor
+a test fixture, origin "test") with :func:`check_layer`: one tensor out, of
+the input's shape, dtype and device, and, for a causal case, outputs at
+earlier positions unchanged when the last token changes. A failure is an
+``error`` record for that case whose message says what to fix; the other
+variants still run. An import path that does not import is rejected when the
+suite is loaded (exit 2, naming the file, line and key, with the fix).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ from attnbench.variants.registry import (
 )
 
 IMPORT_PATH_ORIGIN = "import path"
+# Variants the worker does not check before timing: attnbench's own, and the
+# test suite's fixtures (which fail on purpose inside the timed passes).
+TRUSTED_ORIGINS = ("built-in", "test")
 PLUGIN_ORIGIN = "plugin"
 EXAMPLE = "examples.my_attention:MyAttention"
 
