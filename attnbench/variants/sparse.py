@@ -52,11 +52,14 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
     """softmax(q kᵀ) v with ``blocked`` (True = may not attend) masked; q is pre-scaled.
 
     Masked logits get the dtype's lowest finite value, not -inf, so that a row
-    with nothing to see (a padded query) stays finite instead of NaN.
+    with nothing to see (a padded query) stays finite instead of NaN. The fill is
+    kept out of autograd: softmax's gradient is already exactly 0 where its output
+    is 0, and recording it would cost one more pass over the scores in backward.
     """
     scores = torch.matmul(q, k.transpose(-1, -2))
     if blocked is not None:
-        scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
+        with torch.no_grad():  # matmul's backward does not need its output: safe in place
+            scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
     # Normalise in float32 at least: half-precision exp sums lose digits.
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
     return torch.matmul(probs.to(v.dtype), v)
@@ -217,13 +220,14 @@ class StridedAttention(_SparseCore):
         return out.transpose(2, 3).reshape(b, h, groups * stride, d)[:, :, :n]
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        geometry = self._local_geometry(q.shape[-2])
         q = q * self.scale
-        hl = self.local_heads
-        local = _band_attention(self, q[:, :hl], k[:, :hl], v[:, :hl],
-                                *self._local_geometry(q.shape[-2]))
-        if hl == self.heads:
-            return local
-        return torch.cat([local, self._strided(q[:, hl:], k[:, hl:], v[:, hl:])], dim=1)
+        if self.local_heads == self.heads:
+            return _band_attention(self, q, k, v, *geometry)
+        # split, not slicing: its backward concatenates instead of zero-filling H heads per part
+        sizes = [self.local_heads, self.heads - self.local_heads]
+        (ql, qs), (kl, ks), (vl, vs) = (t.split(sizes, dim=1) for t in (q, k, v))
+        return torch.cat([_band_attention(self, ql, kl, vl, *geometry), self._strided(qs, ks, vs)], dim=1)
 
     def flops(self, batch: int, seq_len: int) -> int:
         stride = self._stride(seq_len)
