@@ -1,8 +1,16 @@
 """Turning results into comparisons: relative speed and memory against a
-baseline, in the layout of the papers' efficiency tables."""
+baseline, in the layout of the papers' efficiency tables; scaling exponents and
+crossovers; agreement with a published table; and the before/after comparison
+of two runs with a significance test."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
 # The columns that make two rows the same experiment apart from the variant.
@@ -52,3 +60,462 @@ def default_baseline(frame: pd.DataFrame, preferred: str | None = None) -> str |
         if candidate and candidate in labels:
             return candidate
     return labels[0] if labels else None
+
+
+# --- published tables ---------------------------------------------------------
+
+DATA_PACKAGE = "attnbench"
+DATA_DIR = "data"
+
+
+@dataclass
+class PublishedTable:
+    """A paper's efficiency table shipped with attnbench (``attnbench/data/NAME.csv``
+    with its citation in ``NAME.yaml``): one row per model and N."""
+
+    name: str
+    meta: dict[str, Any]
+    frame: pd.DataFrame
+
+    @property
+    def title(self) -> str:
+        return str(self.meta.get("title", self.name))
+
+    @property
+    def citation(self) -> str:
+        return " ".join(str(self.meta.get("citation", "")).split())
+
+    @property
+    def pass_name(self) -> str:
+        return str(self.meta.get("pass", "forward_backward"))
+
+    @property
+    def baseline_variant(self) -> str | None:
+        model = self.meta.get("baseline_model")
+        rows = self.frame[self.frame["model"] == model]
+        return str(rows["variant"].iloc[0]) if not rows.empty else None
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(self.frame["model"]))
+
+
+def _data_files():
+    from importlib.resources import files
+
+    return files(DATA_PACKAGE).joinpath(DATA_DIR)
+
+
+def published_names() -> list[str]:
+    """Names of the published tables shipped in the package (``published:`` in a suite)."""
+    folder = _data_files()
+    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return sorted(n for n in names if folder.joinpath(n + ".csv").is_file())
+
+
+def load_published(name: str) -> PublishedTable:
+    """Load a shipped published table by name, e.g. ``"lra_table2"``."""
+    import io
+
+    import yaml
+
+    known = published_names()
+    if name not in known:
+        raise ValueError(f"unknown published table {name!r}; known: {', '.join(known) or 'none'}")
+    folder = _data_files()
+    meta = yaml.safe_load(folder.joinpath(name + ".yaml").read_text(encoding="utf-8")) or {}
+    text = folder.joinpath(name + ".csv").read_text(encoding="utf-8")
+    frame = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False,
+                        na_values={"steps_per_s": [""], "relative_speed": [""], "printed_speedup": [""],
+                                   "memory_gb": [""]})
+    return PublishedTable(name=name, meta=meta, frame=frame)
+
+
+# --- scaling exponents and crossovers -------------------------------------------
+
+@dataclass(frozen=True)
+class PowerFit:
+    """``value ≈ exp(intercept) · N^exponent``, fitted by least squares on log-log."""
+
+    exponent: float
+    intercept: float
+    r2: float  # NaN with two points (the fit is exact, R² says nothing)
+    points: int
+
+    def predict(self, n: float) -> float:
+        return math.exp(self.intercept + self.exponent * math.log(n))
+
+
+def fit_power_law(ns: Sequence[float], values: Sequence[float]) -> PowerFit | None:
+    """The slope of log(value) on log(N), with its R². Points with a missing or
+    non-positive value are left out; fewer than two distinct N give None."""
+    pts = [(float(n), float(v)) for n, v in zip(ns, values, strict=True)
+           if n is not None and v is not None and not _isnan(v) and not _isnan(n) and n > 0 and v > 0]
+    if len({n for n, _ in pts}) < 2:
+        return None
+    x = np.log([n for n, _ in pts])
+    y = np.log([v for _, v in pts])
+    xm, ym = x.mean(), y.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    slope = float(((x - xm) * (y - ym)).sum() / sxx)
+    intercept = float(ym - slope * xm)
+    if len(pts) < 3:
+        r2 = float("nan")
+    else:
+        ss_res = float(((y - (intercept + slope * x)) ** 2).sum())
+        ss_tot = float(((y - ym) ** 2).sum())
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return PowerFit(exponent=slope, intercept=intercept, r2=r2, points=len(pts))
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where a variant overtakes the baseline (becomes faster and stays faster to
+    the end of the measured range).
+
+    ``kind``: ``"at"`` (``n`` interpolated in log-log between the two measured N
+    around the change of sign), ``"below"`` (already faster at the smallest N
+    measured), ``"never"`` (not faster at the largest N measured; ``extrapolated``
+    is where the fitted power laws would cross, when they do, beyond the range),
+    ``"n/a"`` (the baseline itself, or fewer than two common N)."""
+
+    kind: str
+    n: float | None = None
+    lo: float | None = None  # the measured range
+    hi: float | None = None
+    extrapolated: float | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "at":
+            return f"{self.n:,.0f}"
+        if self.kind == "below":
+            return f"below the range (< {self.lo:,.0f})"
+        if self.kind == "never":
+            text = f"never (≤ {self.hi:,.0f})"
+            if self.extrapolated is not None:
+                text += f", ≈{self.extrapolated:,.0f} extrapolated"
+            return text
+        return "—"
+
+
+def crossover(ns: Sequence[float], times: Sequence[float], base_times: Sequence[float]) -> Crossover:
+    """The N where ``times`` drops below ``base_times`` for good, interpolated
+    linearly in log N against log(time / baseline time). Points where either is
+    missing are left out."""
+    pts = sorted((float(n), float(t), float(b)) for n, t, b in zip(ns, times, base_times, strict=True)
+                 if not _isnan(t) and not _isnan(b) and t > 0 and b > 0)
+    if len(pts) < 2:
+        return Crossover("n/a")
+    lo, hi = pts[0][0], pts[-1][0]
+    gap = [math.log(t / b) for _, t, b in pts]  # < 0: faster than the baseline
+    slower = [i for i, g in enumerate(gap) if g >= 0]
+    if not slower:
+        return Crossover("below", lo=lo, hi=hi)
+    last = slower[-1]
+    if last == len(pts) - 1:
+        fit_v = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
+        fit_b = fit_power_law([p[0] for p in pts], [p[2] for p in pts])
+        extrapolated = None
+        if fit_v and fit_b and fit_v.exponent < fit_b.exponent:
+            log_n = (fit_v.intercept - fit_b.intercept) / (fit_b.exponent - fit_v.exponent)
+            if log_n > math.log(hi) and log_n < 60:
+                extrapolated = math.exp(log_n)
+        return Crossover("never", lo=lo, hi=hi, extrapolated=extrapolated)
+    (n0, _, _), (n1, _, _) = pts[last], pts[last + 1]
+    g0, g1 = gap[last], gap[last + 1]
+    frac = g0 / (g0 - g1)  # g0 >= 0 > g1
+    n = math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))
+    return Crossover("at", n=n, lo=lo, hi=hi)
+
+
+def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -> pd.DataFrame:
+    """Per setting, head count and variant, for one pass: the scaling exponent of
+    the median time and of peak memory in N (with R²), and the crossover N where
+    the variant overtakes ``baseline``."""
+    columns = SETTING + ["heads", "label", "points", "time_exponent", "time_r2", "mem_exponent", "mem_r2",
+                         "crossover", "crossover_kind", "crossover_n"]
+    rows: list[dict[str, Any]] = []
+    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
+    for setting, group in settings_groups(data):
+        for heads in sorted(set(group["heads"])):
+            sub = group[group["heads"] == heads]
+            base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
+            for label in label_order(sub):
+                own = sub[sub["label"] == label].sort_values("seq_len")
+                tfit = fit_power_law(list(own["seq_len"]), list(own["median_ms"]))
+                mfit = fit_power_law(list(own["seq_len"]), list(own["peak_mem_mib"]))
+                if base is None or base.empty or label == baseline:
+                    cross = Crossover("n/a")
+                else:
+                    common = [n for n in own["seq_len"] if n in base.index]
+                    own_t = own.set_index("seq_len")["median_ms"]
+                    cross = crossover(common, [own_t[n] for n in common],
+                                      [base.loc[n, "median_ms"] for n in common])
+                rows.append({**setting, "heads": heads, "label": label, "points": len(own),
+                             "time_exponent": tfit.exponent if tfit else math.nan,
+                             "time_r2": tfit.r2 if tfit else math.nan,
+                             "mem_exponent": mfit.exponent if mfit else math.nan,
+                             "mem_r2": mfit.r2 if mfit else math.nan,
+                             "crossover": str(cross), "crossover_kind": cross.kind,
+                             "crossover_n": cross.n if cross.kind == "at" else math.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --- agreement with a published table --------------------------------------------
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with fewer than
+    two pairs or when either side is constant."""
+    if len(x) != len(y):
+        raise ValueError("spearman: the two sequences differ in length")
+    if len(x) < 2:
+        return math.nan
+    rx = pd.Series(list(x), dtype=float).rank(method="average").to_numpy()
+    ry = pd.Series(list(y), dtype=float).rank(method="average").to_numpy()
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    return float((dx * dy).sum() / denom) if denom > 0 else math.nan
+
+
+@dataclass
+class Agreement:
+    """How a run's relative speeds rank against a published table's at one N."""
+
+    table: str
+    pass_name: str
+    seq_len: int
+    rho: float
+    pairs: pd.DataFrame  # model, label, measured (speed-up), published (relative speed)
+
+    @property
+    def models(self) -> int:
+        return len(self.pairs)
+
+
+def _published_group(frame: pd.DataFrame, table: PublishedTable, pass_name: str
+                     ) -> tuple[pd.DataFrame, dict[str, str], str] | None:
+    """The run's rows (one setting and head count, the one that pairs the most
+    models) to set beside ``table``: (rows of that pass, table variant -> label,
+    the label of the table's baseline)."""
+    base_variant = table.baseline_variant
+    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
+    if data.empty or base_variant is None:
+        return None
+    best = None
+    for _setting, group in settings_groups(data):
+        for heads in sorted(set(group["heads"])):
+            sub = group[group["heads"] == heads]
+            mapping = _map_models(table, sub, label_order(sub))
+            if base_variant not in mapping:
+                continue
+            if best is None or len(mapping) > len(best[1]):
+                best = (sub, mapping, mapping[base_variant])
+    return best
+
+
+def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name: str | None = None
+                           ) -> pd.DataFrame:
+    """Measured and published relative figures of the models both have, at the N
+    both have: speed-up against the baseline model's variant and memory ratio
+    (peak / the baseline's peak), one row per model and N."""
+    columns = ["model", "label", "seq_len", "measured_speedup", "published_speedup", "measured_mem_ratio",
+               "published_mem_ratio"]
+    found = _published_group(frame, table, pass_name or table.pass_name)
+    if found is None:
+        return pd.DataFrame(columns=columns)
+    sub, mapping, base_label = found
+    pub = table.frame
+    base_model = table.meta.get("baseline_model")
+    rows = []
+    for n in sorted(set(sub["seq_len"]) & set(int(x) for x in pub["seq_len"])):
+        at_n = sub[sub["seq_len"] == n].set_index("label")
+        pub_n = pub[pub["seq_len"] == n].set_index("variant")
+        pub_base = pub[(pub["seq_len"] == n) & (pub["model"] == base_model)]
+        base_gb = float(pub_base["memory_gb"].iloc[0]) if not pub_base.empty else math.nan
+        for variant, label in mapping.items():
+            if label not in at_n.index or variant not in pub_n.index:
+                continue
+            has_base = base_label in at_n.index
+            mine, base = at_n.loc[label], at_n.loc[base_label] if has_base else None
+            rows.append({
+                "model": pub_n.loc[variant, "model"], "label": label, "seq_len": int(n),
+                "measured_speedup": float(base["median_ms"] / mine["median_ms"]) if has_base else math.nan,
+                "published_speedup": float(pub_n.loc[variant, "relative_speed"]),
+                "measured_mem_ratio": (float(mine["peak_mem_mib"] / base["peak_mem_mib"])
+                                       if has_base and not _isnan(mine["peak_mem_mib"])
+                                       and not _isnan(base["peak_mem_mib"]) and base["peak_mem_mib"] > 0
+                                       else math.nan),
+                "published_mem_ratio": float(pub_n.loc[variant, "memory_gb"]) / base_gb,
+            })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def published_correlation(frame: pd.DataFrame, table: PublishedTable, seq_len: int | None = 4096,
+                          pass_name: str | None = None) -> Agreement | None:
+    """Spearman rank correlation between the measured speed-ups (against the run's
+    variant that maps to the table's baseline model) and the table's relative
+    speeds, over the models both have, at ``seq_len`` (4096 by default; the
+    largest N both have when that one is missing). None when fewer than two
+    models can be paired."""
+    pass_name = pass_name or table.pass_name
+    both = published_side_by_side(frame, table, pass_name).dropna(subset=["measured_speedup",
+                                                                          "published_speedup"])
+    if both.empty:
+        return None
+    ns = sorted(set(both["seq_len"]))
+    n = seq_len if seq_len in ns else ns[-1]
+    at_n = both[both["seq_len"] == n]
+    if len(at_n) < 2:
+        return None
+    pairs = at_n[["model", "label", "measured_speedup", "published_speedup"]].rename(
+        columns={"measured_speedup": "measured", "published_speedup": "published"}).reset_index(drop=True)
+    return Agreement(table=table.name, pass_name=pass_name, seq_len=int(n),
+                     rho=spearman(list(pairs["measured"]), list(pairs["published"])), pairs=pairs)
+
+
+def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str]) -> dict[str, str]:
+    """Table variant -> the run's label: a label equal to the variant name, else
+    the only label measuring that variant."""
+    out = {}
+    for variant in dict.fromkeys(table.frame["variant"]):
+        if variant in labels:
+            out[variant] = variant
+            continue
+        same = list(dict.fromkeys(frame[frame["variant"] == variant]["label"]))
+        if len(same) == 1:
+            out[variant] = same[0]
+    return out
+
+
+# --- quartiles from the raw samples (for bands in plots) ---------------------------
+
+def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Add q1_ms and q3_ms from each pass's raw samples (NaN where there are none)."""
+    from attnbench.bench.timing import quartiles
+
+    q: dict[tuple[str, str], tuple[float, float]] = {}
+    for record in records:
+        for p in record.get("passes", []):
+            samples = p.get("samples_ms") or []
+            if p.get("status") == "ok" and samples:
+                q1, _, q3 = quartiles(list(samples))
+                q[(record["case_id"], p["pass"])] = (q1, q3)
+    out = frame.copy()
+    keys = list(zip(out["case_id"], out["pass"], strict=True))
+    out["q1_ms"] = [q.get(k, (math.nan, math.nan))[0] for k in keys]
+    out["q3_ms"] = [q.get(k, (math.nan, math.nan))[1] for k in keys]
+    return out
+
+
+# --- two runs: before / after --------------------------------------------------------
+
+MIN_EFFECT = 0.05  # a change smaller than 5% is never called significant
+ALPHA = 0.05  # Mann-Whitney U, two-sided
+MARK_SLOWER, MARK_FASTER, MARK_SAME, MARK_FAILED = "+", "-", "~", "x"
+COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
+                   "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "p_value",
+                   "significant", "case_id"]
+
+
+@dataclass(frozen=True)
+class Change:
+    ratio: float  # median B / median A
+    p_value: float  # NaN when no test is possible
+    significant: bool
+
+    @property
+    def mark(self) -> str:
+        if not self.significant:
+            return MARK_SAME
+        return MARK_SLOWER if self.ratio > 1 else MARK_FASTER
+
+
+def change(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, min_effect: float = MIN_EFFECT) -> Change:
+    """Is B's timing different from A's? The ratio of medians B/A, with a
+    two-sided Mann-Whitney U test on the raw samples. A change is significant
+    only when p < ``alpha`` *and* the ratio is outside [1/(1+min_effect),
+    1+min_effect] *and* each side has at least two samples: one sample says
+    nothing about spread, so it is never called significant."""
+    import statistics
+
+    if not a or not b:
+        raise ValueError("change: both sides need at least one sample")
+    ratio = statistics.median(b) / statistics.median(a)
+    if len(a) < 2 or len(b) < 2:
+        return Change(ratio, math.nan, False)
+    from scipy.stats import mannwhitneyu
+
+    if len(set(a)) == 1 and set(a) == set(b):
+        p = 1.0
+    else:
+        p = float(mannwhitneyu(list(a), list(b), alternative="two-sided").pvalue)
+    big = ratio >= 1 + min_effect or ratio <= 1 / (1 + min_effect)
+    return Change(ratio, p, bool(p < alpha and big))
+
+
+def _pass_samples(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict, dict]]:
+    out = {}
+    for record in records:
+        passes = {p["pass"]: p for p in record.get("passes", [])}
+        for name in record["case"]["passes"]:
+            out[(record["case_id"], name)] = (record, passes.get(name, {"status": record.get("status", "error")}))
+    return out
+
+
+def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]], alpha: float = ALPHA,
+                 min_effect: float = MIN_EFFECT) -> pd.DataFrame:
+    """One row per case and pass found in either run: the ratio of medians B/A,
+    the Mann-Whitney p-value, and an asv-style mark: ``+`` significantly slower,
+    ``-`` significantly faster, ``~`` no significant change, ``x`` failed or
+    missing in either run. Cases are matched by case id (label, N, heads, dim,
+    batch, dtype, device, causal) and pass."""
+    import statistics
+
+    sa, sb = _pass_samples(records_a), _pass_samples(records_b)
+    rows = []
+    for key in list(dict.fromkeys([*sa, *sb])):
+        (rec_a, pa), (rec_b, pb) = sa.get(key, (None, None)), sb.get(key, (None, None))
+        case = (rec_a or rec_b)["case"]
+        status_a = pa["status"] if pa else "missing"
+        status_b = pb["status"] if pb else "missing"
+        xs = list(pa.get("samples_ms") or []) if status_a == "ok" else []
+        ys = list(pb.get("samples_ms") or []) if status_b == "ok" else []
+        row = {"label": case["label"], "seq_len": case["seq_len"], "heads": case["heads"], "pass": key[1],
+               "batch": case["batch"], "dim": case["dim"], "dtype": case["dtype"], "device": case["device"],
+               "causal": case["causal"], "status_a": status_a, "status_b": status_b, "n_a": len(xs),
+               "n_b": len(ys), "median_a_ms": statistics.median(xs) if xs else math.nan,
+               "median_b_ms": statistics.median(ys) if ys else math.nan, "case_id": key[0]}
+        if xs and ys:
+            c = change(xs, ys, alpha=alpha, min_effect=min_effect)
+            row.update(ratio=c.ratio, p_value=c.p_value, significant=c.significant, mark=c.mark)
+        else:
+            row.update(ratio=math.nan, p_value=math.nan, significant=False, mark=MARK_FAILED)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def compare_summary(compared: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (label) and pass: the geometric mean of the ratios B/A over the
+    cases measured in both runs, and how many cases got each mark."""
+    rows = []
+    for (label, pass_name), group in compared.groupby(["label", "pass"], sort=False):
+        ok = group[group["mark"] != MARK_FAILED]["ratio"]
+        rows.append({"label": label, "pass": pass_name, "cases": len(group),
+                     "geomean_ratio": float(np.exp(np.log(ok).mean())) if len(ok) else math.nan,
+                     "slower": int((group["mark"] == MARK_SLOWER).sum()),
+                     "faster": int((group["mark"] == MARK_FASTER).sum()),
+                     "same": int((group["mark"] == MARK_SAME).sum()),
+                     "failed": int((group["mark"] == MARK_FAILED).sum())})
+    return pd.DataFrame(rows, columns=["label", "pass", "cases", "geomean_ratio", "slower", "faster", "same",
+                                       "failed"])
+
+
+def regressions(compared: pd.DataFrame, fail_above: float) -> pd.DataFrame:
+    """The significant slowdowns whose ratio B/A exceeds ``fail_above``."""
+    return compared[(compared["mark"] == MARK_SLOWER) & (compared["ratio"] > fail_above)]
+
+
+def _isnan(value: Any) -> bool:
+    try:
+        return value is None or value is pd.NA or math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True

@@ -1,4 +1,5 @@
-"""Rendering results: rich tables for the terminal, markdown, CSV."""
+"""Rendering results: rich tables for the terminal, markdown, CSV; the published
+table beside the measured one; the comparison of two runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
-from attnbench.analysis import describe_setting, label_order, settings_groups, with_baseline
+from attnbench.analysis import SETTING, describe_setting, label_order, settings_groups, with_baseline
 
 STATUS_SHORT = {"oom": "OOM", "timeout": "timeout", "crashed": "crashed", "error": "error", "skipped": "skipped"}
 NOISY_MARK = "~"
@@ -131,3 +132,368 @@ def failures_table(frame: pd.DataFrame) -> Table | None:
         table.add_row(STATUS_SHORT.get(r.status, r.status), r.label, str(r.seq_len), str(r.heads),
                       str(r.error or ""))
     return table
+
+
+# --- the full report: scaling, published table, agreement -----------------------
+
+def measured_passes(frame: pd.DataFrame) -> list[str]:
+    """Passes shown in a report: forward and forward_backward (the papers' inference
+    and training), or whatever the run measured when it has neither."""
+    present = [p for p in ("forward", "backward", "forward_backward") if p in set(frame["pass"])]
+    shown = [p for p in present if p != "backward"]
+    return shown or present
+
+
+def _fmt_exp(value: float) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.2f}"
+
+
+def _fmt_r2(value: float) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.3f}"
+
+
+def scaling_table(summary: pd.DataFrame, pass_name: str, baseline: str | None) -> Table:
+    """Rich table of ``analysis.scaling_summary``: exponents of time and memory in
+    N with R², and the crossover N against the baseline."""
+    table = Table(title=f"{pass_name}: scaling in N (time ∝ N^k, fitted on log-log) and crossover vs "
+                        f"{baseline or '-'}",
+                  caption="R² shown from three N up; crossover: the N where the variant becomes faster than "
+                          "the baseline and stays faster, interpolated in log-log")
+    multi = summary[SETTING].drop_duplicates().shape[0] > 1 if not summary.empty else False
+    if multi:
+        table.add_column("setting", no_wrap=True)
+    for col in ("model", "heads", "N points", "time k", "R²", "memory k", "R²", "crossover N"):
+        table.add_column(col, justify="left" if col in ("model", "crossover N") else "right",
+                         no_wrap=col == "model", style="bold" if col == "model" else None)
+    for r in summary.to_dict("records"):
+        cells = [r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]), _fmt_r2(r["time_r2"]),
+                 _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]), r["crossover"]]
+        if multi:
+            cells.insert(0, describe_setting(r))
+        table.add_row(*cells)
+    return table
+
+
+
+def published_rows(published) -> tuple[list[str], list[int], dict[tuple[str, int], dict]]:
+    frame = published.frame
+    ns = sorted(set(int(n) for n in frame["seq_len"]))
+    cells = {(r["model"], int(r["seq_len"])): r for r in frame.to_dict("records")}
+    return published.models(), ns, cells
+
+
+def _pub_speed(r: dict | None, baseline_model: str) -> str:
+    if r is None or pd.isna(r.get("steps_per_s")):
+        return ""
+    value = f"{r['steps_per_s']:.1f}"
+    if r["model"] == baseline_model:
+        return value
+    printed = r.get("printed_speedup")
+    rel = printed if printed is not None and not pd.isna(printed) else r.get("relative_speed")
+    mark = " †" if r.get("note") else ""
+    return f"{value} ({rel:.1f}x){mark}"
+
+
+def published_tables(published) -> list[Table]:
+    """The published table as printed in its paper: steps/s (relative speed) and
+    peak memory, rows models (with the attnbench variant), columns N."""
+    models, ns, cells = published_rows(published)
+    base_model = str(published.meta.get("baseline_model", ""))
+    notes = [f"{m} at N={n}: {r['note']}" for (m, n), r in cells.items() if r.get("note")]
+    caption = published.citation + (" † " + "; ".join(notes) if notes else "")
+    out = []
+    for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak memory (GB)")):
+        table = Table(title=f"published: {published.title} — {what}, {published.pass_name}",
+                      caption=caption if kind == "memory" else None)
+        table.add_column("model", no_wrap=True, style="bold")
+        table.add_column("variant", no_wrap=True)
+        for n in ns:
+            table.add_column(f"N={n}", justify="right")
+        for model in models:
+            variant = next((r["variant"] for (m, _), r in cells.items() if m == model), "")
+            row = [model, variant]
+            for n in ns:
+                r = cells.get((model, n))
+                if kind == "speed":
+                    row.append(_pub_speed(r, base_model))
+                else:
+                    row.append("" if r is None or pd.isna(r.get("memory_gb")) else f"{r['memory_gb']:.2f}")
+            table.add_row(*row)
+        out.append(table)
+    return out
+
+
+def _ratio(value: float) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+def side_by_side_rows(both: pd.DataFrame, kind: str) -> tuple[list[int], list[list[str]]]:
+    """Rows model (label), cells "measured x / published x" per N."""
+    ns = sorted(set(both["seq_len"]))
+    measured, published = (("measured_speedup", "published_speedup") if kind == "speed"
+                           else ("measured_mem_ratio", "published_mem_ratio"))
+    cells = {(r["model"], r["seq_len"]): r for r in both.to_dict("records")}
+    rows = []
+    for model in dict.fromkeys(both["model"]):
+        label = both[both["model"] == model]["label"].iloc[0]
+        row = [f"{model} ({label})"]
+        for n in ns:
+            r = cells.get((model, n))
+            row.append("" if r is None else f"{_ratio(r[measured])} / {_ratio(r[published])}")
+        rows.append(row)
+    return ns, rows
+
+
+def side_by_side_tables(both: pd.DataFrame, published) -> list[Table]:
+    """Measured against published, relative to each side's baseline model."""
+    out = []
+    if both.empty:
+        return out
+    for kind, what in (("speed", "speed-up"), ("memory", "memory ratio")):
+        ns, rows = side_by_side_rows(both, kind)
+        table = Table(title=f"{what}, measured / {published.name} ({published.pass_name}), "
+                            f"against {published.meta.get('baseline_model', 'the baseline')}")
+        table.add_column("model (variant)", no_wrap=True, style="bold")
+        for n in ns:
+            table.add_column(f"N={n}", justify="right")
+        for row in rows:
+            table.add_row(*row)
+        out.append(table)
+    return out
+
+
+def agreement_text(agreement) -> str:
+    """One line on the rank agreement between measured and published relative speeds."""
+    if agreement is None:
+        return "rank agreement with the published table: not enough models in common to compute it"
+    rho = "undefined" if pd.isna(agreement.rho) else f"{agreement.rho:+.2f}"
+    models = ", ".join(agreement.pairs["label"])
+    return (f"Spearman rank correlation of relative speed at N={agreement.seq_len} ({agreement.pass_name}) "
+            f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
+
+
+def report_sections(run, baseline: str | None) -> list:
+    """Everything ``attnbench report`` prints after the run and comparison tables:
+    per pass the scaling exponents and crossovers; the published table (when the
+    suite names one) with the rank correlation of relative speeds."""
+    from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
+
+    frame = run.frame()
+    out: list = []
+    if frame.empty:
+        return out
+    for pass_name in measured_passes(frame):
+        out.append(scaling_table(scaling_summary(frame, baseline, pass_name), pass_name, baseline))
+    name = run.meta.get("published")
+    if name:
+        try:
+            published = load_published(str(name))
+        except ValueError as exc:
+            out.append(f"[yellow]warning:[/] {exc}")
+            return out
+        out.extend(published_tables(published))
+        out.extend(side_by_side_tables(published_side_by_side(frame, published), published))
+        out.append(agreement_text(published_correlation(frame, published)))
+    return out
+
+
+# --- markdown -----------------------------------------------------------------------
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str, kind: str) -> list[str]:
+    parts = []
+    for setting, group in settings_groups(data):
+        for heads in sorted(set(group["heads"])):
+            sub = group[group["heads"] == heads]
+            lookup = _lookup(sub)
+            ns = sorted(set(sub["seq_len"]))
+            rows = [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
+                    for label in label_order(sub)]
+            what = "steps/s (speed-up)" if kind == "speed" else "peak MiB (ratio)"
+            parts.append(f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
+                         + md_table(["model", *[f"N={n}" for n in ns]], rows))
+    return parts
+
+
+def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
+    parts = []
+    for setting, group in settings_groups(data):
+        for heads in sorted(set(group["heads"])):
+            sub = group[group["heads"] == heads]
+            lookup = _lookup(sub)
+            ns = sorted(set(sub["seq_len"]))
+            rows = []
+            for label in label_order(sub):
+                cells = []
+                for n in ns:
+                    r = lookup.get((label, heads, n, pass_name))
+                    if r is None:
+                        cells.append("")
+                    elif r["status"] != "ok":
+                        cells.append(STATUS_SHORT.get(r["status"], r["status"]))
+                    else:
+                        iqr = r["iqr_ms"]
+                        cells.append(f"{_cell_time(r)} ± {fmt_ms(iqr / 2)}" if iqr and not pd.isna(iqr)
+                                     else _cell_time(r))
+                rows.append([label, *cells])
+            parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
+                         + md_table(["model", *[f"N={n}" for n in ns]], rows))
+    return parts
+
+
+def markdown_report(run, baseline: str | None, plot: str | None = None) -> str:
+    """The whole report as a markdown document: run metadata, per pass the
+    medians, the LRA-style speed and memory tables against the baseline and the
+    scaling exponents with crossovers; the published table beside them with the
+    rank correlation; the cases that failed."""
+    from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
+
+    frame = run.frame()
+    meta = run.meta
+    env = meta.get("environment") or {}
+    lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", ""]
+    facts = [("run", run.run_id), ("suite", meta.get("suite_path")), ("started", meta.get("started_at")),
+             ("finished", meta.get("finished_at")), ("status", meta.get("status")),
+             ("attnbench", env.get("attnbench")), ("git commit", env.get("git_commit")),
+             ("torch", env.get("torch")), ("python", env.get("python")), ("CPU", env.get("cpu_model")),
+             ("threads", env.get("torch_threads")), ("GPUs", _gpus(env.get("gpus"))), ("OS", env.get("os")),
+             ("command", " ".join(meta.get("command") or []) or None), ("baseline", baseline)]
+    lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "", [])]
+    lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time; "
+                  f"`{NOISY_MARK}` marks a noisy figure (IQR/median > 10%).", ""]
+    if plot:
+        lines += [f"![time and memory vs N]({plot})", ""]
+    if frame.empty:
+        lines.append("No finished cases.")
+        return "\n".join(lines) + "\n"
+    for pass_name in measured_passes(frame):
+        data = frame[frame["pass"] == pass_name]
+        lines += [f"## {pass_name}", ""]
+        for part in _medians_md(data, pass_name):
+            lines += [part, ""]
+        if baseline is not None and baseline in set(frame["label"]):
+            rel = with_baseline(data, baseline)
+            for kind in ("speed", "memory"):
+                for part in _relative_md(rel, baseline, pass_name, kind):
+                    lines += [part, ""]
+        summary = scaling_summary(frame, baseline, pass_name)
+        rows = [[r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]),
+                 _fmt_r2(r["time_r2"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]), r["crossover"]]
+                for r in summary.to_dict("records")]
+        lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log)", "",
+                  md_table(["model", "heads", "N points", "time k", "R²", "memory k", "R²", "crossover N"], rows,
+                           ["l", "r", "r", "r", "r", "r", "r", "l"]), ""]
+    name = meta.get("published")
+    if name:
+        try:
+            published = load_published(str(name))
+        except ValueError as exc:
+            lines += [f"> warning: {exc}", ""]
+        else:
+            lines += _published_md(published)
+            both = published_side_by_side(frame, published)
+            for kind, what in (("speed", "speed-up"), ("memory", "memory ratio")):
+                if both.empty:
+                    break
+                ns, rows = side_by_side_rows(both, kind)
+                lines += [f"**{what}, measured / published ({published.pass_name}), against "
+                          f"{published.meta.get('baseline_model', 'the baseline')}**", "",
+                          md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
+            lines += [agreement_text(published_correlation(frame, published)), ""]
+    bad = frame[frame["status"] != "ok"].drop_duplicates(subset=["case_id", "status"])
+    if not bad.empty:
+        rows = [[STATUS_SHORT.get(r.status, r.status), r.label, str(r.seq_len), str(r.heads), str(r.error or "")]
+                for r in bad.itertuples(index=False)]
+        lines += ["## cases that did not succeed", "",
+                  md_table(["status", "variant", "N", "heads", "reason"], rows, ["l", "l", "r", "r", "l"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _gpus(gpus) -> str | None:
+    if not gpus:
+        return None
+    if isinstance(gpus, list):
+        return ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus)
+    return str(gpus)
+
+
+def _published_md(published) -> list[str]:
+    models, ns, cells = published_rows(published)
+    base_model = str(published.meta.get("baseline_model", ""))
+    header = ["model", "variant", *[f"N={n}" for n in ns]]
+    align = ["l", "l"] + ["r"] * len(ns)
+    speed, memory = [], []
+    for model in models:
+        variant = next((r["variant"] for (m, _), r in cells.items() if m == model), "")
+        speed.append([model, variant, *[_pub_speed(cells.get((model, n)), base_model) for n in ns]])
+        memory.append([model, variant, *["" if cells.get((model, n)) is None else
+                                         f"{cells[(model, n)]['memory_gb']:.2f}" for n in ns]])
+    notes = [f"† {m} at N={n}: {r['note']}" for (m, n), r in cells.items() if r.get("note")]
+    out = [f"## published: {published.title}", "", f"Source: {published.citation} {published.meta.get('url', '')}",
+           "", f"Setting: {' '.join(str(published.meta.get('setting', '')).split())}", "",
+           f"**steps/s (speed-up), {published.pass_name}**", "", md_table(header, speed, align), "",
+           "**peak memory (GB)**", "", md_table(header, memory, align), ""]
+    if notes:
+        out += notes + [""]
+    return out
+
+
+def write_text(path, text: str) -> None:
+    from pathlib import Path
+
+    from attnbench.results import write_atomic
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(p, text)
+
+
+# --- two runs -------------------------------------------------------------------------
+
+def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: str, name_b: str,
+                        only_changed: bool = False) -> list[Table]:
+    """asv-style: per case and pass the mark, medians of A and B, their ratio and
+    the p-value; then per variant the geometric mean of the ratios."""
+    table = Table(title=f"{name_b} against {name_a}: ratio of medians B/A",
+                  caption="+ slower, - faster (significant: Mann-Whitney p < 0.05 and a change over the minimum "
+                          "effect), ~ no significant change, x failed or missing in either run")
+    for col in ("", "model", "N", "heads", "pass", "A ms", "B ms", "B/A", "p"):
+        table.add_column(col, justify="right" if col in ("N", "heads", "A ms", "B ms", "B/A", "p") else "left",
+                         no_wrap=True)
+    styles = {"+": "red", "-": "green", "x": "yellow"}
+    for r in compared.to_dict("records"):
+        if only_changed and r["mark"] == "~":
+            continue
+        mark = r["mark"]
+        if mark == "x":
+            detail = f"{r['status_a']} / {r['status_b']}"
+            cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), detail, ""]
+        else:
+            p = r["p_value"]
+            cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['ratio']:.3f}",
+                     "-" if pd.isna(p) else f"{p:.3f}"]
+        style = styles.get(mark)
+        table.add_row(f"[{style}]{mark}[/]" if style else mark, r["label"], str(r["seq_len"]), str(r["heads"]),
+                      PASS_SHORT.get(r["pass"], r["pass"]), *cells)
+    totals = Table(title="per variant: geometric mean of B/A over the cases measured in both runs")
+    for col in ("model", "pass", "cases", "geomean B/A", "+", "-", "~", "x"):
+        totals.add_column(col, justify="left" if col in ("model", "pass") else "right", no_wrap=True)
+    for r in summary.to_dict("records"):
+        g = r["geomean_ratio"]
+        totals.add_row(r["label"], PASS_SHORT.get(r["pass"], r["pass"]), str(r["cases"]),
+                       "-" if pd.isna(g) else f"{g:.3f}", str(r["slower"]), str(r["faster"]), str(r["same"]),
+                       str(r["failed"]))
+    return [table, totals]
