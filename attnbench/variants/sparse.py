@@ -329,7 +329,10 @@ class BigBirdAttention(_SparseCore):
         idx, valid = self.key_blocks(n)
         pos = idx[..., None] * self.block + torch.arange(self.block)  # (H, m, 5+r, b)
         blocked = (~valid[..., None] | (pos >= n)).flatten(2)[:, :, None]  # (H, m, 1, keys)
-        return idx.to(device), blocked.to(device)
+        # One flat index into the (H·nb) blocks of all heads: index_select copies whole
+        # blocks (and its backward adds them back), far faster than 2-D advanced indexing.
+        flat = (idx + torch.arange(self.heads)[:, None, None] * (-(-n // self.block))).flatten()
+        return flat.to(device), blocked.to(device)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         b, h, n, d = q.shape
@@ -338,13 +341,12 @@ class BigBirdAttention(_SparseCore):
             return _attend(q, k, v, None)
         blk = self.block
         n_blocks = -(-n // blk)
-        idx, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
+        flat, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
         queries = _pad_to(q, n_blocks * blk).view(b, h, n_blocks, blk, d)
-        heads = torch.arange(h, device=q.device)[:, None, None]
 
         def gather(t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, H, nb−2, (5+r)·b, d)
-            t = _pad_to(t, n_blocks * blk).view(b, h, n_blocks, blk, d)
-            return t[:, heads, idx].flatten(3, 4)
+            t = _pad_to(t, n_blocks * blk).reshape(b, h * n_blocks, blk * d)
+            return t.index_select(1, flat).view(b, h, n_blocks - 2, -1, d)
 
         middle = _attend(queries[:, :, 1:-1], gather(k), gather(v), blocked)
         # The first and last query blocks are global: they see all N keys.
