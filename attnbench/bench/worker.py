@@ -43,10 +43,66 @@ def is_oom(exc: BaseException) -> bool:
                                               or "DefaultCPUAllocator: can't allocate" in text)
 
 
+# What torch says when a pinned SDPA backend cannot run this case.
+_NO_KERNEL = ("No viable backend for scaled_dot_product_attention", "No available kernel")
+
+
 def classify(exc: BaseException) -> str:
-    if isinstance(exc, CaseSkipped):
-        return "skipped"
+    if isinstance(exc, CaseSkipped | NotImplementedError) or any(text in str(exc) for text in _NO_KERNEL):
+        return "skipped"  # this combination cannot run here: not a failure of the variant
     return "oom" if is_oom(exc) else "error"
+
+
+# Fused attention ops as the dispatcher sees them -> the SDPA backend's name.
+_SDPA_KERNELS = {
+    "_scaled_dot_product_flash_attention_for_cpu": "flash",
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_efficient_attention": "efficient",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_fused_attention_overrideable": "overrideable",
+}
+
+
+def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """Which SDPA kernels one forward of ``layer`` actually ran ("math" when the
+    layer is an sdpa variant and no fused kernel appeared: math decomposes)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            self.names.add(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    # Not inference_mode: without the autograd key the mode would see the
+    # composite sdpa op before it picks its kernel.
+    with torch.no_grad(), _Ops() as ops:
+        layer(x)
+    used = sorted({backend for op, backend in _SDPA_KERNELS.items() if op in ops.names})
+    core = getattr(layer, "core", None)
+    if not used and core is not None and type(core).__name__ == "SDPAttention":
+        used = ["math"]
+    return used
+
+
+def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Any]:
+    """Untimed work before the passes: torch.compile's compilation (timed apart,
+    so it never lands in a sample or the memory run) and the SDPA kernels used."""
+    info: dict[str, Any] = {}
+    if case.compile:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            layer(x)
+        if any(p != "forward" for p in case.passes):
+            layer(x.detach().requires_grad_()).backward(grad)
+            layer.zero_grad(set_to_none=True)
+        info["compile_s"] = time.perf_counter() - t0
+    if type(getattr(layer, "core", None)).__name__ == "SDPAttention":
+        info["sdpa_backend"] = ",".join(sdpa_backends_used(layer, x)) or None
+    return info
 
 
 def short_error(exc: BaseException) -> str:
@@ -150,7 +206,13 @@ def run_case(case: Case, emit: Emit) -> None:
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
         emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
         return
+    try:
+        prepared = _prepare(case, layer, x, grad)
+    except Exception as exc:  # noqa: BLE001
+        emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
+        return
     emit("meta", {
+        **prepared,
         "family": info.family,
         "param_count": sum(p.numel() for p in layer.parameters()),
         "threads": torch.get_num_threads(),
