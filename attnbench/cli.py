@@ -209,11 +209,15 @@ def compare(
 
 @app.command("list")
 def list_variants(
+    import_paths: Annotated[list[str] | None, typer.Argument(
+        metavar="[MODULE:CLASS]...", help="Custom variants to import and list too, e.g. "
+                                          "examples.my_attention:MyAttention.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every registered variant: family, paper, complexity, causal support.
+    """Every registered variant (built in, plugins, and any import paths given):
+    family, paper, complexity, causal support, parameters, origin.
 
-    Example: [bold]attnbench list --json[/]
+    Example: [bold]attnbench list examples.my_attention:MyAttention --json[/]
     """
     from dataclasses import asdict
 
@@ -221,6 +225,9 @@ def list_variants(
 
     from attnbench.variants import variant_info, variant_names
 
+    with _user_errors():
+        for name in import_paths or []:
+            variant_info(name)
     infos = [variant_info(n) for n in variant_names()]
     if as_json:
         _print_json({"variants": [asdict(i) for i in infos]})

@@ -234,6 +234,16 @@ def test_a_suite_naming_a_broken_import_path_is_rejected_at_its_line(workdir: Pa
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+def test_list_imports_the_paths_it_is_given(workdir: Path):
+    write_module(workdir, "userpkg.attention", LAYERS)
+    result = runner.invoke(app, ["list", "userpkg.attention:Attention", "--json"])
+    assert result.exit_code == 0, result.output
+    (mine,) = [v for v in json.loads(result.stdout)["variants"] if v["name"] == "userpkg.attention:Attention"]
+    assert (mine["origin"], mine["family"], mine["defaults"]) == ("import path", "custom", {"scale": 1.0})
+    result = runner.invoke(app, ["list", "userpkg.attention:Atention"])
+    assert result.exit_code == 2 and "Did you mean 'Attention'?" in result.stderr
+
+
 def test_a_class_decorated_with_register_keeps_its_metadata_under_its_import_path(workdir: Path):
     write_module(workdir, "decorated", """
         import attnbench
