@@ -132,8 +132,11 @@ def run(
         out.print(failed)
     err.print(f"results: {summary.run_dir}", highlight=False)
     if summary.interrupted:
-        err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  "
-                  f"{resume_command(summary, str(suite_path))}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        command = resume_command(summary, str(suite_path), quick=quick, device=device)
+        err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  {escape(command)}",
+                  markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 

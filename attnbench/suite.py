@@ -33,7 +33,7 @@ DEFAULT_KEYS = ("batch", "dim", "dtype", "causal", "passes", "compile")
 GRID_KEYS = ("seq_lens", "heads", "devices")
 VARIANT_KEYS = ("name", "label", "params") + DEFAULT_KEYS + GRID_KEYS
 TIMING_KEYS = ("warmup", "min_time_s", "max_reps", "min_reps", "target_rel_iqr")
-LIMIT_KEYS = ("case_timeout_s", "memory_margin_mib")
+LIMIT_KEYS = ("case_timeout_s", "memory_margin_mib", "memory_limit_mib")
 
 
 # --- YAML with line numbers -------------------------------------------------
@@ -102,8 +102,22 @@ class TimingSettings:
 
 @dataclass(frozen=True)
 class Limits:
+    """Per-case limits.
+
+    ``memory_limit_mib`` (optional, default none): how much more memory a case
+    may take than its worker held when the case started. On CPU the worker
+    lowers its address-space limit (``RLIMIT_AS``) to its current virtual size
+    plus this much for the case (virtual, not resident, memory: the limit is
+    on what the case maps), so an allocation past it fails with PyTorch's
+    "can't allocate memory" and the case is ``oom`` instead of the machine
+    thrashing or the kernel's OOM killer firing. On CUDA the caching
+    allocator's per-process memory fraction is set to what the process has
+    reserved plus this much. The limit is lifted after the case.
+    """
+
     case_timeout_s: float = 300.0
     memory_margin_mib: float = 1024.0  # CPU: skip a case whose estimate leaves less free
+    memory_limit_mib: float | None = None  # cap on what one case may allocate (see above)
 
 
 @dataclass(frozen=True)
@@ -420,9 +434,11 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     limit_values: dict[str, Any] = {}
     for part in section("limits", LIMIT_KEYS):
         for key in LIMIT_KEYS:
-            if key in part:
+            if key == "memory_limit_mib" and key in part and part[key] is None:
+                limit_values[key] = None  # explicitly no limit
+            elif key in part:
                 limit_values[key] = v.number(part[key], f"limits.{key}", v.line_of(part, key), 0.0,
-                                             positive=(key == "case_timeout_s"))
+                                             positive=(key != "memory_margin_mib"))
     limits = Limits(**limit_values)
 
     if "variants" not in raw:

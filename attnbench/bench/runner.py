@@ -10,14 +10,18 @@ the case in flight and ``--resume`` picks up the rest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import json
 import math
 import multiprocessing as mp
+import os
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +43,132 @@ MIB = float(1 << 20)
 
 
 # --- the worker process --------------------------------------------------------
+#
+# Workers are forked from a fork server that has imported torch and attnbench
+# once (``multiprocessing``'s "forkserver" start method), so a worker starts,
+# and is replaced after a crash or a timeout, in a fraction of a second
+# instead of the seconds a fresh interpreter takes to import torch. The fork
+# server itself never runs a tensor operation or touches CUDA, so forking it
+# is safe. Where there is no fork server (Windows, macOS by choice), or with
+# ATTNBENCH_START_METHOD=spawn, each worker is a fresh interpreter.
 
-def _worker_main(conn: Any) -> None:
+START_METHOD_ENV = "ATTNBENCH_START_METHOD"
+WORKER_READY_TIMEOUT_S = 300.0  # a worker that cannot import torch in this long is broken
+# torch._inductor is what the CPU memory profiler's first use imports (seconds
+# of sympy and friends); importing it starts no thread, so it is preloaded too.
+_SERVER_PRELOAD = ["attnbench.bench.worker", "torch._inductor.config"]
+
+
+def _start_method() -> str:
+    method = os.environ.get(START_METHOD_ENV, "").strip()
+    if method:
+        if method not in mp.get_all_start_methods():
+            raise AttnbenchError(f"{START_METHOD_ENV}={method!r}: this platform offers "
+                                 f"{', '.join(mp.get_all_start_methods())}")
+        return method
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def _ensure_fork_server(ctx: Any) -> None:
+    """Start the fork server (once per process). It imports torch with
+    PYTORCH_NVML_BASED_CUDA_CHECK=1, so that a module calling
+    torch.cuda.is_available() at import time does not initialise CUDA in it
+    (a forked child could then not use CUDA); workers get the caller's
+    environment back (see ``_worker_entry``)."""
+    from multiprocessing import forkserver
+
+    ctx.set_forkserver_preload(_SERVER_PRELOAD)
+    key, saved = "PYTORCH_NVML_BASED_CUDA_CHECK", os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ[key] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker if its parent dies (a runner
+    killed with SIGKILL must not leave a worker computing for hours)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_thread_pool() -> None:
+    """Start the intra-op threads (and their malloc arenas) before a memory
+    limit is applied, so that the limit bites on the case's tensors, not on
+    the creation of a thread."""
+    global _threads_warm
+    if _threads_warm:
+        return
+    import torch
+
+    a = torch.ones(1 << 18)
+    a.add_(1.0)
+    (torch.ones(128, 128) @ torch.ones(128, 128)).sum()
+    _threads_warm = True
+
+
+_threads_warm = False
+
+
+@contextlib.contextmanager
+def memory_limit(case: Case) -> Iterator[None]:
+    """Apply ``limits.memory_limit_mib`` to the current process for one case
+    (see ``attnbench.suite.Limits``): RLIMIT_AS on CPU, the caching
+    allocator's memory fraction on CUDA. A no-op without a limit."""
+    limit = case.limits.memory_limit_mib
+    if not limit:
+        yield
+        return
+    import torch
+
+    device = case.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        try:
+            dev = torch.device(device)
+            total = torch.cuda.get_device_properties(dev).total_memory
+            fraction = min(1.0, (torch.cuda.memory_reserved(dev) + limit * MIB) / total)
+            torch.cuda.set_per_process_memory_fraction(fraction, dev)
+        except Exception:  # noqa: BLE001 - no such device: run_case reports it
+            yield
+            return
+        try:
+            yield
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        return
+    try:
+        import resource
+
+        import psutil
+    except ImportError:  # not a POSIX system: no address-space limit
+        yield
+        return
+    _warm_thread_pool()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = psutil.Process().memory_info().vms + int(limit * MIB)
+    for bound in (soft, hard):
+        if bound != resource.RLIM_INFINITY:
+            cap = min(cap, bound)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _worker_main(conn: Any, init_error: str | None = None) -> None:
     """Loop: receive a case, run it, stream its messages back."""
-    # The parent decides what Ctrl-C means; the terminal sends it to us too.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from attnbench.bench.worker import run_case
 
     while True:
@@ -53,11 +178,18 @@ def _worker_main(conn: Any) -> None:
             return
         if message is None:
             return
+        if init_error:
+            conn.send(("fail", {"status": "error", "error": init_error}))
+            conn.send(("done", {}))
+            continue
         case = Case.from_dict(message)
         try:
-            run_case(case, lambda kind, payload: conn.send((kind, payload)))
+            with memory_limit(case):
+                run_case(case, lambda kind, payload: conn.send((kind, payload)))
         except BaseException as exc:  # noqa: BLE001 - report, keep serving
-            conn.send(("fail", {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:500]}))
+            from attnbench.bench.worker import classify, short_error
+
+            conn.send(("fail", {"status": classify(exc), "error": short_error(exc)}))
         conn.send(("done", {}))
 
 
@@ -68,9 +200,31 @@ def _worker_init_modules(modules: list[str]) -> None:
         importlib.import_module(name)
 
 
-def _worker_entry(conn: Any, modules: list[str]) -> None:
-    _worker_init_modules(modules)
-    _worker_main(conn)
+def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None = None) -> None:
+    # The parent decides what Ctrl-C and SIGTERM mean (it kills this worker);
+    # the terminal sends Ctrl-C to the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    if environ is not None:  # a forked worker has the fork server's environment
+        os.environ.clear()
+        os.environ.update(environ)
+    try:  # stdout carries the parent's results: a variant's prints go to stderr
+        sys.stdout.flush()
+        os.dup2(2, 1)
+    except (OSError, ValueError):
+        pass
+    init_error = None
+    try:
+        _worker_init_modules(modules)
+    except BaseException as exc:  # noqa: BLE001 - every case then reports it
+        init_error = (f"the worker could not import the variants' modules "
+                      f"({', '.join(modules)}): {type(exc).__name__}: {exc}")[:500]
+    # What is imported now lives as long as the worker: keep the collector
+    # (run after every pass) from scanning torch's and sympy's objects each time.
+    gc.freeze()
+    conn.send(("ready", {"pid": os.getpid()}))
+    _worker_main(conn, init_error)
 
 
 @dataclass
@@ -78,6 +232,7 @@ class _Outcome:
     messages: list[tuple[str, dict[str, Any]]]
     status: str | None = None  # set when the worker failed outside run_case
     error: str | None = None
+    worker_pid: int | None = None
 
 
 class WorkerPool:
@@ -87,15 +242,31 @@ class WorkerPool:
         self.preload = list(preload or [])
         self.process: Any = None
         self.conn: Any = None
-        self._ctx = mp.get_context("spawn")
+        self.pid: int | None = None
+        self.ready = False
+        self.started = 0  # workers started so far
+        self._ctx = mp.get_context(_start_method())
+
+    def start(self) -> None:
+        """Start a worker now (it imports in the background) unless one is alive."""
+        if self.process is None or not self.process.is_alive():
+            self.kill()
+            self._start()
 
     def _start(self) -> None:
+        if self._ctx.get_start_method() == "forkserver":
+            _ensure_fork_server(self._ctx)
         parent, child = self._ctx.Pipe()
-        self.process = self._ctx.Process(target=_worker_entry, args=(child, self.preload), daemon=True,
-                                         name="attnbench-worker")
+        # Not a daemon: a daemonic process may not have children, and
+        # torch.compile starts compiler workers. close()/kill() end it.
+        self.process = self._ctx.Process(target=_worker_entry, args=(child, self.preload, dict(os.environ)),
+                                         daemon=False, name="attnbench-worker")
         self.process.start()
         child.close()
         self.conn = parent
+        self.ready = False
+        self.pid = self.process.pid
+        self.started += 1
 
     def close(self) -> None:
         if self.process is None:
@@ -109,18 +280,54 @@ class WorkerPool:
         self.kill()
 
     def kill(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
             self.process.join(5)
         if self.conn is not None:
             self.conn.close()
         self.process = self.conn = None
+        self.ready = False
+
+    def _wait_ready(self, outcome: _Outcome) -> bool:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while True:
+            try:
+                if self.conn.poll(POLL_S):
+                    kind, payload = self.conn.recv()
+                    if kind == "ready":
+                        self.ready = True
+                        self.pid = payload.get("pid", self.pid)
+                        return True
+                    continue
+            except (EOFError, OSError):
+                pass
+            if not self.process.is_alive():
+                self._died(outcome)
+                outcome.error = f"while starting, {outcome.error}"
+                return False
+            if time.monotonic() > deadline:
+                self.kill()
+                outcome.status = "crashed"
+                outcome.error = f"the worker did not start within {WORKER_READY_TIMEOUT_S:g} s"
+                return False
 
     def run(self, case: Case, timeout_s: float, on_message: Callable[[str, dict], None]) -> _Outcome:
-        if self.process is None or not self.process.is_alive():
-            self._start()
         outcome = _Outcome(messages=[])
-        self.conn.send(case.to_dict())
+        for attempt in range(2):
+            self.start()
+            if not self.ready and not self._wait_ready(outcome):
+                return outcome
+            try:
+                self.conn.send(case.to_dict())
+                break
+            except (OSError, ValueError):  # the idle worker died since the last case: start another
+                self.kill()
+                if attempt:
+                    outcome.status, outcome.error = "crashed", "could not hand the case to a worker"
+                    return outcome
+        outcome.worker_pid = self.pid
+        # The deadline starts once the worker has the case: start-up is not the case's time.
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -165,13 +372,14 @@ class WorkerPool:
 def _run_in_process(case: Case, on_message: Callable[[str, dict], None]) -> _Outcome:
     from attnbench.bench.worker import run_case
 
-    outcome = _Outcome(messages=[])
+    outcome = _Outcome(messages=[], worker_pid=os.getpid())
 
     def emit(kind: str, payload: dict) -> None:
         outcome.messages.append((kind, payload))
         on_message(kind, payload)
 
-    run_case(case, emit)
+    with memory_limit(case):
+        run_case(case, emit)
     return outcome
 
 
@@ -179,7 +387,8 @@ def _run_in_process(case: Case, on_message: Callable[[str, dict], None]) -> _Out
 
 def make_record(case: Case, outcome: _Outcome, started: float, wall_s: float) -> dict[str, Any]:
     record: dict[str, Any] = {"schema": RECORD_SCHEMA, "case_id": case.case_id, "case": case.to_dict(),
-                              "started_at": started, "wall_s": wall_s, "passes": []}
+                              "started_at": started, "wall_s": wall_s, "worker_pid": outcome.worker_pid,
+                              "passes": []}
     error = None
     for kind, payload in outcome.messages:
         if kind == "meta":
@@ -280,6 +489,8 @@ class RunSummary:
     interrupted: bool = False
     ran: int = 0
     warnings: list[str] = field(default_factory=list)
+    in_process: bool = False
+    workers_started: int = 0
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -292,8 +503,61 @@ class RunSummary:
         return 3 if any(r["status"] not in ("ok", "skipped") for r in self.records) else 0
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM during a sweep."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a sweep. A BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` on the way (a variant's, run_case's) can
+    record it as a failed case and go on."""
+
+
+class _SignalGuard:
+    """SIGINT and SIGTERM stop the sweep by raising ``Interrupted``, except
+    inside ``deferred()`` (recording a finished case: the interrupt is raised
+    once it is on disk) and after ``hold()`` (writing the final files: further
+    signals are noted and ignored)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+        self._depth = 0
+        self._holding = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> _SignalGuard:
+        for s in self.SIGNALS:
+            try:
+                self._previous[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread: Ctrl-C stays KeyboardInterrupt
+                pass
+        return self
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        if self.pending is None:
+            self.pending = signal.Signals(signum).name
+        if self._depth == 0 and not self._holding:
+            raise Interrupted(self.pending)
+
+    def check(self) -> None:
+        if self.pending is not None and not self._holding:
+            raise Interrupted(self.pending)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self.check()
+
+    def hold(self) -> None:
+        self._holding = True
 
 
 def _new_run_dir(out_dir: Path, suite_name: str) -> Path:
@@ -307,6 +571,17 @@ def _new_run_dir(out_dir: Path, suite_name: str) -> Path:
     return path
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """--out must be a directory or creatable as one; say which path is in the way."""
+    for parent in [out_dir, *out_dir.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                what = "--out" if parent == out_dir else f"--out {out_dir}"
+                raise ResultsError(f"{parent}: is a file, not a directory; {what} needs a directory for "
+                                   "results")
+            break
+
+
 def _check_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -317,26 +592,56 @@ def _check_writable(path: Path) -> None:
         raise ResultsError(f"{path}: cannot write results there ({exc.strerror or exc})") from None
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+_COMPARABLE_CASE_KEYS = ("variant", "params", "passes", "compile")
+
+
+def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]]) -> list[str]:
+    """What changed between the suite a run was started with and ``suite`` in
+    a way that makes their figures incomparable. Adding or removing variants
+    and sizes is fine (only the missing cases run); changing how a variant is
+    built, what is timed or how is not."""
     diffs = []
-    if old.get("timing") != new.get("timing"):
-        diffs.append(f"timing settings changed: {old.get('timing')} -> {new.get('timing')}")
-    old_v, new_v = old.get("variants", {}), new.get("variants", {})
+    old_name = meta.get("suite_name")
+    if old_name is not None and old_name != suite.name:
+        diffs.append(f"suite name: {old_name!r} -> {suite.name!r} (is this the suite the run was started with?)")
+    old, new = meta.get("fingerprint") or {}, suite.fingerprint()
+    old_timing, new_timing = old.get("timing"), new.get("timing")
+    if isinstance(old_timing, dict):
+        for key in sorted(set(old_timing) | set(new_timing)):
+            if old_timing.get(key) != new_timing.get(key):
+                diffs.append(f"timing.{key}: {old_timing.get(key)!r} -> {new_timing.get(key)!r}")
+    elif old_timing != new_timing:
+        diffs.append(f"timing settings: {old_timing!r} -> {new_timing!r}")
+    old_v, new_v = old.get("variants") or {}, new.get("variants") or {}
     for label in sorted(set(old_v) & set(new_v)):
         if old_v[label] != new_v[label]:
-            diffs.append(f"variant {label!r} changed: {old_v[label]} -> {new_v[label]}")
-    return diffs
+            diffs.append(f"variant {label!r}: {old_v[label]} -> {new_v[label]}")
+    # Per finished case: what the case id does not show (passes, compile, params).
+    new_cases = {c.case_id: c.to_dict() for c in suite.cases()}
+    seen: set[tuple[str, str]] = set()
+    for record in done:
+        case = new_cases.get(record["case_id"])
+        if case is None:
+            continue
+        for key in _COMPARABLE_CASE_KEYS:
+            before, after = record["case"].get(key), case.get(key)
+            if key == "compile":
+                before = bool(before)
+            if before != after and (case["label"], key) not in seen:
+                seen.add((case["label"], key))
+                diffs.append(f"{case['label']} {key}: {before!r} -> {after!r}")
+    return list(dict.fromkeys(diffs))
 
 
 def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, Any], list[dict[str, Any]],
                                                                     list[str]]:
-    """Create (or reopen for --resume) the results directory."""
+    """Create (or reopen for --resume) the results directory. Everything is
+    checked before anything is written."""
     from attnbench.env import collect_environment
 
     if options.resume is not None:
         run = load_run(options.resume)
-        fingerprint = run.meta.get("fingerprint", {})
-        diffs = _differences(fingerprint, suite.fingerprint())
+        diffs = _differences(run.meta, suite, run.records)
         if diffs:
             raise AttnbenchError(f"{options.resume}: the suite changed since this run, so the results would "
                                  "not be comparable:\n  " + "\n  ".join(diffs)
@@ -346,7 +651,9 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         meta.setdefault("resumed_at", []).append(dt.datetime.now().astimezone().isoformat())
         meta["status"] = "running"
         return run.path, meta, run.records, run.warnings
+    _check_out_dir(options.out_dir)
     run_dir = _new_run_dir(options.out_dir, suite.name)
+    environment = collect_environment()
     _check_writable(run_dir)
     meta = {
         "schema": RECORD_SCHEMA,
@@ -361,7 +668,7 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         "started_at": dt.datetime.now().astimezone().isoformat(),
         "status": "running",
         "in_process": options.in_process,
-        "environment": collect_environment(),
+        "environment": environment,
     }
     return run_dir, meta, [], []
 
@@ -403,37 +710,47 @@ class _Progress:
                                                     f"{case.device} {case.dtype}")
 
     def finished(self, record: dict[str, Any]) -> None:
+        from rich.markup import escape
+
         if record["status"] != "ok":
             case = record["case"]
             colour = "yellow" if record["status"] == "skipped" else "red"
-            self.progress.console.log(f"[{colour}]{record['status']}[/] {case['label']} N={case['seq_len']} "
-                                      f"H={case['heads']}: {record.get('error') or ''}", markup=True)
+            self.progress.console.log(f"[{colour}]{record['status']}[/] {escape(str(case['label']))} "
+                                      f"N={case['seq_len']} H={case['heads']}: {escape(record.get('error') or '')}",
+                                      markup=True)
         self.progress.advance(self.task)
 
 
 def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
-    """Run every case of ``suite`` not already in the run directory."""
-    run_dir, meta, done, warnings = prepare_run_dir(suite, options)
-    _write_meta(run_dir, meta)
-    jsonl = run_dir / "cases.jsonl"
-    if done and warnings:
-        # Drop a truncated last line now so that appends start on a fresh line.
-        write_atomic(jsonl, "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in done))
-    done_ids = {r["case_id"] for r in done}
-    cases = [c for c in suite.cases() if c.case_id not in done_ids]
-    records = list(done)
-    summary = RunSummary(run_dir=run_dir, records=records, warnings=warnings)
+    """Run every case of ``suite`` not already in the run directory.
+
+    SIGINT/SIGTERM stop the case in flight (its worker is killed), then
+    results.csv and run.json are written from what finished and the summary
+    says ``interrupted``; ``--resume`` runs the rest."""
     pool = None if options.in_process else WorkerPool(options.preload + preload_modules(suite))
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, on_signal)
+    try:
+        if pool is not None:
+            pool.start()  # the worker imports while the run directory is prepared
+        run_dir, meta, done, warnings = prepare_run_dir(suite, options)
+        _write_meta(run_dir, meta)
+        jsonl = run_dir / "cases.jsonl"
+        if done and warnings:
+            # Drop a truncated last line now so that appends start on a fresh line.
+            write_atomic(jsonl, "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in done))
+    except BaseException:
+        if pool is not None:
+            pool.kill()
+        raise
+    done_ids = {r["case_id"] for r in done}
+    all_cases = suite.cases()
+    cases = [c for c in all_cases if c.case_id not in done_ids]
+    records = list(done)
+    summary = RunSummary(run_dir=run_dir, records=records, warnings=warnings, in_process=options.in_process)
+    guard = _SignalGuard().install()
     try:
         with _Progress(len(cases), options.quiet) as progress:
             for case in cases:
+                guard.check()
                 progress.start(case)
                 reason = skip_reason(case, records)
                 if reason:
@@ -445,29 +762,33 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
                     else:
                         outcome = pool.run(case, case.limits.case_timeout_s, lambda *_: None)
                     record = make_record(case, outcome, started, time.perf_counter() - t0)
-                append_record(jsonl, record)
-                records.append(record)
-                summary.ran += 1
-                progress.finished(record)
+                with guard.deferred():  # a finished case is recorded whole, whatever signal comes
+                    append_record(jsonl, record)
+                    records.append(record)
+                    summary.ran += 1
+                    progress.finished(record)
     except (Interrupted, KeyboardInterrupt):
         summary.interrupted = True
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if pool is not None:
-            pool.kill() if summary.interrupted else pool.close()
-        write_csv(records_frame(records, run_dir.name), run_dir / "results.csv")
-        meta["status"] = "interrupted" if summary.interrupted else "finished"
-        meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
-        meta["cases_total"] = len(suite.cases())
-        meta["cases_done"] = len(records)
-        _write_meta(run_dir, meta)
+        guard.hold()  # a second Ctrl-C must not cut the final writes short
+        try:
+            if pool is not None:
+                summary.workers_started = pool.started
+                pool.kill() if summary.interrupted else pool.close()
+            write_csv(records_frame(records, run_dir.name), run_dir / "results.csv")
+            meta["status"] = "interrupted" if summary.interrupted else "finished"
+            meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
+            meta["cases_total"] = len(all_cases)
+            meta["cases_done"] = len(records)
+            _write_meta(run_dir, meta)
+        finally:
+            guard.restore()
     return summary
 
 
 def preload_modules(suite: Suite) -> list[str]:
-    """Modules a spawned worker must import to know the suite's variants that
-    were registered outside attnbench (by a test, a script or a plugin)."""
+    """Modules a worker must import to know the suite's variants that were
+    registered outside attnbench (by a test, a script or a plugin)."""
     from attnbench.variants.registry import _VARIANTS
 
     modules = []
@@ -479,7 +800,14 @@ def preload_modules(suite: Suite) -> list[str]:
     return sorted(set(modules))
 
 
-def resume_command(summary: RunSummary, suite_path: str) -> str:
-    return f"attnbench run {suite_path} --resume {summary.run_dir}"
-
-
+def resume_command(summary: RunSummary, suite_path: str, quick: bool = False, device: str | None = None) -> str:
+    """The command that finishes an interrupted run, ready to paste."""
+    parts = ["attnbench", "run", suite_path]
+    if quick:
+        parts.append("--quick")
+    if device:
+        parts += ["--device", device]
+    if summary.in_process:
+        parts.append("--in-process")
+    parts += ["--resume", str(summary.run_dir)]
+    return shlex.join(parts)
