@@ -1,1 +1,332 @@
-"""Change the order of the products: linear attention (elu+1) and Performer (FAVOR+)."""
+"""Change the order of the products: linear attention (elu+1) and Performer (FAVOR+).
+
+softmax(q kᵀ s) v needs the N×N matrix because exp(q·k) does not factor. Replace
+it by a kernel φ(q)·φ(k) with an explicit feature map φ (f features) and the
+products can be reordered: φ(Q) (φ(K)ᵀ V) costs O(N·f·d) instead of O(N²·d).
+
+* ``linear``: Katharopoulos et al., "Transformers are RNNs" (arXiv 2006.16236),
+  φ(x) = elu(x) + 1, f = d.
+* ``performer``: Choromanski et al., "Rethinking Attention with Performers"
+  (arXiv 2009.14794), FAVOR+ positive orthogonal random features,
+  φ(x) = m^-1/2 exp(W x' − ‖x'‖²/2), x' = d^-1/4 x, so that
+  E[φ(q)·φ(k)] = exp(qᵀk/√d), the softmax kernel.
+
+Both run through :func:`kernel_attention`:
+
+    out_i = φ(q_i)ᵀ S_i / (φ(q_i)ᵀ z_i + eps),  S_i = Σ_j φ(k_j) v_jᵀ,  z_i = Σ_j φ(k_j)
+
+with j over all keys, or j ≤ i when causal. The normaliser rides along with the
+values: v is extended by a column of ones, so one product gives both φᵀS and φᵀz.
+The causal form is chunked: inside a chunk of c tokens the masked c×c
+quadratic form, between chunks a carried f×(d+1) state (an exclusive prefix sum
+over the per-chunk states, shape (N/c, f, d+1), never N×f×d). In exact arithmetic
+the result does not depend on c. :func:`recurrent_kernel_attention` is the
+token-by-token RNN form of the same computation, the reference for tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from attnbench.variants.layer import AttentionCore, matmul_flops
+from attnbench.variants.registry import register
+
+#: added to the normaliser φ(q)ᵀz; for Performer in units of the stabilised features.
+DEFAULT_EPS = 1e-6
+
+
+def _positive_int(variant: str, name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{variant} {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums over N of half-precision features lose digits: accumulate in float32 at least."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _with_ones(v: torch.Tensor) -> torch.Tensor:
+    """(…, N, d) -> (…, N, d+1): the last column turns φᵀS into (φᵀS, φᵀz)."""
+    return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
+
+
+class _NonCausalKernelAttention(torch.autograd.Function):
+    """The non-causal form out_i = φ(q_i)ᵀS / (φ(q_i)ᵀz + eps) with a hand-written
+    backward: autograd's version of the same few products spends most of
+    its time in element-wise passes (slicing, broadcasting, layouts) over N×d tensors.
+
+    Shapes: phi_q, phi_k (…, N, f); v (…, N, d); S is kept transposed, Sᵀ = vᵀφ(K) (d×f),
+    so that every N-sized gradient comes out row-major."""
+
+    @staticmethod
+    def forward(ctx, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                eps: float) -> torch.Tensor:
+        state_t = torch.matmul(v.transpose(-1, -2), phi_k)  # Sᵀ = Σ_j v_j φ(k_j)ᵀ: (d, f)
+        norm = phi_k.sum(-2, keepdim=True)  # zᵀ: (1, f)
+        den = torch.matmul(phi_q, norm.transpose(-1, -2)).add_(eps)  # (N, 1)
+        out = torch.matmul(phi_q, state_t.transpose(-1, -2)).div_(den)
+        ctx.save_for_backward(phi_q, phi_k, v, state_t, norm, den, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        phi_q, phi_k, v, state_t, norm, den, out = ctx.saved_tensors
+        # Row-major whatever the layout of grad (merge_heads hands it over transposed).
+        grad_num = torch.div(grad, den, out=torch.empty(grad.shape, dtype=grad.dtype, device=grad.device))
+        grad_den = -(grad_num * out).sum(-1, keepdim=True)  # (N, 1)
+        grad_q = torch.matmul(grad_num, state_t).addcmul_(grad_den, norm)
+        grad_state_t = torch.matmul(grad_num.transpose(-1, -2), phi_q)  # (d, f)
+        grad_norm = torch.matmul(grad_den.transpose(-1, -2), phi_q)  # (1, f)
+        grad_k = torch.matmul(v, grad_state_t).add_(grad_norm)
+        grad_v = torch.matmul(phi_k, grad_state_t.transpose(-1, -2))
+        return grad_q, grad_k, grad_v, None
+
+
+def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, *,
+                     causal: bool = False, chunk: int = 64, eps: float = DEFAULT_EPS,
+                     log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised kernel attention with the products reordered.
+
+    phi_q, phi_k: (B, H, N, f) non-negative features; v: (B, H, N, d) -> (B, H, N, d).
+
+    ``log_scale`` (B, H, N), causal only, non-decreasing along N: key j's features are
+    given divided by exp(log_scale[j]) (Performer's running-max stabiliser). Query i then
+    works in the frame log_scale[i]: key j ≤ i is weighted by exp(log_scale[j] −
+    log_scale[i]) ≤ 1, so nothing overflows, and the output at i depends on keys ≤ i
+    only, numerically too. None: every key on the same scale.
+    """
+    if not causal:
+        return _NonCausalKernelAttention.apply(phi_q, phi_k, v.contiguous(), eps)
+
+    v1 = _with_ones(v)
+    b, h, n, f = phi_q.shape
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    if pad:  # zero features: padded keys add nothing, padded queries are dropped below
+        phi_q, phi_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v1))
+        if log_scale is not None:
+            log_scale = F.pad(log_scale, (0, pad), mode="replicate")
+    qc = phi_q.reshape(b, h, n_chunks, chunk, f)
+    kc = phi_k.reshape(b, h, n_chunks, chunk, f)
+    vc = v1.reshape(b, h, n_chunks, chunk, -1)
+
+    # Inside each chunk: the quadratic form, lower triangle (j <= i) only: c×c.
+    local = torch.matmul(qc, kc.transpose(-1, -2))
+    if log_scale is not None:
+        sc = log_scale.reshape(b, h, n_chunks, chunk)
+        # exp(s_j − s_i), <= 1 below the diagonal; clamped above it (masked next anyway).
+        local = local * torch.exp((sc.unsqueeze(-2) - sc.unsqueeze(-1)).clamp_(max=0.0))
+    out = torch.matmul(local.tril(), vc)
+
+    # Between chunks: the state of every chunk, then an exclusive prefix over chunks.
+    if log_scale is None:
+        states = torch.matmul(vc.transpose(-1, -2), kc).transpose(-1, -2)  # (B, H, C, f, d+1)
+        prefix = F.pad(states[:, :, :-1].cumsum(dim=2), (0, 0, 0, 0, 1, 0))
+        out = out + torch.matmul(qc, prefix)
+    else:
+        # Chunk c's state in the frame of its last token, ends[c]; the running state is
+        # carried from frame to frame (factors <= 1): C steps of f×(d+1) work. Query i
+        # of chunk c reads it from frame ends[c−1] <= s_i.
+        ends = sc[..., -1]  # (B, H, C)
+        weights = torch.exp(sc - ends.unsqueeze(-1)).unsqueeze(-1)  # (B, H, C, c, 1)
+        states = torch.matmul((vc * weights).transpose(-1, -2), kc).transpose(-1, -2)
+        decay = torch.exp(ends[..., :-1] - ends[..., 1:])[..., None, None]
+        prefix = [torch.zeros_like(states[:, :, 0]), states[:, :, 0]]  # read by chunks 0, 1
+        for c in range(2, n_chunks):
+            prefix.append(prefix[-1] * decay[:, :, c - 2] + states[:, :, c - 1])
+        prefix = torch.stack(prefix[:n_chunks], dim=2)
+        # Frame each chunk reads in: ends[c−1]; chunk 0 reads zeros, any frame <= s will do.
+        read_frame = torch.cat([sc[..., :1, 0], ends[..., :-1]], dim=-1)
+        readout = torch.matmul(qc, prefix) * torch.exp(read_frame.unsqueeze(-1) - sc).unsqueeze(-1)
+        out = out + readout
+    out = out.reshape(b, h, n_chunks * chunk, -1)[:, :, :n]
+    num, den = out.split([out.shape[-1] - 1, 1], dim=-1)
+    return num / (den + eps)
+
+
+def recurrent_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                               eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Causal kernel attention token by token, the RNN view of arXiv 2006.16236 §3.4:
+    S_i = S_{i−1} + φ(k_i) v_iᵀ, z_i = z_{i−1} + φ(k_i), out_i = φ(q_i)ᵀS_i / (φ(q_i)ᵀz_i + eps).
+
+    O(N) Python steps: a reference for tests, not for speed."""
+    state = phi_k.new_zeros(phi_k.shape[:-2] + (phi_k.shape[-1], v.shape[-1]))
+    norm = phi_k.new_zeros(phi_k.shape[:-2] + (phi_k.shape[-1],))
+    outs = []
+    for i in range(phi_q.shape[-2]):
+        state = state + phi_k[..., i, :, None] * v[..., i, None, :]
+        norm = norm + phi_k[..., i, :]
+        q_i = phi_q[..., i, :]
+        num = torch.einsum("...f,...fd->...d", q_i, state)
+        den = (q_i * norm).sum(-1, keepdim=True)
+        outs.append(num / (den + eps))
+    return torch.stack(outs, dim=-2)
+
+
+def _kernel_attention_flops(bh: int, n: int, f: int, d: int, causal: bool, chunk: int,
+                            scaled: bool = False) -> int:
+    """FLOPs of :func:`kernel_attention` for bh (batch × heads) sequences; ``scaled``:
+    with a causal ``log_scale``."""
+    dv = d + 1  # values and the ones column of the normaliser
+    if not causal:
+        products = matmul_flops(f, dv, n) + matmul_flops(n, dv, f)
+        return bh * (products + 2 * n * d)  # + eps, divide
+    c = min(chunk, n)
+    padded = -(-n // chunk) * chunk
+    n_chunks = padded // chunk
+    local = n_chunks * (matmul_flops(c, c, f) + matmul_flops(c, dv, c))
+    states = matmul_flops(f, dv, padded)  # per-chunk states, summed over chunks
+    prefix = n_chunks * f * dv
+    readout = matmul_flops(padded, dv, f) + padded * dv  # + add to the local part
+    # frames: exp(s_j − s_i) on the c×c blocks (3), weights of v and of the readout (3 each)
+    frames = 3 * padded * c + 6 * padded * dv + 3 * n_chunks * f * dv if scaled else 0
+    return bh * (local + states + prefix + readout + frames + 2 * n * d)
+
+
+class _EluPlusOne(torch.autograd.Function):
+    """elu(x) + 1, differentiated from the saved elu(x) (one pass, matching layouts;
+    autograd's elu backward reads x, strided unlike its gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        # q, k arrive as strided views of the fused projection: row-major features
+        # make the products that follow (and this backward) faster than the copy costs.
+        e = F.elu(x.contiguous())
+        ctx.save_for_backward(e)
+        return e + 1.0
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (e,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, e)
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """φ(x) = elu(x) + 1 > 0 (arXiv 2006.16236, eq. 7)."""
+    return _EluPlusOne.apply(x)
+
+
+@register("linear", family="kernel", paper="2006.16236", complexity="O(N·d²)", causal=True)
+class LinearAttention(AttentionCore):
+    """Linear attention (Transformers are RNNs): φ = elu + 1 and the products reordered,
+    φ(Q)(φ(K)ᵀV) normalised by φ(Q)φ(K)ᵀ1; causal by chunked prefix sums."""
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 chunk: int = 64) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.chunk = _positive_int("linear", "chunk", chunk)
+        self.eps = DEFAULT_EPS
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return elu_feature_map(x)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dt = _compute_dtype(q.dtype)
+        out = kernel_attention(self.feature_map(q.to(dt)), self.feature_map(k.to(dt)), v.to(dt),
+                               causal=self.causal, chunk=self.chunk, eps=self.eps)
+        return out.to(v.dtype)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        bh, d = batch * self.heads, self.head_dim
+        features = 2 * 2 * seq_len * d  # elu and +1 on q and k
+        return bh * features + _kernel_attention_flops(bh, seq_len, d, d, self.causal, self.chunk)
+
+
+def orthogonal_gaussian_matrix(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """W ∈ R^{rows×cols} as in FAVOR+ (arXiv 2009.14794, §4): stacked blocks of cols
+    orthonormal rows (Q of the QR decomposition of a Gaussian cols×cols matrix; the
+    last block truncated), each row rescaled to the norm of an independent Gaussian
+    vector (chi distributed with cols degrees of freedom), so that every row is
+    marginally N(0, I) while rows within a block are exactly orthogonal."""
+    blocks = []
+    for _ in range(-(-rows // cols)):
+        gaussian = torch.randn(cols, cols, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(gaussian)
+        # Fix the signs (diag(R) > 0) so that Q is Haar-distributed.
+        q = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)
+        blocks.append(q.T)
+    w = torch.cat(blocks)[:rows]
+    norms = torch.randn(rows, cols, generator=generator, dtype=torch.float64).norm(dim=1)
+    return (w * norms[:, None]).to(torch.float32)
+
+
+@register("performer", family="kernel", paper="2009.14794", complexity="O(N·m·d)", causal=True)
+class PerformerAttention(AttentionCore):
+    """Performer FAVOR+: positive orthogonal random features φ(x) = m^-1/2 exp(Wx' − ‖x'‖²/2)
+    estimating the softmax kernel, then linear attention (causal by chunked prefix sums).
+
+    Stabilisers (exp would overflow or underflow otherwise) are subtracted in the
+    exponent and detached; a stabiliser shared by every key a query may see is a
+    constant factor of both the numerator and the normaliser, so it cancels:
+
+    * queries: per token, the max over features of its exponent. The ‖q'‖²/2 term is
+      such a per-query constant too and is left out of the stabilised features.
+    * keys, not causal: the max over all keys and features (per batch item and head).
+    * keys, causal: a global max would let a later key change earlier outputs (through
+      eps, underflow and overflow), so key j is stabilised by the running max M_j over
+      keys <= j, and :func:`kernel_attention` works for query i in the frame M_i, weighting
+      key j <= i by exp(M_j − M_i) <= 1 (inside a chunk on the c×c block, between chunks on
+      the carried state). Output i depends on keys <= i only, for any chunk size.
+
+    ``eps`` is in units of the stabilised features (the largest query feature is m^-1/2).
+    W is drawn once from ``seed`` with a local generator and kept as a buffer.
+    """
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 features: int = 256, chunk: int = 64, seed: int = 0) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.features = _positive_int("performer", "features", features)
+        self.chunk = _positive_int("performer", "chunk", chunk)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"performer seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.eps = DEFAULT_EPS
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("projection", orthogonal_gaussian_matrix(features, head_dim, generator))
+
+    def _projected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, H, N, d) -> (W x' (B, H, N, m), ‖x'‖²/2 (B, H, N, 1)), x' = d^-1/4 x."""
+        w = self.projection.to(x.dtype) * self.head_dim ** -0.25
+        half_sq = x.pow(2).sum(-1, keepdim=True) * (0.5 * self.head_dim ** -0.5)
+        return torch.matmul(x, w.T), half_sq
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Unstabilised φ(x) = m^-1/2 exp(W x' − ‖x'‖²/2), so that φ(q)·φ(k) is an unbiased
+        estimate of exp(qᵀk/√d). Used by tests and for reference, not by forward()."""
+        proj, half_sq = self._projected(x)
+        return torch.exp(proj - half_sq - 0.5 * math.log(self.features))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        in_dtype, dt = v.dtype, _compute_dtype(q.dtype)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
+        log_norm = 0.5 * math.log(self.features)  # the m^-1/2 factor, inside the exp
+
+        proj_q, _ = self._projected(q)
+        phi_q = proj_q.sub_(proj_q.detach().amax(-1, keepdim=True) + log_norm).exp_()
+
+        proj_k, half_sq = self._projected(k)
+        # Per-key max exponent over the features: (B, H, N).
+        key_max = (proj_k.detach().amax(-1, keepdim=True) - half_sq.detach()).squeeze(-1)
+        if self.causal:
+            stab = key_max.cummax(dim=-1).values  # running max: keys <= i only
+        else:
+            stab = key_max.amax(-1, keepdim=True)  # global max (per batch item and head)
+        phi_k = proj_k.sub_(half_sq + (stab.unsqueeze(-1) + log_norm)).exp_()
+
+        out = kernel_attention(phi_q, phi_k, v, causal=self.causal, chunk=self.chunk, eps=self.eps,
+                               log_scale=stab if self.causal else None)
+        return out.to(in_dtype)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        bh, n, d, m = batch * self.heads, seq_len, self.head_dim, self.features
+        # Per q and k: projection, squared norm, max, subtract and exp.
+        features = 2 * (matmul_flops(n, m, d) + 2 * n * d + 3 * n * m)
+        return bh * features + _kernel_attention_flops(bh, n, m, d, self.causal, self.chunk,
+                                                       scaled=self.causal)
