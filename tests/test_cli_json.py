@@ -131,7 +131,7 @@ def test_every_command_help_shows_an_example():
 
 def test_shell_completion_script_and_completions():
     script = runner.invoke(app, ["--show-completion", "bash"], prog_name="attnbench")
-    assert script.exit_code == 0
+    assert script.exit_code == 0, (script.output, script.exception)
     assert "_ATTNBENCH_COMPLETE=complete_bash" in script.stdout and "complete " in script.stdout
     env = {"_ATTNBENCH_COMPLETE": "complete_bash", "COMP_WORDS": "attnbench li", "COMP_CWORD": "1"}
     assert runner.invoke(app, [], prog_name="attnbench", env=env).stdout.split() == ["list"]
