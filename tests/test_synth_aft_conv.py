@@ -237,17 +237,26 @@ def test_aft_simple_equals_naive_with_zero_bias(causal: bool) -> None:
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_aft_simple_gradients_equal_naive(causal: bool) -> None:
-    """The non-causal path has a hand-written backward: check it against autograd."""
+    """The non-causal path has a hand-written backward: check values (with and
+    without autograd) and every gradient against the naive form."""
     n = 24
     layer = build("aft", n, causal=causal)
     x = randn(2, n, DIM).requires_grad_()
     upstream = randn(2, n, DIM, seed=2)
     inputs = [x, *layer.parameters()]
-    got = torch.autograd.grad((layer(x) * upstream).sum(), inputs)
+    y = layer(x)
+    got = torch.autograd.grad((y * upstream).sum(), inputs)
     naive = naive_aft(layer, x, torch.zeros(n, n, dtype=F64))
     expected = torch.autograd.grad((naive * upstream).sum(), inputs)
+    torch.testing.assert_close(y, naive)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+    with torch.no_grad():
+        k_shift = torch.zeros(n, 1, dtype=F64)
+        k_shift[n // 2:] = 50.0  # a large range of K: the max subtraction keeps exp finite
+        x2 = x + k_shift * layer.to_qkv.weight[DIM:2 * DIM].pinverse().sum(-1)
+        torch.testing.assert_close(layer(x), naive)
+        torch.testing.assert_close(layer(x2), naive_aft(layer, x2, torch.zeros(n, n, dtype=F64)))
 
 
 @pytest.mark.parametrize("causal", [False, True])

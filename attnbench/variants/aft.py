@@ -79,33 +79,49 @@ def banded_apply(band: torch.Tensor, z: torch.Tensor, window: int, causal: bool)
     return out.reshape(bsz, n_pad, feat)[:, :n]
 
 
-class _SimpleCore(torch.autograd.Function):
-    """Non-causal AFT-simple on the fused projection qkv (B, N, 3C) -> Y (B, N, C).
+class _SimpleLayer(torch.autograd.Function):
+    """The whole non-causal AFT-simple layer, with a hand-written backward.
 
-    Y = σ(Q) ⊙ g with g = Σ_t softmax_t(K) ⊙ V. The backward writes the three
-    gradients straight into one (B, N, 3C) buffer, in a few element-wise passes:
-    dQ = dY ⊙ g ⊙ σ'(Q), dg = Σ_t dY ⊙ σ(Q), dV = p ⊙ dg, dK = dV ⊙ (V − g)."""
-
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor) -> torch.Tensor:
-        q, k, v = qkv.chunk(3, dim=-1)
-        p = torch.softmax(k, dim=1)  # max-subtracted per channel
-        g = (p * v).sum(dim=1, keepdim=True)
-        s = torch.sigmoid(q)
-        ctx.save_for_backward(qkv, p, s, g)
-        return s * g
+    Y = σ(Q) ⊙ g with g = Σ_t softmax_t(K) ⊙ V (B, 1, C), out = Y W_oᵀ + b_o. Same
+    FLOPs as autograd, fewer ops and passes over (N, C) tensors (the projections
+    dominate):
+    * the bias of K cancels in the softmax and the bias of V adds to g (Σ_t p_t = 1),
+      so the projection is one matmul without bias, plus b_q before the sigmoid;
+    * out = σ(Q) (W_o diag g)ᵀ + b_o: the (N, C) product σ(Q) ⊙ g is never formed.
+    Backward, with s = σ(Q), W' = W_o diag(g) and upstream dout: dW' = doutᵀ s,
+    dW_o = dW' diag(g), dg_c = Σ_j dW'_jc W_o,jc, dQ = (dout W') ⊙ s(1 − s),
+    dV = p ⊙ dg, dK = dV ⊙ (V − g); db_q = Σ_t dQ, db_k = 0, db_v = dg."""
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
-        qkv, p, s, g = ctx.saved_tensors
-        v = qkv.chunk(3, dim=-1)[2]
-        dqkv = torch.empty_like(qkv)
+    def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
+                w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1]
+        q, k, v = torch.matmul(x, w_qkv.t()).chunk(3, dim=-1)
+        b_q, b_v = b_qkv[:c], b_qkv[2 * c:]
+        e = torch.sub(k, k.amax(dim=1, keepdim=True)).exp_()  # per-channel max: cancels in p
+        z = e.sum(dim=1, keepdim=True)
+        g = (e * v).sum(dim=1, keepdim=True).div_(z)  # (B, 1, C), without b_v
+        s = torch.add(q, b_q).sigmoid_()
+        gb = g + b_v
+        w_g = w_out * gb  # (B, C, C): W_o diag(g) per batch element
+        ctx.save_for_backward(x, w_qkv, w_out, v, e, z, g, gb, s, w_g)
+        return torch.baddbmm(b_out, s, w_g.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w_qkv, w_out, v, e, z, g, gb, s, w_g = ctx.saved_tensors
+        dw_g = torch.bmm(dout.transpose(1, 2), s)  # (B, C, C)
+        dw_out = (dw_g * gb).sum(dim=0)
+        dg = (dw_g * w_out).sum(dim=1, keepdim=True)  # (B, 1, C)
+        dqkv = x.new_empty(*x.shape[:2], 3 * x.shape[2])
         dq, dk, dv = dqkv.chunk(3, dim=-1)
-        dg = (dy * s).sum(dim=1, keepdim=True)
-        torch.ops.aten.sigmoid_backward.grad_input(dy * g, s, grad_input=dq)
-        torch.mul(p, dg, out=dv)
-        torch.sub(v, g, out=dk).mul_(dv)
-        return dqkv
+        torch.ops.aten.sigmoid_backward.grad_input(torch.bmm(dout, w_g), s, grad_input=dq)
+        torch.mul(e, dg / z, out=dv)  # p ⊙ dg with p = e / z
+        torch.sub(v, g, out=dk).mul_(dv)  # V − g, both without b_v
+        dx = dqkv @ w_qkv if ctx.needs_input_grad[0] else None
+        dw_qkv = dqkv.flatten(0, 1).t() @ x.flatten(0, 1)
+        db_qkv = torch.cat([dq.sum(dim=(0, 1)), torch.zeros_like(dg[0, 0]), dg.sum(dim=(0, 1))])
+        return dx, dw_qkv, db_qkv, dw_out, dout.sum(dim=(0, 1))
 
 
 @register("aft", family="aft", paper="2105.14103",
@@ -139,10 +155,11 @@ class AFT(AttentionLayer):
             raise ValueError(f"aft mode {self.mode!r} was built for seq_len {self.seq_len}, got {n}: "
                              "its bias w has one row per position")
         dtype = torch.promote_types(x.dtype, torch.float32)
-        qkv = self.to_qkv(x).to(dtype)
         if self.mode == "simple" and not self.causal:
-            return self.out(_SimpleCore.apply(qkv).to(x.dtype))
-        q, k, v = qkv.chunk(3, dim=-1)
+            args = [t.to(dtype) for t in (x, self.to_qkv.weight, self.to_qkv.bias,
+                                          self.out.weight, self.out.bias)]
+            return _SimpleLayer.apply(*args).to(x.dtype)
+        q, k, v = self.to_qkv(x).to(dtype).chunk(3, dim=-1)
         e = torch.exp(k - k.detach().amax(dim=1, keepdim=True))
         if self.mode == "simple":  # causal: cumulative sums
             num, den = e.mul(v).cumsum(dim=1), e.cumsum(dim=1)
