@@ -1,1 +1,396 @@
-"""Clustering and learnable patterns: reformer (LSH), routing (k-means), sinkhorn (sorted blocks)."""
+"""Clustering and learnable patterns: each token attends only to the tokens that a
+hash, a router or a learned sort puts next to it.
+
+* ``reformer``: LSH attention of Kitaev, Kaiser & Levskaya, "Reformer: The
+  Efficient Transformer" (arXiv 2001.04451).
+* ``routing``: Roy, Saffar, Vaswani & Grangier, "Efficient Content-Based Sparse
+  Attention with Routing Transformers" (arXiv 2003.05997).
+* ``sinkhorn``: Tay, Bahri, Yang, Metzler & Juan, "Sparse Sinkhorn Attention"
+  (arXiv 2002.11296).
+
+None of them builds an N×N tensor: scores are (…, groups, group size, keys of
+the group), and groups are formed by gathering rows with index tensors.
+Masked logits get a large finite negative value, so no row is ever NaN, and
+scores are normalised in float32 at least.
+
+Causal note (reformer, routing): keys after the query are masked by original
+position, as in the papers. Which tokens share a chunk or a cluster still
+depends on the hashes / routes of the whole sequence, as in the papers' causal
+models: the weights on future tokens are exactly zero, but changing a future
+token can move the chunk or cluster boundaries that an earlier token sees.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
+from attnbench.variants.registry import ceil_sqrt, register
+
+#: logit of a masked key (finite: a row with every key masked stays finite)
+MASKED = -1e9
+#: Reformer's logit for a token attending to itself (only used when nothing else is visible)
+SELF_LOGIT = -5e4
+#: FLOPs per element of a logsumexp (max, subtract, exp, sum)
+LOGSUMEXP_FLOPS_PER_ELEMENT = 4
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 at least for softmax / logsumexp."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _flat_rows(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions (B, H, …) in [0, n) -> row ids into a (B·H·n, ·) flattening, as one vector."""
+    b, h = index.shape[:2]
+    base = torch.arange(b * h, device=index.device).view(b, h, *([1] * (index.dim() - 2))) * n
+    return (index + base).reshape(-1)
+
+
+def _select_rows(x: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of x flattened to (-1, width): a row copy (index_select), much cheaper than an
+    element-wise gather, with a row-wise index_add as its backward."""
+    return x.reshape(-1, width).index_select(0, rows)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Zero-pad dim -2 of (…, N, d) to ``rows``."""
+    return F.pad(x, (0, 0, 0, rows - x.shape[-2])) if rows > x.shape[-2] else x
+
+
+def _with_previous(x: torch.Tensor, chunk_dim: int) -> torch.Tensor:
+    """Append to every chunk the previous one (cyclically) along the next dim."""
+    return torch.cat([x, torch.roll(x, 1, dims=chunk_dim)], dim=chunk_dim + 1)
+
+
+class _ChunkSoftmax(torch.autograd.Function):
+    """Reformer's masked softmax over chunk logits x (…, c, w) and its logsumexp,
+    for the price of one softmax. Masks are written into x in place: ``hidden``
+    (broadcastable bool) gets MASKED, and the first c columns' diagonal (a token
+    and itself) gets SELF_LOGIT; no gradient flows to those logits.
+    lse = max x − log max p, as the largest logit has the largest probability."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, hidden: torch.Tensor | None):  # noqa: ANN001, ANN205
+        if hidden is not None:
+            x.masked_fill_(hidden, MASKED)
+        x[..., : x.shape[-2]].diagonal(dim1=-2, dim2=-1).fill_(SELF_LOGIT)
+        ctx.mark_dirty(x)
+        ctx.set_materialize_grads(False)
+        p = torch.softmax(x, dim=-1)
+        ctx.save_for_backward(p)
+        return p, x.amax(dim=-1) - p.amax(dim=-1).log(), x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_p: torch.Tensor | None, g_lse: torch.Tensor | None, _g_x: None):  # noqa: ANN001, ANN205
+        (p,) = ctx.saved_tensors
+        # softmax: p ⊙ (g − Σ g p); logsumexp: p · g_lse. Masked logits have p = 0
+        # (no gradient); the self logit is a constant, so its gradient is cleared.
+        g_p = torch.zeros_like(p) if g_p is None else g_p
+        grad = g_p * p
+        shift = -grad.sum(dim=-1, keepdim=True)
+        if g_lse is not None:
+            shift += g_lse.unsqueeze(-1)
+        grad.addcmul_(p, shift)
+        grad[..., : grad.shape[-2]].diagonal(dim1=-2, dim2=-1).zero_()
+        return grad, None
+
+
+@register("reformer", family="clustered", paper="2001.04451",
+          complexity="O(n·N·c·d + n·N log N)", causal=True)
+class ReformerAttention(AttentionCore):
+    """Reformer LSH attention: shared q = k, keys L2-normalised, n hash rounds.
+
+    Per round, h(x) = argmax([xR; −xR]) with a random R of N/c/2 columns (N/c
+    buckets, rounded up to even), tokens sorted by (bucket, position) and cut into
+    chunks of c = bucket_size; a chunk attends to itself and the previous chunk.
+    A token sees itself with logit −5e4 (only when nothing else is visible). The
+    rounds are combined with weights softmax over rounds of each round's
+    logsumexp. R is drawn from a local generator seeded with ``seed`` (fixed per
+    number of buckets, so runs repeat exactly); all rounds run as one batch.
+    Pairs met in several rounds are not de-duplicated (the paper's default).
+    Hashing costs n·N·(N/c)·d/2, small against the attention up to N ~ 8·c·d.
+    """
+
+    shared_qk = True
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 bucket_size: int = 64, n_hashes: int = 4, seed: int = 0) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.bucket_size = _check_int("reformer bucket_size", bucket_size, 1)
+        self.n_hashes = _check_int("reformer n_hashes", n_hashes, 1)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"reformer seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self._rotations: dict[tuple, torch.Tensor] = {}
+
+    def _layout(self, n: int) -> tuple[int, int, int]:
+        """(chunks, padded length, buckets) for a sequence of n tokens."""
+        chunks = -(-n // self.bucket_size)
+        return chunks, chunks * self.bucket_size, max(2, chunks + chunks % 2)
+
+    def rotations(self, n_buckets: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """R of shape (d, n_hashes · n_buckets/2), the same for every call with this seed."""
+        key = (n_buckets, device, dtype)
+        if key not in self._rotations:
+            gen = torch.Generator().manual_seed(self.seed)
+            r = torch.randn(self.head_dim, self.n_hashes * (n_buckets // 2), generator=gen,
+                            dtype=torch.float64)
+            self._rotations[key] = r.to(device=device, dtype=dtype)
+        return self._rotations[key]
+
+    def buckets(self, k: torch.Tensor, n_buckets: int) -> torch.Tensor:
+        """(B, H, N, d) -> bucket ids (B, H, n_hashes, N)."""
+        b, h, n, _ = k.shape
+        half = n_buckets // 2
+        proj = torch.matmul(k, self.rotations(n_buckets, k.device, k.dtype)).view(b, h, n, self.n_hashes, half)
+        # argmax over [xR; −xR] without building the concatenation
+        hi, hi_idx = proj.max(dim=-1)
+        lo, lo_idx = proj.min(dim=-1)
+        return torch.where(hi >= -lo, hi_idx, lo_idx + half).transpose(-1, -2).contiguous()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # k is q (shared_qk); hashing and keys use it normalised, queries keep their norm.
+        b, h, n, d = q.shape
+        c, rounds = self.bucket_size, self.n_hashes
+        chunks, npad, n_buckets = self._layout(n)
+        keys = F.normalize(k, dim=-1)
+        with torch.no_grad():
+            pos = torch.arange(npad, device=q.device)
+            bucket = F.pad(self.buckets(keys, n_buckets), (0, npad - n), value=n_buckets)  # padding last
+            order = (bucket * npad + pos).argsort(dim=-1)  # (B, H, r, Np): positions in sorted order
+            q_rows = _flat_rows(order, npad)  # rows of the flattened (B·H·Np, d) tensors
+            kv_rows = q_rows.view(b, h, rounds, chunks, c)
+            qpos = kpos = order.view(b, h, rounds, chunks, c)
+            if chunks > 1:
+                kv_rows, kpos = _with_previous(kv_rows, 3), _with_previous(kpos, 3)
+        kv_rows = kv_rows.reshape(-1)
+        sq = _select_rows(_pad_rows(q * self.scale, npad), q_rows, d)
+        sk = _select_rows(_pad_rows(keys, npad), kv_rows, d)
+        sv = _select_rows(_pad_rows(v, npad), kv_rows, d)
+        shape = (b * h * rounds * chunks, -1, d)
+        dots = torch.bmm(sq.view(shape), sk.view(shape).transpose(1, 2))  # (B·H·r·chunks, c, c or 2c)
+        hidden = (kpos >= n).unsqueeze(-2) if npad > n else None
+        if self.causal:
+            future = kpos.unsqueeze(-2) > qpos.unsqueeze(-1)
+            hidden = future if hidden is None else hidden | future
+        if hidden is not None:
+            hidden = hidden.view(-1, *hidden.shape[-2:])
+        probs, lse, _ = _ChunkSoftmax.apply(dots.to(_acc_dtype(dots.dtype)), hidden)
+        out = torch.bmm(probs.to(v.dtype), sv.view(shape))
+        lse = lse.view(b, h, rounds, npad)
+        # Round weights: softmax over rounds of the logsumexp at each original position;
+        # then one index_add both unsorts and sums the rounds.
+        lse_by_pos = lse.new_empty(lse.shape).scatter(-1, order, lse)
+        weights = torch.softmax(lse_by_pos, dim=2).gather(-1, order).to(out.dtype)
+        out = (out.view(b, h, rounds, npad, d) * weights.unsqueeze(-1)).view(-1, d)
+        result = out.new_zeros(b * h * npad, d).index_add(0, q_rows, out)
+        return result.view(b, h, npad, d)[:, :, :n]
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        n, d, c, rounds = seq_len, self.head_dim, self.bucket_size, self.n_hashes
+        chunks, npad, n_buckets = self._layout(n)
+        width = 2 * c if chunks > 1 else c
+        hashing = matmul_flops(n, rounds * (n_buckets // 2), d) + rounds * n * n_buckets
+        sorting = rounds * npad * max(1, math.ceil(math.log2(npad)))
+        per_round = (npad * d  # scale the queries
+                     + matmul_flops(npad, width, d) + matmul_flops(npad, d, width)
+                     + softmax_flops(npad * width) + LOGSUMEXP_FLOPS_PER_ELEMENT * npad * width)
+        combine = softmax_flops(rounds * npad) + 2 * rounds * npad * d
+        per_head = 3 * n * d + hashing + sorting + rounds * per_round + combine
+        return batch * self.heads * per_head
+
+
+@register("routing", family="clustered", paper="2003.05997", complexity="O(N^1.5·d)", causal=True)
+class RoutingAttention(AttentionCore):
+    """Routing Transformer: k-means routing of L2-normalised q and k to ``clusters``
+    centroids (⌈√seq_len⌉ when None), balanced: each cluster takes the w = ⌈N/k⌉
+    queries and, separately, the w keys nearest its centroid; attention inside each
+    cluster; every query's outputs are scattered back and averaged over the
+    clusters it landed in.
+
+    A query in no cluster (or, when causal, seeing no earlier key in any of its
+    clusters) gets a zero output. Centroids are a buffer (heads, clusters, d)
+    drawn from a generator with a fixed seed, and updated by an exponential moving
+    average (decay 0.999) of their assigned normalised q and k, in training mode
+    only (``module.eval()`` freezes them). Routing is not differentiated.
+    """
+
+    decay = 0.999
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 clusters: int | None = None) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        if clusters is None:
+            clusters = ceil_sqrt(seq_len)
+        self.clusters = _check_int("routing clusters", clusters, 1)
+        if clusters > seq_len:
+            raise ValueError(f"routing clusters ({clusters}) must not exceed seq_len ({seq_len})")
+        gen = torch.Generator().manual_seed(0)
+        self.register_buffer("centroids", F.normalize(torch.randn(heads, clusters, head_dim, generator=gen), dim=-1))
+
+    def cluster_size(self, n: int) -> int:
+        return min(n, -(-n // self.clusters))
+
+    @torch.no_grad()
+    def route(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the queries and keys each cluster takes: two (B, H, clusters, w)."""
+        w = self.cluster_size(q.shape[-2])
+        mu = self.centroids.to(q.dtype)
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        sim_q = torch.matmul(mu, qn.transpose(-1, -2))  # (B, H, clusters, N)
+        sim_k = torch.matmul(mu, kn.transpose(-1, -2))
+        if self.training:
+            self._update(torch.cat([qn, kn], dim=2), torch.cat([sim_q, sim_k], dim=-1))
+        return sim_q.topk(w, dim=-1).indices, sim_k.topk(w, dim=-1).indices
+
+    def _update(self, x: torch.Tensor, sim: torch.Tensor) -> None:
+        """One k-means step by EMA: x (B, H, M, d) normalised vectors, sim (B, H, clusters, M)."""
+        h, kc, d = self.centroids.shape
+        assign = sim.argmax(dim=2).transpose(0, 1).reshape(h, -1)  # nearest centroid of each vector
+        x = x.transpose(0, 1).reshape(h, -1, d).to(self.centroids.dtype)
+        sums = x.new_zeros(h, kc, d).scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, d), x)
+        counts = x.new_zeros(h, kc).scatter_add_(1, assign, x.new_ones(assign.shape)).unsqueeze(-1)
+        mean = sums / counts.clamp(min=1)
+        moved = self.decay * self.centroids + (1 - self.decay) * mean
+        self.centroids.copy_(F.normalize(torch.where(counts > 0, moved, self.centroids), dim=-1))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = q.shape
+        q_idx, k_idx = self.route(q, k)  # (B, H, clusters, w)
+        kc, w = q_idx.shape[-2:]
+        q_rows, k_rows = _flat_rows(q_idx, n), _flat_rows(k_idx, n)
+        shape = (b * h * kc, w, d)
+        cq = _select_rows(q * self.scale, q_rows, d).view(shape)
+        ck = _select_rows(k, k_rows, d).view(shape)
+        cv = _select_rows(v, k_rows, d).view(shape)
+        dots = torch.bmm(cq, ck.transpose(1, 2))  # (B·H·clusters, w, w)
+        dots = dots.to(_acc_dtype(dots.dtype))
+        hits = None
+        if self.causal:
+            future = (k_idx.unsqueeze(-2) > q_idx.unsqueeze(-1)).view(dots.shape)
+            dots.masked_fill_(future, MASKED)
+            hits = (~future).any(dim=-1)  # the query sees some key in this cluster
+        out = torch.bmm(torch.softmax(dots, dim=-1).to(v.dtype), cv)
+        if hits is None:
+            hits = out.new_ones(b * h * kc * w)
+        else:
+            out = out * hits.unsqueeze(-1)
+            hits = hits.to(out.dtype).view(-1)
+        total = out.new_zeros(b * h * n, d).index_add(0, q_rows, out.view(-1, d))
+        count = hits.new_zeros(b * h * n).index_add(0, q_rows, hits)
+        return (total / count.clamp(min=1).unsqueeze(-1)).view(b, h, n, d)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        n, d, kc = seq_len, self.head_dim, self.clusters
+        w = self.cluster_size(n)
+        route = 2 * (3 * n * d + matmul_flops(kc, n, d) + kc * n)  # normalise, similarities, top-w
+        attend = kc * (2 * matmul_flops(w, w, d) + w * d + softmax_flops(w * w))
+        gather_back = kc * w * d + n * d  # scatter-add, mean
+        ema = 2 * (kc * n + n * d) + 6 * kc * d if self.training else 0
+        return batch * self.heads * (route + attend + gather_back + ema)
+
+
+class _SortedBlocks(torch.autograd.Function):
+    """Straight-through sort: x (B, H, nb, 2, b, d) holds [own block, sorted block];
+    the forward pass returns x unchanged (the hard sort), the backward pass gives
+    p (B, H, nb), the sort-matrix entry that chose each sorted block, the gradient
+    it has in the soft sort Σ_j P_ij X_j, i.e. <grad, X_j*> over the sorted block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        ctx.p_dtype = p.dtype
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        g_p = (grad[:, :, :, 1] * x[:, :, :, 1]).sum(dim=(-1, -2), dtype=ctx.p_dtype)
+        return grad, g_p
+
+
+@register("sinkhorn", family="clustered", paper="2002.11296", complexity="O(N·b·d + (N/b)²·d)", causal=False)
+class SinkhornAttention(AttentionCore):
+    """Sparse Sinkhorn attention: blocks of b; a sort net (Linear d→d, ReLU,
+    Linear d→⌈seq_len/b⌉, shared by the heads) maps each block's mean key to one
+    row of an (N/b × N/b) matrix, made doubly stochastic by ``iters`` Sinkhorn
+    iterations in log space at ``temperature``. Each query block attends to its
+    own block and to its sorted block: keys and values are both taken from the
+    block that its row of the sort matrix prefers (hard sort, O(N·d) instead of the
+    dense soft sort's O(N²·d/b)); the backward pass gives the chosen P_ij the
+    gradient it has in the soft sort Σ_j P_ij X_j (straight-through). No Gumbel noise,
+    so the layer is deterministic. Causal Sinkhorn is not implemented.
+    """
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 block: int = 64, iters: int = 5, temperature: float = 0.75) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.block = _check_int("sinkhorn block", block, 1)
+        self.iters = _check_int("sinkhorn iters", iters, 1)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"sinkhorn temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.max_blocks = -(-seq_len // block)
+        self.sort_net = nn.Sequential(nn.Linear(head_dim, head_dim), nn.ReLU(),
+                                      nn.Linear(head_dim, self.max_blocks))
+
+    def sort_matrix(self, k: torch.Tensor) -> torch.Tensor:
+        """Keys (B, H, N, d) -> doubly stochastic (B, H, N/b, N/b), in float32 at least."""
+        n = k.shape[-2]
+        nb = -(-n // self.block)
+        if nb > self.max_blocks:
+            raise ValueError(f"sinkhorn was built for seq_len {self.seq_len} ({self.max_blocks} blocks), "
+                             f"got {n} tokens")
+        sums = _pad_rows(k, nb * self.block).unflatten(-2, (nb, self.block)).sum(-2)
+        sizes = (n - self.block * torch.arange(nb, device=k.device)).clamp(max=self.block)
+        summary = sums / sizes.unsqueeze(-1).to(k.dtype)  # mean key of each block, padding excluded
+        logits = self.sort_net(summary)[..., :nb]
+        log_p = logits.to(_acc_dtype(logits.dtype)) / self.temperature
+        for _ in range(self.iters):
+            log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)  # rows
+            log_p = log_p - torch.logsumexp(log_p, dim=-2, keepdim=True)  # columns
+        return log_p.exp()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = q.shape
+        bs = self.block
+        p, choice = self.sort_matrix(k).max(dim=-1)  # (B, H, nb): the block each block is sorted to
+        nb = choice.shape[-1]
+        npad = nb * bs
+        # Keys and values of [own block, sorted block] for every query block: (B, H, nb, 2, b, d).
+        blocks = torch.stack([torch.arange(nb, device=q.device).expand(b, h, nb), choice], dim=-1)
+        rows = _flat_rows(blocks, nb)
+        keys = _SortedBlocks.apply(_select_rows(_pad_rows(k, npad), rows, bs * d).view(b, h, nb, 2, bs, d), p)
+        values = _SortedBlocks.apply(_select_rows(_pad_rows(v, npad), rows, bs * d).view(b, h, nb, 2, bs, d), p)
+        shape = (b * h * nb, -1, d)
+        dots = torch.bmm(_pad_rows(q * self.scale, npad).reshape(shape), keys.reshape(shape).transpose(1, 2))
+        dots = dots.to(_acc_dtype(dots.dtype))  # (B·H·nb, b, 2b)
+        if npad > n:
+            kpos = blocks.unsqueeze(-1) * bs + torch.arange(bs, device=q.device)
+            dots.masked_fill_((kpos >= n).view(-1, 1, 2 * bs), MASKED)
+        out = torch.bmm(torch.softmax(dots, dim=-1).to(v.dtype), values.reshape(shape))
+        return out.view(b, h, npad, d)[:, :, :n]
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        d, bs = self.head_dim, self.block
+        nb = -(-seq_len // bs)
+        npad = nb * bs
+        sort_net = npad * d + matmul_flops(nb, d, d) + nb * d + matmul_flops(nb, self.max_blocks, d)
+        sinkhorn = (2 * self.iters * (LOGSUMEXP_FLOPS_PER_ELEMENT + 1) + 2) * nb * nb  # + exp, argmax
+        attend = (npad * d + 2 * npad * d  # scale queries, straight-through factor on sorted k, v
+                  + matmul_flops(npad, 2 * bs, d) + matmul_flops(npad, d, 2 * bs) + softmax_flops(npad * 2 * bs))
+        return batch * self.heads * (sort_net + sinkhorn + attend)
