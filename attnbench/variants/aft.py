@@ -51,32 +51,42 @@ def full_to_band(w: torch.Tensor, window: int, causal: bool = False) -> torch.Te
     return torch.where(valid, w.gather(1, cols.clamp(0, n - 1)), torch.zeros((), dtype=w.dtype))
 
 
-def banded_apply(band: torch.Tensor, z: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
-    """out[:, t] = Σ_j band[t, j] · z[:, t+j-(s-1)] for band (N, width), z (B, N, F).
-
-    Blocks of s queries against the 3 key blocks around them (2 when causal):
-    one batched matmul of (N/s) small (s × 3s) weight matrices, built from the
-    band by a gather. Memory O(N·s + N·F)."""
-    bsz, n, feat = z.shape
-    s, width = window, band.shape[1]
+def band_blocks(band: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
+    """The band (N, width) as N/s blocks of s queries × the 3 key blocks around
+    them (2 when causal): (N/s, s, span). Query row r of a block and key column c
+    of its span are s + r − c apart, i.e. band column j = c − r − 1."""
+    n, width = band.shape
+    s = window
     nb = -(-n // s)  # ceil(n / s) query blocks
-    n_pad = nb * s
-    span_blocks = 2 if causal else 3
-    # keys: one zero block before, padding (and one block when non-causal) after.
-    right = n_pad - n + (0 if causal else s)
-    zp = nn.functional.pad(z, (0, 0, s, right)).view(bsz, nb + span_blocks - 1, s, feat)
-    keys = torch.cat([zp[:, i:i + nb] for i in range(span_blocks)], dim=2)  # (B, nb, span, F)
-    # weights: query row r of a block, key column c of its span sees offset c - s - r,
-    # i.e. band column j = c - r - 1; column 0 of the padded band is the zero.
-    span = span_blocks * s
-    r = torch.arange(s, device=z.device)[:, None]
-    c = torch.arange(span, device=z.device)[None, :]
-    idx = c - r
+    span = (2 if causal else 3) * s
+    r = torch.arange(s, device=band.device)[:, None]
+    c = torch.arange(span, device=band.device)[None, :]
+    idx = c - r  # column of the band padded with one zero column in front
     idx = torch.where((idx >= 1) & (idx <= width), idx, torch.zeros_like(idx))
-    bandz = nn.functional.pad(band, (1, 0, 0, n_pad - n)).view(nb, s, width + 1)
-    weights = bandz.gather(2, idx.expand(nb, s, span))  # (nb, s, span)
-    out = torch.matmul(weights.to(z.dtype), keys)  # (B, nb, s, F)
-    return out.reshape(bsz, n_pad, feat)[:, :n]
+    padded = nn.functional.pad(band, (1, 0, 0, nb * s - n)).view(nb, s, width + 1)
+    return padded.gather(2, idx.expand(nb, s, span))
+
+
+def apply_band_blocks(blocks: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """out[:, t] = Σ_j band[t, j] · z[:, t+j-(s-1)] from ``band_blocks`` (nb, s, span)
+    and z (B, N, F): one batched matmul per key block (2 or 3), no copy of z per block."""
+    bsz, n, feat = z.shape
+    nb, s, span = blocks.shape
+    n_key_blocks = span // s
+    # keys: one zero block before, padding (and one block when non-causal) after.
+    right = nb * s - n + (n_key_blocks - 2) * s
+    zb = nn.functional.pad(z, (0, 0, s, right)).view(bsz, nb + n_key_blocks - 1, s, feat)
+    blocks = blocks.to(z.dtype)
+    out = torch.matmul(blocks[..., :s], zb[:, :nb])  # (B, nb, s, F)
+    for d in range(1, n_key_blocks):
+        out = out + torch.matmul(blocks[..., d * s:(d + 1) * s], zb[:, d:d + nb])
+    return out.view(bsz, nb * s, feat)[:, :n]
+
+
+def banded_apply(band: torch.Tensor, z: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
+    """out[:, t] = Σ_j band[t, j] · z[:, t+j-(s-1)] for band (N, width), z (B, N, F):
+    blocks of s queries against the key blocks around them. Memory O(N·s + N·F)."""
+    return apply_band_blocks(band_blocks(band, window, causal), z)
 
 
 class _SimpleLayer(torch.autograd.Function):
@@ -86,7 +96,9 @@ class _SimpleLayer(torch.autograd.Function):
     FLOPs as autograd, fewer ops and passes over (N, C) tensors (the projections
     dominate):
     * the bias of K cancels in the softmax and the bias of V adds to g (Σ_t p_t = 1),
-      so the projection is one matmul without bias, plus b_q before the sigmoid;
+      so the projections are matmuls without bias, plus b_q before the sigmoid;
+    * Q, K, V are three (N, C) products, never one (N, 3C) tensor (large blocks are
+      mapped and page-faulted afresh by the allocator at every call);
     * out = σ(Q) (W_o diag g)ᵀ + b_o: the (N, C) product σ(Q) ⊙ g is never formed.
     Backward, with s = σ(Q), W' = W_o diag(g) and upstream dout: dW' = doutᵀ s,
     dW_o = dW' diag(g), dg_c = Σ_j dW'_jc W_o,jc, dQ = (dout W') ⊙ s(1 − s),
@@ -96,12 +108,14 @@ class _SimpleLayer(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
                 w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
         c = x.shape[-1]
-        q, k, v = torch.matmul(x, w_qkv.t()).chunk(3, dim=-1)
+        w_q, w_k, w_v = w_qkv.split(c)  # three (N, C) products: no (N, 3C) tensor
         b_q, b_v = b_qkv[:c], b_qkv[2 * c:]
-        e = torch.sub(k, k.amax(dim=1, keepdim=True)).exp_()  # per-channel max: cancels in p
+        k = torch.matmul(x, w_k.t())
+        e = k.sub_(k.amax(dim=1, keepdim=True)).exp_()  # per-channel max: cancels in p
         z = e.sum(dim=1, keepdim=True)
+        v = torch.matmul(x, w_v.t())
         g = (e * v).sum(dim=1, keepdim=True).div_(z)  # (B, 1, C), without b_v
-        s = torch.add(q, b_q).sigmoid_()
+        s = torch.matmul(x, w_q.t()).add_(b_q).sigmoid_()
         gb = g + b_v
         w_g = w_out * gb  # (B, C, C): W_o diag(g) per batch element
         ctx.save_for_backward(x, w_qkv, w_out, v, e, z, g, gb, s, w_g)
@@ -113,13 +127,18 @@ class _SimpleLayer(torch.autograd.Function):
         dw_g = torch.bmm(dout.transpose(1, 2), s)  # (B, C, C)
         dw_out = (dw_g * gb).sum(dim=0)
         dg = (dw_g * w_out).sum(dim=1, keepdim=True)  # (B, 1, C)
-        dqkv = x.new_empty(*x.shape[:2], 3 * x.shape[2])
-        dq, dk, dv = dqkv.chunk(3, dim=-1)
-        torch.ops.aten.sigmoid_backward.grad_input(torch.bmm(dout, w_g), s, grad_input=dq)
-        torch.mul(e, dg / z, out=dv)  # p ⊙ dg with p = e / z
-        torch.sub(v, g, out=dk).mul_(dv)  # V − g, both without b_v
-        dx = dqkv @ w_qkv if ctx.needs_input_grad[0] else None
-        dw_qkv = dqkv.flatten(0, 1).t() @ x.flatten(0, 1)
+        dq = torch.ops.aten.sigmoid_backward(torch.bmm(dout, w_g), s)
+        dv = e * (dg / z)  # p ⊙ dg with p = e / z
+        dk = torch.sub(v, g).mul_(dv)  # V − g, both without b_v
+        grads = [t.flatten(0, 1) for t in (dq, dk, dv)]
+        weights = w_qkv.split(x.shape[-1])
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(grads[0], weights[0])
+            for d, w in zip(grads[1:], weights[1:], strict=True):
+                dx.addmm_(d, w)
+            dx = dx.view_as(x)
+        dw_qkv = torch.cat([torch.mm(d.t(), x.flatten(0, 1)) for d in grads])
         db_qkv = torch.cat([dq.sum(dim=(0, 1)), torch.zeros_like(dg[0, 0]), dg.sum(dim=(0, 1))])
         return dx, dw_qkv, db_qkv, dw_out, dout.sum(dim=(0, 1))
 
@@ -159,14 +178,17 @@ class AFT(AttentionLayer):
             args = [t.to(dtype) for t in (x, self.to_qkv.weight, self.to_qkv.bias,
                                           self.out.weight, self.out.bias)]
             return _SimpleLayer.apply(*args).to(x.dtype)
-        q, k, v = self.to_qkv(x).to(dtype).chunk(3, dim=-1)
+        # three (N, C) projections rather than one (N, 3C) tensor
+        weights, biases = self.to_qkv.weight.split(self.dim), self.to_qkv.bias.split(self.dim)
+        q, k, v = (nn.functional.linear(x, w, b).to(dtype) for w, b in zip(weights, biases, strict=True))
         e = torch.exp(k - k.detach().amax(dim=1, keepdim=True))
+        ev = e * v
         if self.mode == "simple":  # causal: cumulative sums
-            num, den = e.mul(v).cumsum(dim=1), e.cumsum(dim=1)
+            num, den = ev.cumsum(dim=1), e.cumsum(dim=1)
+        elif self.mode == "full":
+            num, den = self._full(torch.cat([ev, e], dim=-1)).chunk(2, dim=-1)
         else:
-            sums = self._full(torch.cat([e * v, e], dim=-1)) if self.mode == "full" \
-                else self._local(torch.cat([e * v, e], dim=-1))
-            num, den = sums.chunk(2, dim=-1)
+            num, den = self._local(ev, e)
         y = torch.sigmoid(q) * (num / den)
         return self.out(y.to(x.dtype))
 
@@ -178,17 +200,20 @@ class AFT(AttentionLayer):
         w = w - w.detach().amax(dim=1, keepdim=True)  # row max: finite, the diagonal is allowed
         return torch.matmul(torch.exp(w), z)
 
-    def _local(self, z: torch.Tensor) -> torch.Tensor:
-        """Global (or cumulative) sum of z plus the band correction (exp(w) − 1) z.
+    def _local(self, *zs: torch.Tensor) -> list[torch.Tensor]:
+        """Global (or cumulative) sum of each z plus the band correction (exp(w) − 1) z.
 
         With m_t = max(0, max_j w[t, j]) the row is scaled by exp(−m_t): weight
         exp(−m_t) outside the band and exp(w − m_t) inside, so nothing overflows."""
-        band = self.w.to(z.dtype)
+        band = self.w.to(zs[0].dtype)
         m = band.detach().amax(dim=1, keepdim=True).clamp(min=0)
         outside = torch.exp(-m)  # (N, 1)
-        correction = torch.exp(band - m) - outside
-        total = z.cumsum(dim=1) if self.causal else z.sum(dim=1, keepdim=True)
-        return outside * total + banded_apply(correction, z, self.s, self.causal)
+        blocks = band_blocks(torch.exp(band - m) - outside, self.s, self.causal)
+        out = []
+        for z in zs:
+            total = z.cumsum(dim=1) if self.causal else z.sum(dim=1, keepdim=True)
+            out.append(apply_band_blocks(blocks, z) + outside * total)
+        return out
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens, c = batch * seq_len, self.dim
