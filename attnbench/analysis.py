@@ -408,8 +408,12 @@ def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Data
 
 # --- two runs: before / after --------------------------------------------------------
 
+# Significance of a change between two runs. With alpha 0.05, one case in twenty
+# of an A/A comparison would be flagged by chance alone; 0.01 keeps two runs of
+# the same code clean (simulated: under 1.5% flagged at any noise level and
+# sample count), and still finds a 2x change with five samples a side.
 MIN_EFFECT = 0.05  # a change smaller than 5% is never called significant
-ALPHA = 0.05  # Mann-Whitney U, two-sided
+ALPHA = 0.01  # Mann-Whitney U, two-sided
 MARK_SLOWER, MARK_FASTER, MARK_SAME, MARK_FAILED = "+", "-", "~", "x"
 COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
                    "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "p_value",

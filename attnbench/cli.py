@@ -144,6 +144,10 @@ def run(
 def report(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the tidy CSV here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the whole report as markdown here.",
+                                                  metavar="FILE")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Plot time and memory vs N (log-log) to a .png or "
+                                                             ".svg file.", metavar="FILE")] = None,
     baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default: the suite's "
                                                       "baseline, else softmax).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tidy rows as JSON on stdout.")] = False,
@@ -169,17 +173,41 @@ def report(
             for pass_name in [p for p in ("forward", "forward_backward") if p in set(frame["pass"])]:
                 for table in comparison_tables(frame, base, pass_name):
                     out.print(table)
+        from attnbench.report import markdown_report, report_sections, write_text
+
+        for item in report_sections(run_data, base):  # scaling, crossovers, published table
+            out.print(item)
         failed = failures_table(frame)
         if failed is not None:
             out.print(failed)
         if csv is not None:
             write_csv(frame, csv)
             err.print(f"wrote {csv}", highlight=False)
+        if plot is not None:
+            from attnbench.plots import plot_run
+
+            plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
+            err.print(f"wrote {plot}", highlight=False)
+        if markdown is not None:
+            link = None
+            if plot is not None:
+                import os
+
+                link = os.path.relpath(plot.resolve(), markdown.resolve().parent)
+            write_text(markdown, markdown_report(run_data, base, plot=link))
+            err.print(f"wrote {markdown}", highlight=False)
 
 
 @app.command()
 def compare(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
+    run_b: Annotated[Path | None, typer.Argument(metavar="[RUN_B]", help="A second run: compare it against "
+                                                 "RUN_DIR case by case (B/A).")] = None,
+    fail_above: Annotated[float | None, typer.Option("--fail-above", help="With RUN_B: exit 1 when a "
+                                                     "significant slowdown B/A exceeds this ratio (e.g. 1.10).",
+                                                     metavar="R")] = None,
+    min_effect: Annotated[float, typer.Option("--min-effect", help="With RUN_B: changes smaller than this "
+                                              "fraction are never significant.")] = 0.05,
     baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default softmax).")] = None,
     pass_name: Annotated[str | None, typer.Option("--pass", help="forward, backward or forward_backward "
                                                                  "(default: all measured).")] = None,
@@ -188,8 +216,19 @@ def compare(
     """Each variant's speed-up and memory ratio against a baseline, laid out like
     Long Range Arena's Table 2 (rows models, columns N, cells "steps/s (speed-up)").
 
+    With a second run, RUN_B against RUN_DIR: per case and pass the ratio of
+    medians B/A, a Mann-Whitney U test on the raw samples, and marks as asv
+    prints them: + slower, - faster, ~ no significant change, x failed or missing.
+
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
+    Example: [bold]attnbench compare results/before results/after --fail-above 1.10[/]
     """
+    if run_b is not None:
+        return _compare_two_runs(run_dir, run_b, pass_name, fail_above, min_effect, as_json)
+    if fail_above is not None:
+        err.print("[bold red]error:[/] --fail-above needs two runs: compare RUN_A RUN_B --fail-above R",
+                  markup=True, highlight=False)
+        raise typer.Exit(2)
     if as_json:
         return _compare_json(run_dir, baseline, pass_name)
     from attnbench.analysis import default_baseline
@@ -208,6 +247,44 @@ def compare(
         for p in passes:
             for table in comparison_tables(frame, base, p):
                 out.print(table)
+
+
+def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,
+                      min_effect: float, as_json: bool) -> None:
+    """``compare RUN_A RUN_B``: B against A, case by case; exit 1 on a regression past --fail-above."""
+    from attnbench.analysis import compare_runs, compare_summary, regressions
+    from attnbench.report import compare_runs_tables
+    from attnbench.results import frame_records, load_run
+
+    with _user_errors():
+        if fail_above is not None and not fail_above > 0:
+            raise AttnbenchError(f"--fail-above must be a positive ratio such as 1.10, got {fail_above}")
+        if not 0 <= min_effect < 1:
+            raise AttnbenchError(f"--min-effect must be a fraction in [0, 1), got {min_effect}")
+        a, b = load_run(run_a), load_run(run_b)
+        compared = compare_runs(a.records, b.records, min_effect=min_effect)
+        if pass_name:
+            compared = compared[compared["pass"] == pass_name]
+        if compared.empty:
+            raise AttnbenchError(f"{run_a} and {run_b}: no cases to compare")
+    _warn(a.warnings + b.warnings)
+    summary = compare_summary(compared)
+    bad = regressions(compared, fail_above) if fail_above is not None else compared.iloc[0:0]
+    if as_json:
+        _print_json({"run_a": str(run_a), "run_b": str(run_b), "min_effect": min_effect, "fail_above": fail_above,
+                     "regressions": len(bad), "rows": frame_records(compared), "summary": frame_records(summary)})
+    else:
+        for table in compare_runs_tables(compared, summary, a.run_id, b.run_id, min_effect=min_effect):
+            out.print(table)
+    missing = int((compared["mark"] == "x").sum())
+    if missing:
+        _warn([f"{missing} case(s) failed or are missing in one of the runs (marked x)"])
+    if len(bad):
+        worst = bad.sort_values("ratio").iloc[-1]
+        err.print(f"[bold red]regression:[/] {len(bad)} case(s) significantly slower than {fail_above}x; worst "
+                  f"{worst['label']} N={worst['seq_len']} {worst['pass']}: {worst['ratio']:.2f}x",
+                  markup=True, highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("list")

@@ -464,12 +464,12 @@ def write_text(path, text: str) -> None:
 # --- two runs -------------------------------------------------------------------------
 
 def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: str, name_b: str,
-                        only_changed: bool = False) -> list[Table]:
+                        only_changed: bool = False, alpha: float = 0.01, min_effect: float = 0.05) -> list[Table]:
     """asv-style: per case and pass the mark, medians of A and B, their ratio and
     the p-value; then per variant the geometric mean of the ratios."""
     table = Table(title=f"{name_b} against {name_a}: ratio of medians B/A",
-                  caption="+ slower, - faster (significant: Mann-Whitney p < 0.05 and a change over the minimum "
-                          "effect), ~ no significant change, x failed or missing in either run")
+                  caption=f"+ slower, - faster (significant: Mann-Whitney p < {alpha:g} and a change of at least "
+                          f"{min_effect:.0%}), ~ no significant change, x failed or missing in either run")
     for col in ("", "model", "N", "heads", "pass", "A ms", "B ms", "B/A", "p"):
         table.add_column(col, justify="right" if col in ("N", "heads", "A ms", "B ms", "B/A", "p") else "left",
                          no_wrap=True)
