@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+import typer.completion
 from torch import nn
 from typer.testing import CliRunner
 
@@ -129,10 +130,18 @@ def test_every_command_help_shows_an_example():
         assert examples and f"attnbench {name}" in examples[0], (name, result.stdout)
 
 
-def test_shell_completion_script_and_completions():
-    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="attnbench")
+@pytest.mark.parametrize(("shell", "marker"), [("bash", "_ATTNBENCH_COMPLETE=complete_bash"),
+                                               ("zsh", "#compdef attnbench")])
+def test_show_completion_prints_the_script_for_the_users_shell(monkeypatch, shell: str, marker: str):
+    # `attnbench --show-completion` detects the shell from the process tree
+    # (shellingham); a test's parent is whatever ran pytest, so it is pinned here.
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: shell)
+    script = runner.invoke(app, ["--show-completion"], prog_name="attnbench")
     assert script.exit_code == 0, (script.output, script.exception)
-    assert "_ATTNBENCH_COMPLETE=complete_bash" in script.stdout and "complete " in script.stdout
+    assert marker in script.stdout
+
+
+def test_shell_completion_completes_commands_and_options():
     env = {"_ATTNBENCH_COMPLETE": "complete_bash", "COMP_WORDS": "attnbench li", "COMP_CWORD": "1"}
     assert runner.invoke(app, [], prog_name="attnbench", env=env).stdout.split() == ["list"]
     env = {"_ATTNBENCH_COMPLETE": "complete_bash", "COMP_WORDS": "attnbench list --j", "COMP_CWORD": "2"}
