@@ -40,6 +40,10 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         raise ResultsError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes the file 0600: give it the mode open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

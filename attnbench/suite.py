@@ -49,7 +49,21 @@ class _LineList(list):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A scalar the safe constructors cannot read (``!!int x``, the date
+        2001-02-30, a 5000-digit integer) raises ValueError & co. without a
+        line; make it a YAML error at the node."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, SuiteError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any constructor failure is the file's fault
+            shown = node.value if isinstance(node, yaml.ScalarNode) else node.id
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            tag = str(node.tag).rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown!r} as {tag} ({type(exc).__name__}: {str(exc)[:80]})",
+                node.start_mark) from None
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
@@ -254,7 +268,7 @@ class _Validator:
         if value is None:
             return _LineDict()
         if not isinstance(value, dict):
-            self.fail(f"must be a mapping, got {type(value).__name__}", key=key,
+            self.fail(f"must be a mapping, got {_kind(value)}", key=key,
                       line=self.line_of(parent, key.split(".")[-1]))
         for k in value:
             if k not in allowed:
@@ -347,6 +361,15 @@ class _Validator:
         return out
 
 
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the file's terms (not our line-tracking classes)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
 def _item_line(items: Any, i: int, fallback: int | None) -> int | None:
     lines = getattr(items, "lines", None)
     return lines[i] if isinstance(lines, list) and i < len(lines) else fallback
@@ -355,7 +378,7 @@ def _item_line(items: Any, i: int, fallback: int | None) -> int | None:
 def _check_device(device: Any, path: str, line: int | None, key: str) -> None:
     ok = isinstance(device, str) and (
         device in ("cpu", "cuda", "auto")
-        or (device.startswith("cuda:") and device[5:].isdigit()))
+        or (device.startswith("cuda:") and device[5:].isascii() and device[5:].isdigit()))
     if not ok:
         raise SuiteError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto",
                          file=path, line=line, key=key)
@@ -373,13 +396,16 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SuiteError(f"YAML syntax error: {problem}", file=path,
+        kind = "value" if isinstance(exc, yaml.constructor.ConstructorError) else "syntax"
+        raise SuiteError(f"YAML {kind} error: {problem}", file=path,
                          line=mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise SuiteError("the YAML is nested too deeply to be a suite", file=path) from None
     v = _Validator(path)
     if raw is None:
         v.fail("the suite is empty")
     if not isinstance(raw, dict):
-        v.fail(f"a suite is a mapping of keys (name, grid, variants, ...), got {type(raw).__name__}", line=1)
+        v.fail(f"a suite is a mapping of keys (name, grid, variants, ...), got {_kind(raw)}", line=1)
     v.mapping(raw, "", None, TOP_KEYS)
     if "version" in raw and raw["version"] != SCHEMA_VERSION:
         v.fail(f"unsupported schema version {raw['version']!r}; this attnbench reads version {SCHEMA_VERSION}",

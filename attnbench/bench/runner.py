@@ -247,6 +247,12 @@ class WorkerPool:
         self.started = 0  # workers started so far
         self._ctx = mp.get_context(_start_method())
 
+    def prestart(self) -> None:
+        """Start the fork server (without waiting for it): its imports then
+        overlap with whatever the caller does before the first case."""
+        if self._ctx.get_start_method() == "forkserver":
+            _ensure_fork_server(self._ctx)
+
     def start(self) -> None:
         """Start a worker now (it imports in the background) unless one is alive."""
         if self.process is None or not self.process.is_alive():
@@ -729,8 +735,6 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
     says ``interrupted``; ``--resume`` runs the rest."""
     pool = None if options.in_process else WorkerPool(options.preload + preload_modules(suite))
     try:
-        if pool is not None:
-            pool.start()  # the worker imports while the run directory is prepared
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
         _write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
@@ -744,6 +748,8 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
     done_ids = {r["case_id"] for r in done}
     all_cases = suite.cases()
     cases = [c for c in all_cases if c.case_id not in done_ids]
+    if pool is not None and cases:
+        pool.prestart()  # the fork server imports torch while the sweep is set up
     records = list(done)
     summary = RunSummary(run_dir=run_dir, records=records, warnings=warnings, in_process=options.in_process)
     guard = _SignalGuard().install()
