@@ -100,7 +100,7 @@ class _SimpleLayer(torch.autograd.Function):
     * Q, K, V are three (N, C) products, never one (N, 3C) tensor (large blocks are
       mapped and page-faulted afresh by the allocator at every call);
     * out = σ(Q) (W_o diag g)ᵀ + b_o: the (N, C) product σ(Q) ⊙ g is never formed.
-    Backward, with s = σ(Q), W' = W_o diag(g) and upstream dout: dW' = doutᵀ s,
+    Backward, with s = σ(Q), W' = W_o diag(g) (g with b_v) and upstream dout: dW' = doutᵀ s,
     dW_o = dW' diag(g), dg_c = Σ_j dW'_jc W_o,jc, dQ = (dout W') ⊙ s(1 − s),
     dV = p ⊙ dg, dK = dV ⊙ (V − g); db_q = Σ_t dQ, db_k = 0, db_v = dg."""
 
@@ -110,25 +110,23 @@ class _SimpleLayer(torch.autograd.Function):
         c = x.shape[-1]
         w_q, w_k, w_v = w_qkv.split(c)  # three (N, C) products: no (N, 3C) tensor
         b_q, b_v = b_qkv[:c], b_qkv[2 * c:]
-        k = torch.matmul(x, w_k.t())
-        e = k.sub_(k.amax(dim=1, keepdim=True)).exp_()  # per-channel max: cancels in p
-        z = e.sum(dim=1, keepdim=True)
+        p = torch.softmax(torch.matmul(x, w_k.t()), dim=1)  # over t, per channel
         v = torch.matmul(x, w_v.t())
-        g = (e * v).sum(dim=1, keepdim=True).div_(z)  # (B, 1, C), without b_v
+        g = (p * v).sum(dim=1, keepdim=True)  # (B, 1, C), without b_v
         s = torch.matmul(x, w_q.t()).add_(b_q).sigmoid_()
         gb = g + b_v
-        w_g = w_out * gb  # (B, C, C): W_o diag(g) per batch element
-        ctx.save_for_backward(x, w_qkv, w_out, v, e, z, g, gb, s, w_g)
+        w_g = w_out * gb  # (B, C, C): W_o diag(g + b_v) per batch element
+        ctx.save_for_backward(x, w_qkv, w_out, v, p, g, gb, s, w_g)
         return torch.baddbmm(b_out, s, w_g.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w_qkv, w_out, v, e, z, g, gb, s, w_g = ctx.saved_tensors
+        x, w_qkv, w_out, v, p, g, gb, s, w_g = ctx.saved_tensors
         dw_g = torch.bmm(dout.transpose(1, 2), s)  # (B, C, C)
         dw_out = (dw_g * gb).sum(dim=0)
         dg = (dw_g * w_out).sum(dim=1, keepdim=True)  # (B, 1, C)
         dq = torch.ops.aten.sigmoid_backward(torch.bmm(dout, w_g), s)
-        dv = e * (dg / z)  # p ⊙ dg with p = e / z
+        dv = p * dg
         dk = torch.sub(v, g).mul_(dv)  # V − g, both without b_v
         grads = [t.flatten(0, 1) for t in (dq, dk, dv)]
         weights = w_qkv.split(x.shape[-1])
