@@ -35,7 +35,7 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     data = frame[frame["status"] == "ok"].copy()
     if data.empty:
@@ -77,6 +77,9 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
         for ax, ylabel in ((ax_t, "median time (ms), band: IQR"), (ax_m, "peak memory (MiB)")):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
             ax.set_xlabel("sequence length N")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
