@@ -22,6 +22,7 @@ Causal variants use the non-causal pattern intersected with j ≤ i.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +71,9 @@ class _SparseCore(AttentionCore):
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self._cache: dict[tuple, object] = {}
+        self._cache: dict[tuple, Any] = {}
 
-    def _cached(self, key: tuple, make: Callable[[], object]) -> object:
+    def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
             if len(self._cache) >= 8:
                 self._cache.clear()
@@ -204,7 +205,7 @@ class StridedAttention(_SparseCore):
         c = torch.arange(groups, device=device).view(1, groups)
         r = torch.arange(stride, device=device).view(stride, 1, 1)
         blocked = c * stride + r >= n
-        return blocked | (c > a) if self.causal else blocked
+        return (blocked | (c > a)) if self.causal else blocked
 
     def _strided(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         b, h, n, d = q.shape
