@@ -11,7 +11,7 @@ from attnbench.testing import assert_no_square
 from attnbench.variants.aft import banded_apply, full_to_band
 from attnbench.variants.conv import (
     conv_padding,
-    dynamic_conv_unfold,
+    dynamic_conv,
     lightconv_conv1d,
     lightconv_unfold,
 )
@@ -344,7 +344,14 @@ def test_lightconv_unfold_equals_conv1d_and_taps(k: int, causal: bool) -> None:
         ok = (src >= 0) & (src < n)
         expected[:, ok] += kernel[rows, j] * h[:, src[ok]]
     torch.testing.assert_close(y, expected)
-    torch.testing.assert_close(lightconv_unfold(h, kernel, causal), lightconv_conv1d(h, kernel, causal))
+    # gradients: the unfold path has a hand-written backward
+    h.requires_grad_()
+    weight = layer.weight
+    upstream = expected.detach()
+    grads = [torch.autograd.grad((f(h, torch.softmax(weight, -1), causal) * upstream).sum(), (h, weight))
+             for f in (lightconv_unfold, lightconv_conv1d)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("name", ["lightconv", "dynamicconv"])
@@ -392,11 +399,19 @@ def test_dynamicconv_with_zero_weights_equals_lightconv(causal: bool) -> None:
     torch.testing.assert_close(dyn(x), light(x))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("k", [1, 4, 5])
+def test_dynamic_conv_gradcheck(k: int, causal: bool) -> None:
+    h = randn(2, 9, 6).requires_grad_()
+    kernel = randn(2, 9, 3, k, seed=7).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: dynamic_conv(a, b, causal), (h, kernel))
+
+
 def test_dynamic_conv_uses_each_positions_kernel() -> None:
     n, k, heads = 20, 5, 2
     h = randn(2, n, 6)
     kernel = torch.softmax(randn(2, n, heads, k, seed=7), dim=-1)
-    y = dynamic_conv_unfold(h, kernel, causal=True)
+    y = dynamic_conv(h, kernel, causal=True)
     t, c = 9, 4  # channel 4 belongs to head 1
     expected = sum(kernel[:, t, 1, j] * h[:, t + j - (k - 1), c] for j in range(k))
     torch.testing.assert_close(y[:, t, c], expected)

@@ -16,9 +16,11 @@ on the left and K−1−K//2 on the right, i.e. (K−1)/2 each side for odd K an
 one more on the left for even K. Tap j of the kernel multiplies token
 t + j − left.
 
-Cost O(N·K·d): lightconv runs ``F.conv1d`` with groups=dim (the unfold path is
-kept for the equivalence test), dynamicconv an unfold into (B, N, dim, K)
-windows. Neither builds the T×T band matrix of fairseq's default path.
+Cost O(N·K·d). Both run on unfolded (B, N, dim, K) windows, a strided view of
+the padded input that ``einsum`` reads in place, with a hand-written backward
+(the transposed convolution, same windows trick): memory O(N·d + N·H·K).
+lightconv's ``F.conv1d`` path (groups=dim) is kept as a reference and is slower
+on CPU. Neither builds the T×T band matrix of fairseq's default path.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import nn
 from attnbench.variants.layer import AttentionLayer, linear_flops, softmax_flops
 from attnbench.variants.registry import register
 
-IMPLS = ("conv1d", "unfold")
+IMPLS = ("unfold", "conv1d")
 
 
 def conv_padding(kernel_size: int, causal: bool) -> tuple[int, int]:
@@ -40,35 +42,71 @@ def conv_padding(kernel_size: int, causal: bool) -> tuple[int, int]:
     return kernel_size // 2, kernel_size - 1 - kernel_size // 2
 
 
-def _windows(x: torch.Tensor, kernel_size: int, causal: bool) -> torch.Tensor:
-    """(B, N, C) -> (B, N, C, K) sliding windows, a view of the padded input."""
-    left, right = conv_padding(kernel_size, causal)
-    return F.pad(x, (0, 0, left, right)).unfold(1, kernel_size, 1)
+def _windows(x: torch.Tensor, kernel_size: int, left: int, right: int, heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, N, H, C/H, K) sliding windows: a view of the padded input,
+    so memory stays O(N·C); ``einsum`` reads it in place."""
+    b, n, c = x.shape
+    return F.pad(x, (0, 0, left, right)).unfold(1, kernel_size, 1).view(b, n, heads, c // heads, kernel_size)
+
+
+def _flip_kernel(kernel: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """kernel (B, N, H, K) -> flipped[:, s, :, i] = kernel[:, s + i − right, :, K − 1 − i]
+    (zero outside): the kernel of the transposed convolution, which maps the output
+    gradient back to the input. A strided view of the padded kernel, O(N·H·K)."""
+    b, n, h, k = kernel.shape
+    padded = F.pad(kernel, (0, 0, 0, 0, right, left)).contiguous()  # (B, N + K − 1, H, K)
+    sb, sn, sh, sk = padded.stride()
+    return padded.as_strided((b, n, h, k), (sb, sn, sh, sn - sk), (k - 1) * sk).contiguous()
+
+
+class _DynamicConv(torch.autograd.Function):
+    """y[t, c] = Σ_j kernel[t, head(c), j] · x[t + j − left, c] for x (B, N, C) and
+    kernel (B, N, H, K), on unfolded windows; the backward is the same product on
+    the output gradient's windows with the flipped kernel (for dx) and on the input's
+    windows (for the kernel). Nothing (N, C, K) is materialised."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, left: int, right: int) -> torch.Tensor:
+        heads, k = kernel.shape[-2:]
+        ctx.save_for_backward(x, kernel)
+        ctx.padding = (left, right)
+        win = _windows(x, k, left, right, heads)
+        return torch.einsum("bnhck,bnhk->bnhc", win, kernel).flatten(2)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, kernel = ctx.saved_tensors
+        left, right = ctx.padding
+        heads, k = kernel.shape[-2:]
+        dy = dy.contiguous()
+        dx = dkernel = None
+        if ctx.needs_input_grad[0]:
+            dy_win = _windows(dy, k, right, left, heads)
+            dx = torch.einsum("bnhck,bnhk->bnhc", dy_win, _flip_kernel(kernel, left, right)).flatten(2)
+        if ctx.needs_input_grad[1]:
+            dkernel = torch.einsum("bnhc,bnhck->bnhk", dy.unflatten(2, (heads, -1)),
+                                   _windows(x, k, left, right, heads))
+        return dx, dkernel, None, None
+
+
+def dynamic_conv(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Convolution of x (B, N, C) with a kernel per position and head (B, N, H, K)."""
+    return _DynamicConv.apply(x, kernel.to(x.dtype), *conv_padding(kernel.shape[-1], causal))
+
+
+def lightconv_unfold(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Depthwise convolution of x (B, N, C) with a per-head kernel (H, K), through
+    unfolded windows: ``dynamic_conv`` with the kernel broadcast over positions."""
+    b, n, _ = x.shape
+    return dynamic_conv(x, kernel.expand(b, n, *kernel.shape), causal)
 
 
 def lightconv_conv1d(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Depthwise convolution of x (B, N, C) with a per-head kernel (H, K)."""
+    """The same convolution with ``F.conv1d`` (groups=C, the weight expanded from H rows)."""
     c, (heads, k) = x.shape[-1], kernel.shape
     weight = kernel.repeat_interleave(c // heads, dim=0).unsqueeze(1)  # (C, 1, K)
     xt = F.pad(x.transpose(1, 2), conv_padding(k, causal))  # (B, C, N + K - 1)
     return F.conv1d(xt, weight.to(x.dtype), groups=c).transpose(1, 2)
-
-
-def lightconv_unfold(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> torch.Tensor:
-    """The same convolution through unfolded windows (reference path)."""
-    b, n, c = x.shape
-    heads, k = kernel.shape
-    win = _windows(x, k, causal).reshape(b, n, heads, c // heads, k)
-    return torch.einsum("bnhck,hk->bnhc", win, kernel.to(x.dtype)).reshape(b, n, c)
-
-
-def dynamic_conv_unfold(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Convolution of x (B, N, C) with a kernel per position and head (B, N, H, K)."""
-    b, n, c = x.shape
-    heads, k = kernel.shape[-2:]
-    win = _windows(x, k, causal).reshape(b, n, heads, c // heads, k)
-    # (B·N·H) small products (C/H × K) @ (K × 1)
-    return torch.matmul(win, kernel.to(x.dtype).unsqueeze(-1)).reshape(b, n, c)
 
 
 def _check_kernel_size(kernel_size: int) -> None:
@@ -86,7 +124,7 @@ class _ConvLayer(AttentionLayer):
         self.in_proj = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def conv(self, h: torch.Tensor, impl: str = "conv1d") -> torch.Tensor:  # pragma: no cover
+    def conv(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +152,7 @@ class LightConv(_ConvLayer):
         """The (H, K) kernel, softmax over the taps."""
         return torch.softmax(self.weight, dim=-1)
 
-    def conv(self, h: torch.Tensor, impl: str = "conv1d") -> torch.Tensor:
+    def conv(self, h: torch.Tensor, impl: str = "unfold") -> torch.Tensor:
         """The convolution alone, on the GLU output h (B, N, dim)."""
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
@@ -143,10 +181,9 @@ class DynamicConv(_ConvLayer):
         logits = self.weight_linear(h).unflatten(-1, (self.heads, self.kernel_size))
         return torch.softmax(logits, dim=-1, dtype=torch.promote_types(h.dtype, torch.float32))
 
-    def conv(self, h: torch.Tensor, impl: str = "unfold") -> torch.Tensor:
-        if impl != "unfold":
-            raise ValueError(f"dynamicconv impl must be 'unfold', got {impl!r}")
-        return dynamic_conv_unfold(h, self.kernel(h), self.causal)
+    def conv(self, h: torch.Tensor) -> torch.Tensor:
+        """The convolution alone, on the GLU output h (B, N, dim)."""
+        return dynamic_conv(h, self.kernel(h), self.causal)
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens, hk = batch * seq_len, self.heads * self.kernel_size
