@@ -81,7 +81,9 @@ class Synthesizer(AttentionLayer):
         tokens, n, c, h = batch * seq_len, seq_len, self.dim, self.heads
         proj = 2 * linear_flops(tokens, c, c)  # values, output
         if self.mode == "dense":
-            synth = linear_flops(tokens, c, c) + tokens * c + batch * h * matmul_flops(n, n, self.head_dim)
+            # W₁, ReLU, per-head W₂ and its bias
+            synth = (linear_flops(tokens, c, c) + tokens * c
+                     + batch * h * (matmul_flops(n, n, self.head_dim) + n * n))
         elif self.mode == "factorized":
             synth = h * matmul_flops(n, n, self.k)
         else:
