@@ -124,11 +124,12 @@ class ProjectedAttention(AttentionLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         parts = self.qkv(x).view(b, n, self.n_proj, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # unbind, not parts[i]: indexing makes backward zero-fill the whole fused tensor once per part.
         if self.n_proj == 2:
-            q, v = parts[0], parts[1]
+            q, v = parts.unbind(0)
             k = q
         else:
-            q, k, v = parts[0], parts[1], parts[2]
+            q, k, v = parts.unbind(0)
         return self.out(self.merge_heads(self.core(q, k, v)))
 
     def flops(self, batch: int, seq_len: int) -> int:
