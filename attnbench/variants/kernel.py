@@ -15,13 +15,15 @@ Both run through :func:`kernel_attention`:
 
     out_i = φ(q_i)ᵀ S_i / (φ(q_i)ᵀ z_i + eps),  S_i = Σ_j φ(k_j) v_jᵀ,  z_i = Σ_j φ(k_j)
 
-with j over all keys, or j ≤ i when causal. The normaliser rides along with the
-values: v is extended by a column of ones, so one product gives both φᵀS and φᵀz.
-The causal form is chunked: inside a chunk of c tokens the masked c×c
-quadratic form, between chunks a carried f×(d+1) state (an exclusive prefix sum
-over the per-chunk states, shape (N/c, f, d+1), never N×f×d). In exact arithmetic
-the result does not depend on c. :func:`recurrent_kernel_attention` is the
-token-by-token RNN form of the same computation, the reference for tests.
+with j over all keys, or j ≤ i when causal. The non-causal form is two products
+around a d×f state, with a hand-written backward (:class:`_NonCausalKernelAttention`).
+The causal form is chunked: inside a chunk of c tokens the masked c×c quadratic
+form, between chunks a carried state (an exclusive prefix sum over the per-chunk
+states, shape (N/c, f, d+1), never N×f×d); there the normaliser rides along with
+the values, extended by a column of ones, so one product gives both φᵀS and φᵀz.
+In exact arithmetic the result does not depend on c.
+:func:`recurrent_kernel_attention` is the token-by-token RNN form of the same
+computation, the reference for tests.
 """
 
 from __future__ import annotations
@@ -136,10 +138,12 @@ def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
         ends = sc[..., -1]  # (B, H, C)
         weights = torch.exp(sc - ends.unsqueeze(-1)).unsqueeze(-1)  # (B, H, C, c, 1)
         states = torch.matmul((vc * weights).transpose(-1, -2), kc).transpose(-1, -2)
-        decay = torch.exp(ends[..., :-1] - ends[..., 1:])[..., None, None]
-        prefix = [torch.zeros_like(states[:, :, 0]), states[:, :, 0]]  # read by chunks 0, 1
+        decay = torch.exp(ends[..., :-1] - ends[..., 1:])[..., None, None].unbind(2)
+        # unbind, not states[:, :, c]: each select's backward would build a full-size zero tensor.
+        per_chunk = states.unbind(2)
+        prefix = [torch.zeros_like(per_chunk[0]), per_chunk[0]]  # read by chunks 0, 1
         for c in range(2, n_chunks):
-            prefix.append(prefix[-1] * decay[:, :, c - 2] + states[:, :, c - 1])
+            prefix.append(prefix[-1] * decay[c - 2] + per_chunk[c - 1])
         prefix = torch.stack(prefix[:n_chunks], dim=2)
         # Frame each chunk reads in: ends[c−1]; chunk 0 reads zeros, any frame <= s will do.
         read_frame = torch.cat([sc[..., :1, 0], ends[..., :-1]], dim=-1)
