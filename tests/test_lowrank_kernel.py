@@ -210,6 +210,18 @@ def test_performer_equals_the_quadratic_kernel_form(causal, chunk):
     torch.testing.assert_close(c(q, k, v), ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_gradients_match_the_quadratic_form(causal):
+    q, k, v = (t.requires_grad_() for t in qkv(n=40))
+    c = core("performer", n=40, causal=causal, features=16, chunk=16)
+    c.eps = 0.0
+    up = torch.randn(2, 3, 40, 16, dtype=F64)
+    got = torch.autograd.grad(c(q, k, v), (q, k, v), up)
+    want = torch.autograd.grad(quadratic(c.feature_map(q), c.feature_map(k), v, causal), (q, k, v), up)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
 def test_performer_recurrent_equals_parallel():
     q, k, v = qkv(n=64)
     c = core("performer", n=64, causal=True, features=24, chunk=16)
@@ -276,9 +288,13 @@ def test_performer_is_stable_for_large_inputs():
         assert torch.isfinite(out).all()
 
 
-def test_performer_half_precision_is_close_to_float32():
+@pytest.mark.parametrize("name, causal, params", [
+    ("performer", True, {"features": 32}), ("performer", False, {"features": 32}),
+    ("linear", True, {}), ("linear", False, {}),
+])
+def test_kernel_half_precision_is_close_to_float32(name, causal, params):
     q, k, v = (t.float() for t in qkv(n=128))
-    c = attnbench.build("performer", dim=48, heads=3, seq_len=128, causal=True, features=32).core
+    c = attnbench.build(name, dim=48, heads=3, seq_len=128, causal=causal, **params).core
     out = c(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), c(q, k, v), rtol=0.05, atol=0.05)
