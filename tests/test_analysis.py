@@ -188,3 +188,12 @@ def test_quartiles_from_raw_samples():
     out = add_quartiles(frame, records)
     assert out["q1_ms"].iloc[0] == pytest.approx(2.0) and out["q3_ms"].iloc[0] == pytest.approx(4.0)
     assert math.isnan(add_quartiles(frame, [])["q1_ms"].iloc[0])
+
+
+def test_upper_half_exponent_ignores_fixed_overheads_at_small_n():
+    # a fixed 5 ms overhead plus a quadratic term: the whole-range fit is flattened,
+    # the upper half (N = 1024..4096) is close to 2
+    times = {"softmax": [5 + (n / 256) ** 2 for n in NS], "linear": [5 + n / 256 for n in NS]}
+    s = scaling_summary(frame_of(times), None, "forward_backward").set_index("label")
+    assert s.loc["softmax", "time_exponent"] < 1.5 and s.loc["softmax", "time_exponent_top"] > 1.75
+    assert s.loc["softmax", "crossover"] == "—" and s.loc["linear", "crossover"] == "—"  # no baseline
