@@ -218,8 +218,8 @@ class Suite:
         for spec in self.variants:
             settings = {**self.defaults, **{k: v for k, v in spec.overrides.items() if k in DEFAULT_KEYS}}
             grid = {**self.grid, **{k: v for k, v in spec.overrides.items() if k in GRID_KEYS}}
-            for device, heads, seq_len in itertools.product(
-                    grid["devices"], grid["heads"], sorted(grid["seq_lens"])):
+            devices = list(dict.fromkeys(_resolve_device(d) for d in grid["devices"]))
+            for device, heads, seq_len in itertools.product(devices, grid["heads"], sorted(grid["seq_lens"])):
                 out.append(Case(
                     suite=self.name, variant=spec.name, label=spec.label, params=dict(spec.params),
                     batch=settings["batch"], seq_len=seq_len, heads=heads, dim=settings["dim"],
@@ -370,6 +370,16 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
+def _resolve_device(device: str) -> str:
+    """``auto`` is the GPU when there is one, else the CPU: decided when the grid
+    expands, so results name the device that actually ran."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _item_line(items: Any, i: int, fallback: int | None) -> int | None:
     lines = getattr(items, "lines", None)
     return lines[i] if isinstance(lines, list) and i < len(lines) else fallback
@@ -446,13 +456,13 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
         for key in TIMING_KEYS:
             if key not in part:
                 continue
-            line, name = v.line_of(part, key), f"timing.{key}"
+            line, where = v.line_of(part, key), f"timing.{key}"
             if key in ("warmup",):
-                timing_values[key] = v.integer(part[key], name, line, 0, 10_000)
+                timing_values[key] = v.integer(part[key], where, line, 0, 10_000)
             elif key in ("max_reps", "min_reps"):
-                timing_values[key] = v.integer(part[key], name, line, 1, 1_000_000)
+                timing_values[key] = v.integer(part[key], where, line, 1, 1_000_000)
             else:
-                timing_values[key] = v.number(part[key], name, line, 0.0, positive=(key == "min_time_s"))
+                timing_values[key] = v.number(part[key], where, line, 0.0, positive=(key == "min_time_s"))
     timing = TimingSettings(**timing_values)
     if timing.min_reps > timing.max_reps:
         timing = replace(timing, min_reps=timing.max_reps)
@@ -525,6 +535,12 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
             if not isinstance(value, str):
                 v.fail("must be a string", key=key, line=v.line_of(raw, key))
             setattr(suite, key, value)
+    if suite.published is not None:
+        from attnbench.analysis import published_names
+
+        if suite.published not in published_names():
+            v.fail(f"unknown published table {suite.published!r}; shipped: {', '.join(published_names())}",
+                   key="published", line=v.line_of(raw, "published"))
     if suite.baseline is not None and suite.baseline not in labels:
         v.fail(f"baseline {suite.baseline!r} is not one of the suite's variants ({', '.join(labels)})",
                key="baseline", line=v.line_of(raw, "baseline"))
