@@ -89,6 +89,14 @@ def banded_apply(band: torch.Tensor, z: torch.Tensor, window: int, causal: bool)
     return apply_band_blocks(band_blocks(band, window, causal), z)
 
 
+def _exp_sum(x: torch.Tensor, w_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """e = exp(K − max_t K) and z = Σ_t e for K = x W_kᵀ (B, N, C): softmax over t
+    is e / z (the library softmax over a non-last dimension is slower on CPU)."""
+    k = nn.functional.linear(x, w_k)
+    e = k.sub_(k.amax(dim=1, keepdim=True)).exp_()
+    return e, e.sum(dim=1, keepdim=True)
+
+
 class _SimpleLayer(torch.autograd.Function):
     """The whole non-causal AFT-simple layer, with a hand-written backward.
 
@@ -110,23 +118,23 @@ class _SimpleLayer(torch.autograd.Function):
         c = x.shape[-1]
         w_q, w_k, w_v = w_qkv.split(c)  # three (N, C) products: no (N, 3C) tensor
         b_q, b_v = b_qkv[:c], b_qkv[2 * c:]
-        p = torch.softmax(torch.matmul(x, w_k.t()), dim=1)  # over t, per channel
-        v = torch.matmul(x, w_v.t())
-        g = (p * v).sum(dim=1, keepdim=True)  # (B, 1, C), without b_v
-        s = torch.matmul(x, w_q.t()).add_(b_q).sigmoid_()
+        e, z = _exp_sum(x, w_k)
+        v = nn.functional.linear(x, w_v)
+        g = (e * v).sum(dim=1, keepdim=True).div_(z)  # (B, 1, C), without b_v
+        s = nn.functional.linear(x, w_q, b_q).sigmoid_()
         gb = g + b_v
         w_g = w_out * gb  # (B, C, C): W_o diag(g + b_v) per batch element
-        ctx.save_for_backward(x, w_qkv, w_out, v, p, g, gb, s, w_g)
+        ctx.save_for_backward(x, w_qkv, w_out, v, e, z, g, gb, s, w_g)
         return torch.baddbmm(b_out, s, w_g.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w_qkv, w_out, v, p, g, gb, s, w_g = ctx.saved_tensors
+        x, w_qkv, w_out, v, e, z, g, gb, s, w_g = ctx.saved_tensors
         dw_g = torch.bmm(dout.transpose(1, 2), s)  # (B, C, C)
         dw_out = (dw_g * gb).sum(dim=0)
         dg = (dw_g * w_out).sum(dim=1, keepdim=True)  # (B, 1, C)
         dq = torch.ops.aten.sigmoid_backward(torch.bmm(dout, w_g), s)
-        dv = p * dg
+        dv = e * (dg / z)  # p ⊙ dg
         dk = torch.sub(v, g).mul_(dv)  # V − g, both without b_v
         grads = [t.flatten(0, 1) for t in (dq, dk, dv)]
         weights = w_qkv.split(x.shape[-1])
@@ -139,6 +147,20 @@ class _SimpleLayer(torch.autograd.Function):
         dw_qkv = torch.cat([torch.mm(d.t(), x.flatten(0, 1)) for d in grads])
         db_qkv = torch.cat([dq.sum(dim=(0, 1)), torch.zeros_like(dg[0, 0]), dg.sum(dim=(0, 1))])
         return dx, dw_qkv, db_qkv, dw_out, dout.sum(dim=(0, 1))
+
+
+def _simple_inference(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
+                      w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+    """Forward only, as ``_SimpleLayer`` but V is never formed: Σ_t p_tc (W_v x_t)_c
+    = Σ_j W_v,cj (Pᵀ X)_cj, one (C, N) @ (N, C) product in place of the (N, C) values
+    and the two passes over them."""
+    c = x.shape[-1]
+    w_q, w_k, w_v = w_qkv.split(c)
+    e, z = _exp_sum(x, w_k)
+    ex = torch.bmm(e.transpose(1, 2), x)  # (B, C, C)
+    g = (ex * w_v).sum(dim=-1).unsqueeze(1).div_(z) + b_qkv[2 * c:]  # (B, 1, C)
+    s = nn.functional.linear(x, w_q, b_qkv[:c]).sigmoid_()
+    return torch.baddbmm(b_out, s, (w_out * g).transpose(1, 2))
 
 
 @register("aft", family="aft", paper="2105.14103",
@@ -175,7 +197,9 @@ class AFT(AttentionLayer):
         if self.mode == "simple" and not self.causal:
             args = [t.to(dtype) for t in (x, self.to_qkv.weight, self.to_qkv.bias,
                                           self.out.weight, self.out.bias)]
-            return _SimpleLayer.apply(*args).to(x.dtype)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+                return _SimpleLayer.apply(*args).to(x.dtype)
+            return _simple_inference(*args).to(x.dtype)
         # three (N, C) projections rather than one (N, 3C) tensor
         weights, biases = self.to_qkv.weight.split(self.dim), self.to_qkv.bias.split(self.dim)
         q, k, v = (nn.functional.linear(x, w, b).to(dtype) for w, b in zip(weights, biases, strict=True))
