@@ -3,9 +3,16 @@
 The runner only dispatches and records. A worker that raises reports
 ``error``; one that dies of a signal is ``crashed`` (or ``oom`` when the
 kernel's OOM killer sent SIGKILL); one past ``limits.case_timeout_s`` is
-killed and ``timeout``; each is replaced by a fresh worker. Every finished
-case is appended to cases.jsonl at once, so an interrupted sweep loses only
-the case in flight and ``--resume`` picks up the rest.
+killed and ``timeout``; each is replaced by a fresh worker (forked from a
+fork server that has imported torch once, so a replacement takes a fraction
+of a second). A case's start-up is not counted in its timeout. With
+``limits.memory_limit_mib`` an allocation past the limit fails inside the
+worker and the case is ``oom`` (see ``memory_limit``).
+
+Every finished case is appended to cases.jsonl at once, so an interrupted
+sweep loses only the case in flight and ``--resume`` picks up the rest.
+SIGINT/SIGTERM kill the case in flight, never interrupt the recording of a
+finished one, and leave results.csv and run.json written.
 """
 
 from __future__ import annotations
@@ -753,6 +760,12 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
     records = list(done)
     summary = RunSummary(run_dir=run_dir, records=records, warnings=warnings, in_process=options.in_process)
     guard = _SignalGuard().install()
+    if pool is None:
+        # As in a worker (see _worker_entry): import what the fork server
+        # preloads, then have the collector, run after every pass, skip what
+        # already exists, so that both modes time alike.
+        _worker_init_modules(_SERVER_PRELOAD)
+        gc.freeze()
     try:
         with _Progress(len(cases), options.quiet) as progress:
             for case in cases:
@@ -789,6 +802,8 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
             _write_meta(run_dir, meta)
         finally:
             guard.restore()
+            if pool is None:
+                gc.unfreeze()
     return summary
 
 
