@@ -53,40 +53,50 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _with_ones(v: torch.Tensor) -> torch.Tensor:
-    """(…, N, d) -> (…, N, d+1): the last column turns φᵀS into (φᵀS, φᵀz)."""
-    return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
+    """(…, N, d) -> (…, N, d+1), row-major: the last column turns products with the
+    state S into (φᵀS, φᵀz), numerator and normaliser at once."""
+    d = v.shape[-1]
+    v1 = v.new_empty(v.shape[:-1] + (d + 1,))
+    v1[..., :d] = v
+    v1[..., d] = 1.0
+    return v1
 
 
 class _NonCausalKernelAttention(torch.autograd.Function):
     """The non-causal form out_i = φ(q_i)ᵀS / (φ(q_i)ᵀz + eps) with a hand-written
-    backward: autograd's version of the same few products spends most of
-    its time in element-wise passes (slicing, broadcasting, layouts) over N×d tensors.
+    backward: autograd's version of the same few products spends much of its time in
+    element-wise passes (slices, broadcasts, mismatched layouts) over N-sized tensors.
 
-    Shapes: phi_q, phi_k (…, N, f); v (…, N, d); S is kept transposed, Sᵀ = vᵀφ(K) (d×f),
-    so that every N-sized gradient comes out row-major."""
+    Shapes: phi_q, phi_k (…, N, f); v (…, N, d). The state is kept as
+    [S z]ᵀ = [v 1]ᵀ φ(K), (d+1)×f, so that one product gives numerator and normaliser
+    and every N-sized gradient comes out row-major."""
 
     @staticmethod
     def forward(ctx, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                 eps: float) -> torch.Tensor:
-        state_t = torch.matmul(v.transpose(-1, -2), phi_k)  # Sᵀ = Σ_j v_j φ(k_j)ᵀ: (d, f)
-        norm = phi_k.sum(-2, keepdim=True)  # zᵀ: (1, f)
-        den = torch.matmul(phi_q, norm.transpose(-1, -2)).add_(eps)  # (N, 1)
-        out = torch.matmul(phi_q, state_t.transpose(-1, -2)).div_(den)
-        ctx.save_for_backward(phi_q, phi_k, v, state_t, norm, den, out)
+        d = v.shape[-1]
+        v1 = _with_ones(v)
+        state_t = torch.matmul(v1.transpose(-1, -2), phi_k)  # [Σ_j v_j φ(k_j)ᵀ; Σ_j φ(k_j)ᵀ]
+        out1 = torch.matmul(phi_q, state_t.transpose(-1, -2))  # (N, d+1): φᵀS, φᵀz
+        num, den = out1.split([d, 1], dim=-1)
+        den.add_(eps)
+        out = num.div_(den)  # in place: a (N, d) view of out1
+        ctx.save_for_backward(phi_q, phi_k, v1, state_t, den, out)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        phi_q, phi_k, v, state_t, norm, den, out = ctx.saved_tensors
-        # Row-major whatever the layout of grad (merge_heads hands it over transposed).
-        grad_num = torch.div(grad, den, out=torch.empty(grad.shape, dtype=grad.dtype, device=grad.device))
-        grad_den = -(grad_num * out).sum(-1, keepdim=True)  # (N, 1)
-        grad_q = torch.matmul(grad_num, state_t).addcmul_(grad_den, norm)
-        grad_state_t = torch.matmul(grad_num.transpose(-1, -2), phi_q)  # (d, f)
-        grad_norm = torch.matmul(grad_den.transpose(-1, -2), phi_q)  # (1, f)
-        grad_k = torch.matmul(v, grad_state_t).add_(grad_norm)
-        grad_v = torch.matmul(phi_k, grad_state_t.transpose(-1, -2))
+        phi_q, phi_k, v1, state_t, den, out = ctx.saved_tensors
+        d = out.shape[-1]
+        # Gradient of (φᵀS, φᵀz): (grad / den, −Σ grad·out / den), row-major.
+        grad1 = grad.new_empty(grad.shape[:-1] + (d + 1,))
+        grad_num = torch.div(grad, den, out=grad1[..., :d])
+        torch.sum(grad_num * out, dim=-1, out=grad1[..., d]).neg_()
+        grad_q = torch.matmul(grad1, state_t)
+        grad_state_t = torch.matmul(grad1.transpose(-1, -2), phi_q)  # ((d+1), f)
+        grad_k = torch.matmul(v1, grad_state_t)
+        grad_v = torch.matmul(phi_k, grad_state_t[..., :d, :].transpose(-1, -2))
         return grad_q, grad_k, grad_v, None
 
 
@@ -104,7 +114,7 @@ def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
     only, numerically too. None: every key on the same scale.
     """
     if not causal:
-        return _NonCausalKernelAttention.apply(phi_q, phi_k, v.contiguous(), eps)
+        return _NonCausalKernelAttention.apply(phi_q, phi_k, v, eps)
 
     v1 = _with_ones(v)
     b, h, n, f = phi_q.shape
