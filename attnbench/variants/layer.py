@@ -12,7 +12,9 @@ Two base classes:
 FLOPs convention (used by every variant, see README): a matrix product of
 (m x k) by (k x n) costs 2*m*n*k; a softmax costs 5 FLOPs per element (max,
 subtract, exp, sum, divide); other element-wise work costs 1 FLOP per element
-and operation where it is part of the mechanism. ``flops()`` is one forward
+and operation where it is part of the mechanism. Work that does not depend on
+the input (normalising a learned kernel, forming R₁R₂ᵀ) is counted once per
+call, not once per batch element. ``flops()`` is one forward
 pass; the runner takes backward = 2 x forward and forward_backward = 3 x forward.
 """
 
