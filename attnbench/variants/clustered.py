@@ -75,35 +75,31 @@ def _with_previous(x: torch.Tensor, chunk_dim: int) -> torch.Tensor:
 
 
 class _ChunkSoftmax(torch.autograd.Function):
-    """Reformer's masked softmax over chunk logits x (…, c, w) and its logsumexp,
-    for the price of one softmax. Masks are written into x in place: ``hidden``
-    (broadcastable bool) gets MASKED, and the first c columns' diagonal (a token
-    and itself) gets SELF_LOGIT; no gradient flows to those logits.
-    lse = max x − log max p, as the largest logit has the largest probability."""
+    """Reformer's masked softmax over chunk logits x (…, c, w), in place, and its
+    logsumexp for the price of one softmax. Before it, ``hidden`` (broadcastable
+    bool) logits get MASKED and the first c columns' diagonal (a token and itself)
+    gets SELF_LOGIT; no gradient flows to those. lse = max x − log max p, since the
+    largest logit has the largest probability."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, hidden: torch.Tensor | None):  # noqa: ANN001, ANN205
         if hidden is not None:
             x.masked_fill_(hidden, MASKED)
         x[..., : x.shape[-2]].diagonal(dim1=-2, dim2=-1).fill_(SELF_LOGIT)
-        ctx.mark_dirty(x)
-        ctx.set_materialize_grads(False)
-        p = torch.softmax(x, dim=-1)
+        top = x.amax(dim=-1)
+        p = torch.softmax(x, dim=-1, out=x)  # in place: the logits are not needed again
+        ctx.mark_dirty(p)
         ctx.save_for_backward(p)
-        return p, x.amax(dim=-1) - p.amax(dim=-1).log(), x
+        return p, top - p.amax(dim=-1).log()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_p: torch.Tensor | None, g_lse: torch.Tensor | None, _g_x: None):  # noqa: ANN001, ANN205
+    def backward(ctx, g_p: torch.Tensor, g_lse: torch.Tensor):  # noqa: ANN001, ANN205
         (p,) = ctx.saved_tensors
         # softmax: p ⊙ (g − Σ g p); logsumexp: p · g_lse. Masked logits have p = 0
         # (no gradient); the self logit is a constant, so its gradient is cleared.
-        g_p = torch.zeros_like(p) if g_p is None else g_p
         grad = g_p * p
-        shift = -grad.sum(dim=-1, keepdim=True)
-        if g_lse is not None:
-            shift += g_lse.unsqueeze(-1)
-        grad.addcmul_(p, shift)
+        grad.addcmul_(p, g_lse.unsqueeze(-1) - grad.sum(dim=-1, keepdim=True))
         grad[..., : grad.shape[-2]].diagonal(dim1=-2, dim2=-1).zero_()
         return grad, None
 
@@ -188,7 +184,7 @@ class ReformerAttention(AttentionCore):
             hidden = future if hidden is None else hidden | future
         if hidden is not None:
             hidden = hidden.view(-1, *hidden.shape[-2:])
-        probs, lse, _ = _ChunkSoftmax.apply(dots.to(_acc_dtype(dots.dtype)), hidden)
+        probs, lse = _ChunkSoftmax.apply(dots.to(_acc_dtype(dots.dtype)), hidden)
         out = torch.bmm(probs.to(v.dtype), sv.view(shape))
         lse = lse.view(b, h, rounds, npad)
         # Round weights: softmax over rounds of the logsumexp at each original position;
