@@ -176,6 +176,17 @@ def test_linear_recurrent_equals_parallel():
     torch.testing.assert_close(c(q, k, v), rec, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name, params", [("linear", {}), ("performer", {"features": 24})])
+def test_training_and_inference_paths_agree(name, params):
+    """Without gradients the non-causal form skips the row-major copy of v."""
+    q, k, v = qkv(n=48)
+    c = core(name, n=48, **params)
+    with torch.no_grad():
+        inference = c(q, k, v)
+    training = c(*(t.clone().requires_grad_() for t in (q, k, v)))
+    torch.testing.assert_close(training.detach(), inference, rtol=1e-12, atol=1e-13)
+
+
 def test_noncausal_autograd_function_gradcheck():
     g = torch.Generator().manual_seed(1)
     phi_q, phi_k = (torch.rand(2, 2, 9, 5, generator=g, dtype=F64, requires_grad=True) for _ in range(2))

@@ -53,8 +53,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _with_ones(v: torch.Tensor) -> torch.Tensor:
-    """(…, N, d) -> (…, N, d+1), row-major: the last column turns products with the
-    state S into (φᵀS, φᵀz), numerator and normaliser at once."""
+    """(…, N, d) -> (…, N, d+1), row-major: with this last column, φ(K)ᵀ[v 1] gives the
+    state and normaliser [S z] in one product."""
     d = v.shape[-1]
     v1 = v.new_empty(v.shape[:-1] + (d + 1,))
     v1[..., :d] = v
@@ -67,34 +67,41 @@ class _NonCausalKernelAttention(torch.autograd.Function):
     backward: autograd's version of the same few products spends much of its time in
     element-wise passes (slices, broadcasts, mismatched layouts) over N-sized tensors.
 
-    Shapes: phi_q, phi_k (…, N, f); v (…, N, d). The state is kept as
-    [S z]ᵀ = [v 1]ᵀ φ(K), (d+1)×f, so that one product gives numerator and normaliser
-    and every N-sized gradient comes out row-major."""
+    Shapes: phi_q, phi_k (…, N, f); v (…, N, d). The state [S z] (f×(d+1)) gives
+    numerator and normaliser in one product. For training it is computed from a
+    row-major copy [v 1] as [v 1]ᵀφ(K), so that every N-sized gradient is one product
+    and comes out row-major; for inference from v in place (no copy)."""
 
     @staticmethod
     def forward(ctx, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                 eps: float) -> torch.Tensor:
         d = v.shape[-1]
-        v1 = _with_ones(v)
-        state_t = torch.matmul(v1.transpose(-1, -2), phi_k)  # [Σ_j v_j φ(k_j)ᵀ; Σ_j φ(k_j)ᵀ]
-        out1 = torch.matmul(phi_q, state_t.transpose(-1, -2))  # (N, d+1): φᵀS, φᵀz
+        training = any(ctx.needs_input_grad[:3])
+        if training:
+            v1 = _with_ones(v)
+            state = torch.matmul(v1.transpose(-1, -2), phi_k).transpose(-1, -2)  # [S z]
+        else:
+            state = torch.cat([torch.matmul(phi_k.transpose(-1, -2), v),  # S = Σ_j φ(k_j) v_jᵀ
+                               phi_k.sum(-2).unsqueeze(-1)], dim=-1)  # z = Σ_j φ(k_j)
+        out1 = torch.matmul(phi_q, state)  # (N, d+1): φᵀS, φᵀz
         num, den = out1.split([d, 1], dim=-1)
         den.add_(eps)
         out = num.div_(den)  # in place: a (N, d) view of out1
-        ctx.save_for_backward(phi_q, phi_k, v1, state_t, den, out)
+        if training:
+            ctx.save_for_backward(phi_q, phi_k, v1, state, den, out)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        phi_q, phi_k, v1, state_t, den, out = ctx.saved_tensors
+        phi_q, phi_k, v1, state, den, out = ctx.saved_tensors
         d = out.shape[-1]
         # Gradient of (φᵀS, φᵀz): (grad / den, −Σ grad·out / den), row-major.
         grad1 = grad.new_empty(grad.shape[:-1] + (d + 1,))
         grad_num = torch.div(grad, den, out=grad1[..., :d])
         torch.sum(grad_num * out, dim=-1, out=grad1[..., d]).neg_()
-        grad_q = torch.matmul(grad1, state_t)
-        grad_state_t = torch.matmul(grad1.transpose(-1, -2), phi_q)  # ((d+1), f)
+        grad_q = torch.matmul(grad1, state.transpose(-1, -2))
+        grad_state_t = torch.matmul(grad1.transpose(-1, -2), phi_q)  # (d+1, f)
         grad_k = torch.matmul(v1, grad_state_t)
         grad_v = torch.matmul(phi_k, grad_state_t[..., :d, :].transpose(-1, -2))
         return grad_q, grad_k, grad_v, None
@@ -224,7 +231,9 @@ class _EluPlusOne(torch.autograd.Function):
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """φ(x) = elu(x) + 1 > 0 (arXiv 2006.16236, eq. 7)."""
-    return _EluPlusOne.apply(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _EluPlusOne.apply(x)
+    return F.elu(x).add_(1.0)  # inference: no backward to serve, keep x's layout, no copy
 
 
 @register("linear", family="kernel", paper="2006.16236", complexity="O(N·d²)", causal=True)
