@@ -53,6 +53,46 @@ def test_reformer_two_chunks_equal_full_shared_qk(causal: bool, n: int, bucket: 
     torch.testing.assert_close(core(q, q, v), _shared_qk_reference(q, v, causal), rtol=1e-10, atol=1e-10)
 
 
+def _lsh_reference(core: ReformerAttention, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense LSH attention given the core's hashes: per round, each token sees the
+    tokens of its chunk and of the previous chunk (cyclic) in (bucket, position)
+    order; rounds combined with weights softmax over rounds of their logsumexp."""
+    n, c = q.shape[-2], core.bucket_size
+    chunks, _, n_buckets = core._layout(n)
+    keys = F.normalize(q, dim=-1)
+    scores = (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(torch.eye(n, dtype=torch.bool), -5e4)
+    buckets = core.buckets(keys, n_buckets)  # (B, H, rounds, N)
+    outs, lses = [], []
+    for r in range(core.n_hashes):
+        chunk = (buckets[:, :, r] * n + torch.arange(n)).argsort(-1).argsort(-1) // c  # chunk of each token
+        allowed = (chunk[..., :, None] == chunk[..., None, :]) | ((chunk[..., :, None] - 1) % chunks
+                                                                 == chunk[..., None, :])
+        if core.causal:
+            allowed = allowed & causal_mask(n, n)
+        masked = scores.masked_fill(~allowed, float("-inf"))
+        outs.append(torch.softmax(masked, dim=-1) @ v)
+        lses.append(torch.logsumexp(masked, dim=-1))
+    weights = torch.softmax(torch.stack(lses), dim=0).unsqueeze(-1)
+    return (weights * torch.stack(outs)).sum(0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n", [128, 100])
+def test_reformer_equals_dense_lsh_reference(causal: bool, n: int) -> None:
+    q, _, v = _qkv(n, batch=2)
+    core = ReformerAttention(H, D, n, causal, bucket_size=16, n_hashes=3)
+    torch.testing.assert_close(core(q, q, v), _lsh_reference(core, q, v), rtol=1e-10, atol=1e-10)
+
+
+def test_reformer_hash_is_argmax_of_plus_minus_rotation() -> None:
+    q, _, _ = _qkv(128)
+    core = ReformerAttention(H, D, 128, bucket_size=16, n_hashes=3)
+    rotated = (q @ core.rotations(8, q.device, q.dtype)).unflatten(-1, (3, 4))  # 8 buckets, 3 rounds
+    expected = torch.cat([rotated, -rotated], dim=-1).argmax(-1).transpose(-1, -2)
+    assert torch.equal(core.buckets(q, 8), expected)
+    assert len(expected.unique()) == 8
+
+
 def test_reformer_token_with_only_itself_attends_to_itself() -> None:
     q, _, v = _qkv(128)
     out = ReformerAttention(H, D, 128, causal=True, bucket_size=16, n_hashes=2)(q, q, v)

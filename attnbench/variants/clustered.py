@@ -36,8 +36,8 @@ from attnbench.variants.registry import ceil_sqrt, register
 MASKED = -1e9
 #: Reformer's logit for a token attending to itself (only used when nothing else is visible)
 SELF_LOGIT = -5e4
-#: FLOPs per element of a logsumexp (max, subtract, exp, sum)
-LOGSUMEXP_FLOPS_PER_ELEMENT = 4
+#: FLOPs per element of Reformer's logsumexp on top of its softmax (max of logits, max of probabilities)
+LOGSUMEXP_FLOPS_PER_ELEMENT = 2
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -117,7 +117,8 @@ class ReformerAttention(AttentionCore):
     logsumexp. R is drawn from a local generator seeded with ``seed`` (fixed per
     number of buckets, so runs repeat exactly); all rounds run as one batch.
     Pairs met in several rounds are not de-duplicated (the paper's default).
-    Hashing costs n·N·(N/c)·d/2, small against the attention up to N ~ 8·c·d.
+    Hashing into N/c buckets costs n·N·(N/c)·d FLOPs, quadratic but small against
+    the attention's 8·n·N·c·d while N ≪ 8·c² (32768 at c = 64); flops() counts it.
     """
 
     shared_qk = True
@@ -255,13 +256,13 @@ class RoutingAttention(AttentionCore):
     def _update(self, x: torch.Tensor, sim: torch.Tensor) -> None:
         """One k-means step by EMA: x (B, H, M, d) normalised vectors, sim (B, H, clusters, M)."""
         h, kc, d = self.centroids.shape
+        mu = self.centroids.float()  # float32: a 0.001 step vanishes in half precision
         assign = sim.argmax(dim=2).transpose(0, 1).reshape(h, -1)  # nearest centroid of each vector
-        x = x.transpose(0, 1).reshape(h, -1, d).to(self.centroids.dtype)
+        x = x.transpose(0, 1).reshape(h, -1, d).float()
         sums = x.new_zeros(h, kc, d).scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, d), x)
         counts = x.new_zeros(h, kc).scatter_add_(1, assign, x.new_ones(assign.shape)).unsqueeze(-1)
-        mean = sums / counts.clamp(min=1)
-        moved = self.decay * self.centroids + (1 - self.decay) * mean
-        self.centroids.copy_(F.normalize(torch.where(counts > 0, moved, self.centroids), dim=-1))
+        moved = self.decay * mu + (1 - self.decay) * sums / counts.clamp(min=1)
+        self.centroids.copy_(F.normalize(torch.where(counts > 0, moved, mu), dim=-1))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, h, n, d = q.shape
@@ -386,7 +387,8 @@ class SinkhornAttention(AttentionCore):
         nb = -(-seq_len // bs)
         npad = nb * bs
         sort_net = npad * d + matmul_flops(nb, d, d) + nb * d + matmul_flops(nb, self.max_blocks, d)
-        sinkhorn = (2 * self.iters * (LOGSUMEXP_FLOPS_PER_ELEMENT + 1) + 2) * nb * nb  # + exp, argmax
-        attend = (npad * d + 2 * npad * d  # scale queries, straight-through factor on sorted k, v
+        # each iteration normalises rows then columns in log space; then exp and the row argmax
+        sinkhorn = 2 * self.iters * softmax_flops(nb * nb) + 2 * nb * nb
+        attend = (npad * d  # scale the queries
                   + matmul_flops(npad, 2 * bs, d) + matmul_flops(npad, d, 2 * bs) + softmax_flops(npad * 2 * bs))
         return batch * self.heads * (sort_net + sinkhorn + attend)
