@@ -82,7 +82,7 @@ class _ChunkSoftmax(torch.autograd.Function):
     largest logit has the largest probability."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, hidden: torch.Tensor | None):  # noqa: ANN001, ANN205
+    def forward(ctx, x: torch.Tensor, hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if hidden is not None:
             x.masked_fill_(hidden, MASKED)
         x[..., : x.shape[-2]].diagonal(dim1=-2, dim2=-1).fill_(SELF_LOGIT)
@@ -94,7 +94,7 @@ class _ChunkSoftmax(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_p: torch.Tensor, g_lse: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, g_p: torch.Tensor, g_lse: torch.Tensor) -> tuple[torch.Tensor, None]:
         (p,) = ctx.saved_tensors
         # softmax: p ⊙ (g − Σ g p); logsumexp: p · g_lse. Masked logits have p = 0
         # (no gradient); the self logit is a constant, so its gradient is cleared.
@@ -307,14 +307,14 @@ class _SortedBlocks(torch.autograd.Function):
     it has in the soft sort Σ_j P_ij X_j, i.e. <grad, X_j*> over the sorted block."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.p_dtype = p.dtype
         return x.view_as(x)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (x,) = ctx.saved_tensors
         g_p = (grad[:, :, :, 1] * x[:, :, :, 1]).sum(dim=(-1, -2), dtype=ctx.p_dtype)
         return grad, g_p
