@@ -233,6 +233,20 @@ def test_performer_gradients_match_the_quadratic_form(causal):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_head_groups_change_nothing(causal):
+    q, k, v = (t.requires_grad_() for t in qkv(n=40))
+    c = core("performer", n=40, causal=causal, features=16, chunk=16)
+    up = torch.randn(2, 3, 40, 16, dtype=F64)
+    whole = c(q, k, v)
+    grads = torch.autograd.grad(whole, (q, k, v), up)
+    c.group_bytes = 1  # one head at a time
+    grouped = c(q, k, v)
+    torch.testing.assert_close(grouped, whole, rtol=1e-12, atol=1e-13)
+    for a, b in zip(torch.autograd.grad(grouped, (q, k, v), up), grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
 def test_performer_recurrent_equals_parallel():
     q, k, v = qkv(n=64)
     c = core("performer", n=64, causal=True, features=24, chunk=16)

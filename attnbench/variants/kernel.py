@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.layer import AttentionCore, matmul_flops
+from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
 from attnbench.variants.registry import register
 
 #: added to the normaliser φ(q)ᵀz; for Performer in units of the stabilised features.
@@ -68,16 +68,17 @@ class _NonCausalKernelAttention(torch.autograd.Function):
     element-wise passes (slices, broadcasts, mismatched layouts) over N-sized tensors.
 
     Shapes: phi_q, phi_k (…, N, f); v (…, N, d). The state [S z] (f×(d+1)) gives
-    numerator and normaliser in one product. For training it is computed from a
-    row-major copy [v 1] as [v 1]ᵀφ(K), so that every N-sized gradient is one product
-    and comes out row-major; for inference from v in place (no copy)."""
+    numerator and normaliser in one product. It is computed from a row-major copy
+    [v 1] as [v 1]ᵀφ(K), so that every N-sized gradient is one product and comes out
+    row-major, except for inference with few features (f <= d, elu+1): there the
+    product with v in place is faster than the copy (measured on CPU)."""
 
     @staticmethod
     def forward(ctx, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                 eps: float) -> torch.Tensor:
         d = v.shape[-1]
         training = any(ctx.needs_input_grad[:3])
-        if training:
+        if training or phi_k.shape[-1] > d:
             v1 = _with_ones(v)
             state = torch.matmul(v1.transpose(-1, -2), phi_k).transpose(-1, -2)  # [S z]
         else:
@@ -289,8 +290,9 @@ class PerformerAttention(AttentionCore):
     exponent and detached; a stabiliser shared by every key a query may see is a
     constant factor of both the numerator and the normaliser, so it cancels:
 
-    * queries: per token, the max over features of its exponent. The ‖q'‖²/2 term is
-      such a per-query constant too and is left out of the stabilised features.
+    * queries: a factor per query cancels, so the stabilised φ(q) is softmax over the
+      features of W q' (the max subtracted; ‖q'‖²/2 and m^-1/2 are per-query constants
+      too, and so is the softmax's own normalisation, which keeps φ(q) summing to 1).
     * keys, not causal: the max over all keys and features (per batch item and head).
     * keys, causal: a global max would let a later key change earlier outputs (through
       eps, underflow and overflow), so key j is stabilised by the running max M_j over
@@ -298,7 +300,13 @@ class PerformerAttention(AttentionCore):
       key j <= i by exp(M_j − M_i) <= 1 (inside a chunk on the c×c block, between chunks on
       the carried state). Output i depends on keys <= i only, for any chunk size.
 
-    ``eps`` is in units of the stabilised features (the largest query feature is m^-1/2).
+    ``eps`` is in units of the stabilised features (query features sum to 1, the
+    largest key feature is m^-1/2).
+
+    Heads are processed in groups whose (batch × N × m) feature tensors stay under
+    ``group_bytes``: the result is the same, but larger blocks are served by the C
+    allocator from freshly mapped pages on every call, and those page faults made the
+    time grow faster than N (2.4× from N = 4096 to 8192 instead of 2×).
     W is drawn once from ``seed`` with a local generator and kept as a buffer.
     """
 
@@ -314,6 +322,9 @@ class PerformerAttention(AttentionCore):
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("projection", orthogonal_gaussian_matrix(features, head_dim, generator))
 
+    #: the most bytes one feature tensor of a group of heads may take (see the class doc).
+    group_bytes: int = 8 * 2**20
+
     def _projected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, H, N, d) -> (W x' (B, H, N, m), ‖x'‖²/2 (B, H, N, 1)), x' = d^-1/4 x."""
         w = self.projection.to(x.dtype) * self.head_dim ** -0.25
@@ -327,12 +338,23 @@ class PerformerAttention(AttentionCore):
         return torch.exp(proj - half_sq - 0.5 * math.log(self.features))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, heads, n, _ = q.shape
+        itemsize = torch.empty((), dtype=_compute_dtype(q.dtype)).element_size()
+        group = max(1, self.group_bytes // max(1, batch * n * self.features * itemsize))
+        if group >= heads:
+            return self._attend(q, k, v)
+        return torch.cat([self._attend(q[:, i:i + group], k[:, i:i + group], v[:, i:i + group])
+                          for i in range(0, heads, group)], dim=1)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         in_dtype, dt = v.dtype, _compute_dtype(q.dtype)
         q, k, v = q.to(dt), k.to(dt), v.to(dt)
         log_norm = 0.5 * math.log(self.features)  # the m^-1/2 factor, inside the exp
 
+        # Queries: any positive factor per query cancels, so softmax over the features
+        # (max-subtract, exp and a row scale in one fused pass) is a stabilised φ(q).
         proj_q, _ = self._projected(q)
-        phi_q = proj_q.sub_(proj_q.detach().amax(-1, keepdim=True) + log_norm).exp_()
+        phi_q = torch.softmax(proj_q, dim=-1)
 
         proj_k, half_sq = self._projected(k)
         # Per-key max exponent over the features: (B, H, N).
@@ -349,7 +371,7 @@ class PerformerAttention(AttentionCore):
 
     def flops(self, batch: int, seq_len: int) -> int:
         bh, n, d, m = batch * self.heads, seq_len, self.head_dim, self.features
-        # Per q and k: projection, squared norm, max, subtract and exp.
-        features = 2 * (matmul_flops(n, m, d) + 2 * n * d + 3 * n * m)
+        # Per q and k: projection, squared norm (k), then softmax (q) or max, subtract, exp (k).
+        features = 2 * matmul_flops(n, m, d) + 2 * n * d + softmax_flops(n * m) + 3 * n * m
         return bh * features + _kernel_attention_flops(bh, n, m, d, self.causal, self.chunk,
                                                        scaled=self.causal)
