@@ -301,13 +301,13 @@ class PerformerAttention(AttentionCore):
       the carried state). Output i depends on keys <= i only, for any chunk size.
 
     ``eps`` is in units of the stabilised features (query features sum to 1, the
-    largest key feature is m^-1/2).
+    largest key feature is m^-1/2). W is drawn once from ``seed`` with a local
+    generator (the global RNG is left alone) and kept as a buffer.
 
     Heads are processed in groups whose (batch × N × m) feature tensors stay under
     ``group_bytes``: the result is the same, but larger blocks are served by the C
     allocator from freshly mapped pages on every call, and those page faults made the
     time grow faster than N (2.4× from N = 4096 to 8192 instead of 2×).
-    W is drawn once from ``seed`` with a local generator and kept as a buffer.
     """
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
@@ -325,17 +325,19 @@ class PerformerAttention(AttentionCore):
     #: the most bytes one feature tensor of a group of heads may take (see the class doc).
     group_bytes: int = 8 * 2**20
 
-    def _projected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, H, N, d) -> (W x' (B, H, N, m), ‖x'‖²/2 (B, H, N, 1)), x' = d^-1/4 x."""
+    def _projected(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, N, d) -> W x' (B, H, N, m), x' = d^-1/4 x."""
         w = self.projection.to(x.dtype) * self.head_dim ** -0.25
-        half_sq = x.pow(2).sum(-1, keepdim=True) * (0.5 * self.head_dim ** -0.5)
-        return torch.matmul(x, w.T), half_sq
+        return torch.matmul(x, w.T)
+
+    def _half_sq_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """‖x'‖²/2: (B, H, N, 1)."""
+        return x.pow(2).sum(-1, keepdim=True) * (0.5 * self.head_dim ** -0.5)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Unstabilised φ(x) = m^-1/2 exp(W x' − ‖x'‖²/2), so that φ(q)·φ(k) is an unbiased
         estimate of exp(qᵀk/√d). Used by tests and for reference, not by forward()."""
-        proj, half_sq = self._projected(x)
-        return torch.exp(proj - half_sq - 0.5 * math.log(self.features))
+        return torch.exp(self._projected(x) - self._half_sq_norm(x) - 0.5 * math.log(self.features))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, heads, n, _ = q.shape
@@ -353,10 +355,9 @@ class PerformerAttention(AttentionCore):
 
         # Queries: any positive factor per query cancels, so softmax over the features
         # (max-subtract, exp and a row scale in one fused pass) is a stabilised φ(q).
-        proj_q, _ = self._projected(q)
-        phi_q = torch.softmax(proj_q, dim=-1)
+        phi_q = torch.softmax(self._projected(q), dim=-1)
 
-        proj_k, half_sq = self._projected(k)
+        proj_k, half_sq = self._projected(k), self._half_sq_norm(k)
         # Per-key max exponent over the features: (B, H, N).
         key_max = (proj_k.detach().amax(-1, keepdim=True) - half_sq.detach()).squeeze(-1)
         if self.causal:
