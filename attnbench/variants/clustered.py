@@ -179,6 +179,7 @@ class ReformerAttention(AttentionCore):
         sv = _select_rows(_pad_rows(v, npad), kv_rows, d)
         shape = (b * h * rounds * chunks, -1, d)
         dots = torch.bmm(sq.view(shape), sk.view(shape).transpose(1, 2))  # (B·H·r·chunks, c, c or 2c)
+        del sq, sk  # a forward-only pass frees them now (autograd keeps what backward needs)
         hidden = (kpos >= n).unsqueeze(-2) if npad > n else None
         if self.causal:
             future = kpos.unsqueeze(-2) > qpos.unsqueeze(-1)
@@ -187,6 +188,7 @@ class ReformerAttention(AttentionCore):
             hidden = hidden.view(-1, *hidden.shape[-2:])
         probs, lse = _ChunkSoftmax.apply(dots.to(_acc_dtype(dots.dtype)), hidden)
         out = torch.bmm(probs.to(v.dtype), sv.view(shape))
+        del dots, probs, sv
         lse = lse.view(b, h, rounds, npad)
         # Round weights: softmax over rounds of the logsumexp at each original position;
         # then one index_add both unsorts and sums the rounds.
