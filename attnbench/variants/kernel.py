@@ -16,7 +16,8 @@ Both run through :func:`kernel_attention`:
     out_i = φ(q_i)ᵀ S_i / (φ(q_i)ᵀ z_i + eps),  S_i = Σ_j φ(k_j) v_jᵀ,  z_i = Σ_j φ(k_j)
 
 with j over all keys, or j ≤ i when causal. The non-causal form is two products
-around a d×f state, with a hand-written backward (:class:`_NonCausalKernelAttention`).
+around an f×(d+1) state [S z], with a hand-written backward
+(:class:`_NonCausalKernelAttention`).
 The causal form is chunked: inside a chunk of c tokens the masked c×c quadratic
 form, between chunks a carried state (an exclusive prefix sum over the per-chunk
 states, shape (N/c, f, d+1), never N×f×d); there the normaliser rides along with
