@@ -46,6 +46,25 @@ def test_shape_and_gradients_reach_every_parameter(name, causal):
 
 
 @pytest.mark.parametrize("name", BUILTIN)
+def test_inference_forward_then_training_step_on_the_same_layer(name):
+    # The runner's order: a forward pass under inference_mode, then backward
+    # passes on the same layer. Anything cached during the first (masks,
+    # patterns) must still work with autograd.
+    n = 1024  # past bigbird's full-attention threshold, so its block pattern is used
+    layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n).eval()  # eval: no routing EMA step
+    if not getattr(getattr(layer, "core", None), "cpu_backward", True):
+        pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
+    x = torch.randn(1, n, DIM)
+    with torch.inference_mode():
+        expected = layer(x)
+    x.requires_grad_()
+    y = layer(x)
+    y.backward(torch.randn_like(y))
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(y.detach(), expected)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
 def test_same_seed_builds_the_same_layer(name):
     torch.manual_seed(3)
     a = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N)

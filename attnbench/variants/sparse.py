@@ -77,7 +77,10 @@ class _SparseCore(AttentionCore):
         if key not in self._cache:
             if len(self._cache) >= 8:
                 self._cache.clear()
-            self._cache[key] = make()
+            # Built outside inference mode: a pattern first made during an
+            # inference_mode forward must still be usable by autograd later.
+            with torch.inference_mode(False):
+                self._cache[key] = make()
         return self._cache[key]
 
 
