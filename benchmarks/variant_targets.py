@@ -1,0 +1,110 @@
+"""Issues 3 and 4's speed targets, measured side by side in one process.
+
+For each N, every layer is timed in interleaved rounds (so drift in the
+machine's speed hits all alike): forward under torch.no_grad() and
+forward+backward, batch 1, dim 512, 8 heads, the variants' default settings.
+With ``--peers PATH`` (the shared tools' peers.py, run from a scratch venv
+that has the published packages installed) the published implementations are
+timed in the same rounds. Prints a CSV of medians, then the ratios the issues
+name.
+
+usage: python benchmarks/variant_targets.py [--ns 4096,8192] [--rounds 5]
+           [--variants local,reformer,...] [--peers ../shared/tools/peers.py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+
+import torch
+
+import attnbench
+
+DEFAULT_VARIANTS = ("softmax,local,strided,longformer,bigbird,reformer,routing,sinkhorn,"
+                    "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv")
+BUILD = {"aft-local": ("aft", {"mode": "local", "window": 64}), "nystrom": ("nystrom", {"landmarks": 64}),
+         "performer": ("performer", {"features": 256}), "aft": ("aft", {"mode": "simple"})}
+PEERS = {  # peer name in peers.py -> the attnbench variant it is compared with
+    "local-attention(w=256)": "local", "reformer-pytorch(b=64,h=4)": "reformer",
+    "linear-attention-transformer": "linear", "performer-pytorch(m=256)": "performer",
+    "aft-pytorch simple": "aft",
+}
+
+
+def time_forward(layer: torch.nn.Module, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        layer(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_step(layer: torch.nn.Module, x: torch.Tensor) -> float:
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    t0 = time.perf_counter()
+    layer(x).sum().backward()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ns", default="4096,8192")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS)
+    ap.add_argument("--peers", default="")
+    a = ap.parse_args()
+    ns = [int(n) for n in a.ns.split(",")]
+    peer_makers = None
+    if a.peers:
+        spec = importlib.util.spec_from_file_location("peers", a.peers)
+        peers_mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peers_mod)
+        peer_makers = peers_mod.peers
+    results: dict[tuple[str, int, str], float] = {}
+    for n in ns:
+        torch.manual_seed(0)
+        layers = {}
+        for label in a.variants.split(","):
+            name, params = BUILD.get(label, (label, {}))
+            layers[label] = attnbench.build(name, dim=512, heads=8, seq_len=n, **params)
+        if peer_makers is not None:
+            for peer, make in peer_makers(512, 8, n).items():
+                if peer in PEERS or peer == "torch.sdpa":
+                    layers[peer] = make()
+        x = torch.randn(1, n, 512)
+        xg = x.clone().requires_grad_()
+        samples: dict[tuple[str, str], list[float]] = {}
+        for layer in layers.values():  # warm-up
+            time_forward(layer, x)
+            time_step(layer, xg)
+        for _ in range(a.rounds):
+            for label, layer in layers.items():
+                samples.setdefault((label, "fwd"), []).append(time_forward(layer, x))
+                samples.setdefault((label, "fwd+bwd"), []).append(time_step(layer, xg))
+        for (label, kind), s in samples.items():
+            results[(label, n, kind)] = statistics.median(s)
+    print(f"threads {torch.get_num_threads()}, rounds {a.rounds}")
+    print("layer,N,pass,median_ms")
+    for (label, n, kind), ms in results.items():
+        print(f"{label},{n},{kind},{ms:.1f}")
+    if len(ns) >= 2:
+        n0, n1 = ns[0], ns[1]
+        print(f"\ngrowth {n0} -> {n1} (fwd, fwd+bwd)")
+        for label in a.variants.split(","):
+            g = [results[(label, n1, k)] / results[(label, n0, k)] for k in ("fwd", "fwd+bwd")]
+            print(f"{label},{g[0]:.2f},{g[1]:.2f}")
+    for n in ns:
+        if ("local", n, "fwd") in results and ("softmax", n, "fwd") in results:
+            print(f"\nN={n} softmax / local: fwd {results[('softmax', n, 'fwd')] / results[('local', n, 'fwd')]:.2f}, "
+                  f"fwd+bwd {results[('softmax', n, 'fwd+bwd')] / results[('local', n, 'fwd+bwd')]:.2f}")
+        for peer, label in PEERS.items():
+            if (peer, n, "fwd") in results and (label, n, "fwd") in results:
+                print(f"N={n} {label} / {peer}: fwd {results[(label, n, 'fwd')] / results[(peer, n, 'fwd')]:.2f}, "
+                      f"fwd+bwd {results[(label, n, 'fwd+bwd')] / results[(peer, n, 'fwd+bwd')]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
