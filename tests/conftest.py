@@ -16,3 +16,14 @@ def _seed() -> None:
 def qkv(batch: int = 2, heads: int = 2, n: int = 64, d: int = 16, dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
     return tuple(torch.randn(batch, heads, n, d, generator=g, dtype=dtype) for _ in range(3))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny-tensor tests: a second thread
+    only adds synchronisation, and on a busy shared machine waiting for it
+    dominates the run time. The setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,13 +18,8 @@ from attnbench.variants.layer import causal_mask
 H, D = 2, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster and steadier on a shared machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _qkv(n: int, seed: int = 0, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

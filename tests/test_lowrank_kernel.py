@@ -22,13 +22,8 @@ from attnbench.variants.lowrank import NystromAttention, newton_pinv, segment_me
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors gain nothing from threads, and spinning threads slow a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster and steadier on a shared machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qkv(b: int = 2, h: int = 3, n: int = 64, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, ...]:

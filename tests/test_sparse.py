@@ -23,14 +23,8 @@ CASES = [(name, causal) for name in SMALL for causal in (False, True) if causal 
 HEADS, HEAD_DIM = 4, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, and on a shared
-    machine waiting for it dominates the file's run time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster and steadier on a shared machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def core_of(name: str, n: int, causal: bool = False, **params: object) -> torch.nn.Module:

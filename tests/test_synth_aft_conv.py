@@ -45,13 +45,8 @@ QUADRATIC = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster and steadier on a shared machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, n: int, causal: bool = False, dim: int = DIM, heads: int = HEADS,
