@@ -28,6 +28,13 @@ def settings_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     return out
 
 
+def table_groups(frame: pd.DataFrame) -> list[tuple[dict, int, pd.DataFrame]]:
+    """One group per table: (setting, heads, rows), settings as ``settings_groups``."""
+    return [(setting, heads, group[group["heads"] == heads])
+            for setting, group in settings_groups(frame)
+            for heads in sorted(set(group["heads"]))]
+
+
 def describe_setting(setting: dict) -> str:
     causal = ", causal" if setting.get("causal") else ""
     return f"batch {setting['batch']}, dim {setting['dim']}, {setting['dtype']}, {setting['device']}{causal}"
@@ -236,33 +243,31 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
                          "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n"]
     rows: list[dict[str, Any]] = []
     data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
-    for setting, group in settings_groups(data):
-        for heads in sorted(set(group["heads"])):
-            sub = group[group["heads"] == heads]
-            base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
-            for label in label_order(sub):
-                own = sub[sub["label"] == label].sort_values("seq_len")
-                tfit = fit_power_law(list(own["seq_len"]), list(own["median_ms"]))
-                # Small N carry fixed overheads (projections, launches) that flatten the fit: the
-                # exponent over the upper half of the range is closer to the asymptotic one.
-                top = own.tail(max(2, (len(own) + 1) // 2))
-                tfit_top = fit_power_law(list(top["seq_len"]), list(top["median_ms"]))
-                mfit = fit_power_law(list(own["seq_len"]), list(own["peak_mem_mib"]))
-                if base is None or base.empty or label == baseline:
-                    cross = Crossover("n/a")
-                else:
-                    common = [n for n in own["seq_len"] if n in base.index]
-                    own_t = own.set_index("seq_len")["median_ms"]
-                    cross = crossover(common, [own_t[n] for n in common],
-                                      [base.loc[n, "median_ms"] for n in common])
-                rows.append({**setting, "heads": heads, "label": label, "points": len(own),
-                             "time_exponent": tfit.exponent if tfit else math.nan,
-                             "time_r2": tfit.r2 if tfit else math.nan,
-                             "time_exponent_top": tfit_top.exponent if tfit_top else math.nan,
-                             "mem_exponent": mfit.exponent if mfit else math.nan,
-                             "mem_r2": mfit.r2 if mfit else math.nan,
-                             "crossover": str(cross), "crossover_kind": cross.kind,
-                             "crossover_n": cross.n if cross.kind == "at" else math.nan})
+    for setting, heads, sub in table_groups(data):
+        base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
+        for label in label_order(sub):
+            own = sub[sub["label"] == label].sort_values("seq_len")
+            tfit = fit_power_law(list(own["seq_len"]), list(own["median_ms"]))
+            # Small N carry fixed overheads (projections, launches) that flatten the fit: the
+            # exponent over the upper half of the range is closer to the asymptotic one.
+            top = own.tail(max(2, (len(own) + 1) // 2))
+            tfit_top = fit_power_law(list(top["seq_len"]), list(top["median_ms"]))
+            mfit = fit_power_law(list(own["seq_len"]), list(own["peak_mem_mib"]))
+            if base is None or base.empty or label == baseline:
+                cross = Crossover("n/a")
+            else:
+                common = [n for n in own["seq_len"] if n in base.index]
+                own_t = own.set_index("seq_len")["median_ms"]
+                cross = crossover(common, [own_t[n] for n in common],
+                                  [base.loc[n, "median_ms"] for n in common])
+            rows.append({**setting, "heads": heads, "label": label, "points": len(own),
+                         "time_exponent": tfit.exponent if tfit else math.nan,
+                         "time_r2": tfit.r2 if tfit else math.nan,
+                         "time_exponent_top": tfit_top.exponent if tfit_top else math.nan,
+                         "mem_exponent": mfit.exponent if mfit else math.nan,
+                         "mem_r2": mfit.r2 if mfit else math.nan,
+                         "crossover": str(cross), "crossover_kind": cross.kind,
+                         "crossover_n": cross.n if cross.kind == "at" else math.nan})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -307,14 +312,12 @@ def _published_group(frame: pd.DataFrame, table: PublishedTable, pass_name: str
     if data.empty or base_variant is None:
         return None
     best = None
-    for _setting, group in settings_groups(data):
-        for heads in sorted(set(group["heads"])):
-            sub = group[group["heads"] == heads]
-            mapping = _map_models(table, sub, label_order(sub))
-            if base_variant not in mapping:
-                continue
-            if best is None or len(mapping) > len(best[1]):
-                best = (sub, mapping, mapping[base_variant])
+    for _setting, _heads, sub in table_groups(data):
+        mapping = _map_models(table, sub, label_order(sub))
+        if base_variant not in mapping:
+            continue
+        if best is None or len(mapping) > len(best[1]):
+            best = (sub, mapping, mapping[base_variant])
     return best
 
 

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
-from attnbench.analysis import SETTING, describe_setting, label_order, settings_groups, with_baseline
+from attnbench.analysis import SETTING, describe_setting, label_order, settings_groups, table_groups, with_baseline
 
 STATUS_SHORT = {"oom": "OOM", "timeout": "timeout", "crashed": "crashed", "error": "error", "skipped": "skipped"}
 NOISY_MARK = "~"
@@ -102,22 +102,20 @@ def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str) -> lis
     setting and head count: rows variants, columns N."""
     tables = []
     data = with_baseline(frame[frame["pass"] == pass_name], baseline)
-    for setting, group in settings_groups(data):
-        for heads in sorted(set(group["heads"])):
-            sub = group[group["heads"] == heads]
-            lookup = _lookup(sub)
-            ns = sorted(set(sub["seq_len"]))
-            for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak MiB (ratio)")):
-                table = Table(title=f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, "
-                                    f"{heads} heads",
-                              caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
-                table.add_column("model", no_wrap=True, style="bold")
-                for n in ns:
-                    table.add_column(f"N={n}", justify="right")
-                for label in label_order(sub):
-                    table.add_row(label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind)
-                                           for n in ns])
-                tables.append(table)
+    for setting, heads, sub in table_groups(data):
+        lookup = _lookup(sub)
+        ns = sorted(set(sub["seq_len"]))
+        for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak MiB (ratio)")):
+            table = Table(title=f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, "
+                                f"{heads} heads",
+                          caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
+            table.add_column("model", no_wrap=True, style="bold")
+            for n in ns:
+                table.add_column(f"N={n}", justify="right")
+            for label in label_order(sub):
+                table.add_row(label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind)
+                                       for n in ns])
+            tables.append(table)
     return tables
 
 
@@ -316,42 +314,38 @@ def md_table(header: list[str], rows: list[list[str]], align: list[str] | None =
 
 def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str, kind: str) -> list[str]:
     parts = []
-    for setting, group in settings_groups(data):
-        for heads in sorted(set(group["heads"])):
-            sub = group[group["heads"] == heads]
-            lookup = _lookup(sub)
-            ns = sorted(set(sub["seq_len"]))
-            rows = [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
-                    for label in label_order(sub)]
-            what = "steps/s (speed-up)" if kind == "speed" else "peak MiB (ratio)"
-            parts.append(f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
-                         + md_table(["model", *[f"N={n}" for n in ns]], rows))
+    for setting, heads, sub in table_groups(data):
+        lookup = _lookup(sub)
+        ns = sorted(set(sub["seq_len"]))
+        rows = [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
+                for label in label_order(sub)]
+        what = "steps/s (speed-up)" if kind == "speed" else "peak MiB (ratio)"
+        parts.append(f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
+                     + md_table(["model", *[f"N={n}" for n in ns]], rows))
     return parts
 
 
 def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
     parts = []
-    for setting, group in settings_groups(data):
-        for heads in sorted(set(group["heads"])):
-            sub = group[group["heads"] == heads]
-            lookup = _lookup(sub)
-            ns = sorted(set(sub["seq_len"]))
-            rows = []
-            for label in label_order(sub):
-                cells = []
-                for n in ns:
-                    r = lookup.get((label, heads, n, pass_name))
-                    if r is None:
-                        cells.append("")
-                    elif r["status"] != "ok":
-                        cells.append(STATUS_SHORT.get(r["status"], r["status"]))
-                    else:
-                        iqr = r["iqr_ms"]
-                        cells.append(f"{_cell_time(r)} ± {fmt_ms(iqr / 2)}" if iqr and not pd.isna(iqr)
-                                     else _cell_time(r))
-                rows.append([label, *cells])
-            parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
-                         + md_table(["model", *[f"N={n}" for n in ns]], rows))
+    for setting, heads, sub in table_groups(data):
+        lookup = _lookup(sub)
+        ns = sorted(set(sub["seq_len"]))
+        rows = []
+        for label in label_order(sub):
+            cells = []
+            for n in ns:
+                r = lookup.get((label, heads, n, pass_name))
+                if r is None:
+                    cells.append("")
+                elif r["status"] != "ok":
+                    cells.append(STATUS_SHORT.get(r["status"], r["status"]))
+                else:
+                    iqr = r["iqr_ms"]
+                    cells.append(f"{_cell_time(r)} ± {fmt_ms(iqr / 2)}" if iqr and not pd.isna(iqr)
+                                 else _cell_time(r))
+            rows.append([label, *cells])
+        parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
+                     + md_table(["model", *[f"N={n}" for n in ns]], rows))
     return parts
 
 

@@ -8,7 +8,6 @@ SafeLoader that remembers the line of every key and list item.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -570,7 +569,3 @@ def load(path: str | Path, quick: bool = False) -> Suite:
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"cannot read: {exc}", file=str(path)) from None
     return parse(text, str(path), quick=quick)
-
-
-def suite_to_json(suite: Suite) -> str:
-    return json.dumps(suite.raw, sort_keys=True)

@@ -139,35 +139,25 @@ def _pass_functions(name: str, layer: torch.nn.Module, x: torch.Tensor, grad: to
         return region, lambda: timing.timed(region, device)
 
     if name == "backward":
-        y = layer(x)
+        y = layer(x)  # built once and retained: only the backward is measured
 
         def region() -> object:
             y.backward(grad, retain_graph=True)
             return None
+    else:  # forward_backward: one training step
+        def region() -> object:
+            layer(x).backward(grad)
+            return None
 
-        def sample_backward() -> float:
-            _clear_grads(layer, x)
-            return timing.timed(region, device)
-
-        def memory_region() -> object:
-            _clear_grads(layer, x)
-            return region()
-
-        return memory_region, sample_backward
-
-    def step() -> object:
-        layer(x).backward(grad)
-        return None
-
-    def sample_step() -> float:
+    def memory_region() -> object:
         _clear_grads(layer, x)
-        return timing.timed(step, device)
+        return region()
 
-    def memory_step() -> object:
-        _clear_grads(layer, x)
-        return step()
+    def sample_once() -> float:
+        _clear_grads(layer, x)  # untimed
+        return timing.timed(region, device)
 
-    return memory_step, sample_step
+    return memory_region, sample_once
 
 
 def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
