@@ -108,3 +108,61 @@ def test_bad_dims_are_value_errors():
 def test_registry_refuses_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         attnbench.register("softmax", family="exact")(type(attnbench.build("softmax").core))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", BUILTIN)
+def test_head_groups_on_cpu_change_nothing(name, causal, monkeypatch):
+    # A workspace budget of 1 byte makes every core that uses in_head_groups run one
+    # head of one batch row per call; outputs and gradients must not move.
+    if causal and not attnbench.variant_info(name).causal:
+        pytest.skip(f"{name} is not causal")
+    n = 1024  # past bigbird's full-attention threshold
+    torch.manual_seed(0)
+    layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n, causal=causal).double().eval()
+    if not getattr(getattr(layer, "core", None), "cpu_backward", True):
+        pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
+    x = torch.randn(2, n, DIM, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        x.grad = None
+        layer.zero_grad()
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        return y.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()]
+
+    whole = run()
+    monkeypatch.setattr(attnbench.variants.layer, "CPU_WORKSPACE_BYTES", 1)
+    grouped = run()
+    torch.testing.assert_close(grouped[0], whole[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grouped[1], whole[1], rtol=1e-10, atol=1e-12)
+    for g, w in zip(grouped[2], whole[2], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_in_head_groups_splits_by_the_workspace_budget(monkeypatch):
+    from attnbench.variants import layer as layer_mod
+
+    calls = []
+
+    def fn(q, k, v, heads):
+        calls.append((q.shape[0], heads))
+        assert q.shape[1] == heads.stop - heads.start
+        return q + k + v
+
+    q = torch.randn(2, 8, 16, 4)
+    per_head = 16 * 10 * q.element_size()  # N · keys_per_query · bytes
+    monkeypatch.setattr(layer_mod, "CPU_WORKSPACE_BYTES", 2 * 8 * per_head)
+    assert torch.equal(layer_mod.in_head_groups(fn, q, q, q, 10), 3 * q)
+    assert calls == [(2, slice(0, 8))]  # fits: one call
+
+    calls.clear()
+    monkeypatch.setattr(layer_mod, "CPU_WORKSPACE_BYTES", 3 * per_head)
+    assert torch.equal(layer_mod.in_head_groups(fn, q, q, q, 10), 3 * q)
+    # batch rows apart, then groups of 3 heads (the last one shorter)
+    assert calls == [(1, slice(0, 3)), (1, slice(3, 6)), (1, slice(6, 8))] * 2
+
+    calls.clear()
+    meta = torch.empty(2, 8, 16, 4, device="meta")
+    layer_mod.in_head_groups(fn, meta, meta, meta, 10)
+    assert calls == [(2, slice(0, 8))]  # not CPU: never split

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
+from attnbench.variants.layer import AttentionCore, in_head_groups, matmul_flops, softmax_flops
 from attnbench.variants.registry import ceil_sqrt, register
 
 #: logit of a masked key (finite: a row with every key masked stays finite)
@@ -159,6 +159,10 @@ class ReformerAttention(AttentionCore):
         return torch.where(hi >= -lo, hi_idx, lo_idx + half).transpose(-1, -2).contiguous()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        width = self.n_hashes * 2 * self.bucket_size  # keys scored per query, over all rounds
+        return in_head_groups(lambda q, k, v, _: self._heads(q, k, v), q, k, v, width)
+
+    def _heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # k is q (shared_qk); hashing and keys use it normalised, queries keep their norm.
         b, h, n, d = q.shape
         c, rounds = self.bucket_size, self.n_hashes

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
+from attnbench.variants.layer import AttentionCore, in_head_groups, matmul_flops, softmax_flops
 from attnbench.variants.registry import register
 
 #: added to the normaliser φ(q)ᵀz; for Performer in units of the stabilised features.
@@ -305,10 +305,9 @@ class PerformerAttention(AttentionCore):
     largest key feature is m^-1/2). W is drawn once from ``seed`` with a local
     generator (the global RNG is left alone) and kept as a buffer.
 
-    Heads are processed in groups whose (batch × N × m) feature tensors stay under
-    ``group_bytes``: the result is the same, but larger blocks are served by the C
-    allocator from freshly mapped pages on every call, and those page faults made the
-    time grow faster than N (2.4× from N = 4096 to 8192 instead of 2×).
+    On CPU, heads run in groups whose (batch × N × m) feature tensors fit the
+    workspace budget of :func:`in_head_groups` (page faults on larger blocks made the
+    time grow 2.4× from N = 4096 to 8192 instead of 2×).
     """
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
@@ -322,9 +321,6 @@ class PerformerAttention(AttentionCore):
         self.eps = DEFAULT_EPS
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("projection", orthogonal_gaussian_matrix(features, head_dim, generator))
-
-    #: the most bytes one feature tensor of a group of heads may take (see the class doc).
-    group_bytes: int = 8 * 2**20
 
     def _projected(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, H, N, d) -> W x' (B, H, N, m), x' = d^-1/4 x."""
@@ -341,13 +337,7 @@ class PerformerAttention(AttentionCore):
         return torch.exp(self._projected(x) - self._half_sq_norm(x) - 0.5 * math.log(self.features))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        batch, heads, n, _ = q.shape
-        itemsize = torch.empty((), dtype=_compute_dtype(q.dtype)).element_size()
-        group = max(1, self.group_bytes // max(1, batch * n * self.features * itemsize))
-        if group >= heads:
-            return self._attend(q, k, v)
-        return torch.cat([self._attend(q[:, i:i + group], k[:, i:i + group], v[:, i:i + group])
-                          for i in range(0, heads, group)], dim=1)
+        return in_head_groups(lambda q, k, v, _: self._attend(q, k, v), q, k, v, self.features)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         in_dtype, dt = v.dtype, _compute_dtype(q.dtype)

@@ -21,11 +21,16 @@ pass; the runner takes backward = 2 x forward and forward_backward = 3 x forward
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 SOFTMAX_FLOPS_PER_ELEMENT = 5
+
+#: On CPU, cores that score many keys per query run their heads in groups whose
+#: score workspace stays under this many bytes (see ``in_head_groups``).
+CPU_WORKSPACE_BYTES = 16 * 2**20
 
 
 def matmul_flops(m: int, n: int, k: int) -> int:
@@ -57,6 +62,32 @@ def causal_mask(n_q: int, n_k: int, device: torch.device | None = None) -> torch
     i = torch.arange(n_q, device=device)[:, None]
     j = torch.arange(n_k, device=device)[None, :]
     return j <= i
+
+
+def in_head_groups(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice], torch.Tensor],
+                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys_per_query: int) -> torch.Tensor:
+    """``fn(q, k, v, heads)`` over groups of heads (and batch rows) of (B, H, N, d) tensors,
+    ``heads`` naming the slice of the core's heads each call gets; the outputs concatenated.
+
+    Only on CPU, and only where one call would score more than CPU_WORKSPACE_BYTES
+    (B·H·N·keys_per_query elements). glibc's malloc serves blocks above its mmap
+    threshold (at most 32 MiB) with fresh pages that are faulted in and zeroed on
+    every call and given back on free: for the block-sparse and LSH cores at
+    N = 8192 that was 40% of the time, and it grew faster than N. Smaller blocks
+    are reused from the heap. On
+    CUDA the caching allocator reuses memory anyway and splitting would only cost
+    parallelism, so the tensors go through whole.
+    """
+    b, h, n, _ = q.shape
+    per_head = n * keys_per_query * q.element_size()
+    if q.device.type != "cpu" or b * h * per_head <= CPU_WORKSPACE_BYTES:
+        return fn(q, k, v, slice(0, h))
+    if b > 1:
+        return torch.cat([in_head_groups(fn, q[i:i + 1], k[i:i + 1], v[i:i + 1], keys_per_query)
+                          for i in range(b)])
+    group = max(1, CPU_WORKSPACE_BYTES // per_head)
+    return torch.cat([fn(q[:, s:s + group], k[:, s:s + group], v[:, s:s + group],
+                         slice(s, min(s + group, h))) for s in range(0, h, group)], dim=1)
 
 
 class AttentionCore(nn.Module):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
+from attnbench.variants.layer import AttentionCore, in_head_groups, matmul_flops, softmax_flops
 from attnbench.variants.registry import ceil_sqrt, register
 
 Tensor = torch.Tensor
@@ -119,8 +119,21 @@ def _band_attention(core: _SparseCore, q: Tensor, k: Tensor, v: Tensor, block: i
                     hi: int, n_global: int = 0) -> Tensor:
     """Attention of (B, H, N, d) under the band i − lo ≤ j ≤ i + hi (plus the first
     ``n_global`` keys as extra columns of every block); q is pre-scaled."""
-    b, h, n, d = q.shape
+    n = q.shape[-2]
     n_blocks, back, ahead = _band_geometry(n, block, lo, hi)
+    width = (back + 1 + ahead) * block
+    blocked = core._cached(("band", n, block, lo, hi, n_global, q.device),
+                           lambda: _band_mask(n, block, lo, hi, n_global, core.causal, q.device))
+
+    def heads(q: Tensor, k: Tensor, v: Tensor, _: slice) -> Tensor:
+        return _band_heads(q, k, v, blocked, block, n_blocks, back, ahead, n_global)
+
+    return in_head_groups(heads, q, k, v, width + n_global)
+
+
+def _band_heads(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, block: int, n_blocks: int,
+                back: int, ahead: int, n_global: int) -> Tensor:
+    b, h, n, d = q.shape
     width = (back + 1 + ahead) * block
 
     def windows(t: Tensor) -> Tensor:
@@ -133,8 +146,6 @@ def _band_attention(core: _SparseCore, q: Tensor, k: Tensor, v: Tensor, block: i
         glob = (b, h, n_blocks, n_global, d)
         keys = torch.cat([keys, k[:, :, None, :n_global].expand(glob)], dim=-2)
         values = torch.cat([values, v[:, :, None, :n_global].expand(glob)], dim=-2)
-    blocked = core._cached(("band", n, block, lo, hi, n_global, q.device),
-                           lambda: _band_mask(n, block, lo, hi, n_global, core.causal, q.device))
     queries = _pad_to(q, n_blocks * block).view(b, h, n_blocks, block, d)
     out = _attend(queries, keys, values, blocked)
     return out.view(b, h, n_blocks * block, d)[:, :, :n]
@@ -211,6 +222,14 @@ class StridedAttention(_SparseCore):
         return (blocked | (c > a)) if self.causal else blocked
 
     def _strided(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        n = q.shape[-2]
+        stride = self._stride(n)
+        blocked = self._cached(("strided", n, stride, q.device),
+                               lambda: self._strided_mask(n, stride, q.device))
+        return in_head_groups(lambda q, k, v, _: self._strided_heads(q, k, v, blocked),
+                              q, k, v, -(-n // stride))
+
+    def _strided_heads(self, q: Tensor, k: Tensor, v: Tensor, blocked: Tensor) -> Tensor:
         b, h, n, d = q.shape
         stride = self._stride(n)
         groups = -(-n // stride)
@@ -218,8 +237,6 @@ class StridedAttention(_SparseCore):
         def regroup(t: Tensor) -> Tensor:  # (B, h, N, d) -> (B, h, l, N/l, d), one residue per row
             return _pad_to(t, groups * stride).view(b, h, groups, stride, d).transpose(2, 3)
 
-        blocked = self._cached(("strided", n, stride, q.device),
-                               lambda: self._strided_mask(n, stride, q.device))
         out = _attend(regroup(q), regroup(k), regroup(v), blocked)
         return out.transpose(2, 3).reshape(b, h, groups * stride, d)[:, :, :n]
 
@@ -333,22 +350,28 @@ class BigBirdAttention(_SparseCore):
         idx, valid = self.key_blocks(n)
         pos = idx[..., None] * self.block + torch.arange(self.block)  # (H, m, 5+r, b)
         blocked = (~valid[..., None] | (pos >= n)).flatten(2)[:, :, None]  # (H, m, 1, keys)
-        # One flat index into the (H·nb) blocks of all heads: index_select copies whole
-        # blocks (and its backward adds them back), far faster than 2-D advanced indexing.
-        flat = (idx + torch.arange(self.heads)[:, None, None] * (-(-n // self.block))).flatten()
-        return flat.to(device), blocked.to(device)
+        return idx.to(device), blocked.to(device)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        b, h, n, d = q.shape
+        n = q.shape[-2]
         q = q * self.scale
         if self.is_full(n):
             return _attend(q, k, v, None)
+        idx, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
+        return in_head_groups(lambda q, k, v, heads: self._heads(q, k, v, idx[heads], blocked[heads]),
+                              q, k, v, (5 + self.random_blocks) * self.block)
+
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, blocked: Tensor) -> Tensor:
+        """The heads whose key blocks are ``idx`` (h, nb−2, 5+r); q pre-scaled."""
+        b, h, n, d = q.shape
         blk = self.block
         n_blocks = -(-n // blk)
-        flat, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
+        # One flat index into the (h·nb) blocks of these heads: index_select copies whole
+        # blocks (and its backward adds them back), far faster than 2-D advanced indexing.
+        flat = (idx + torch.arange(h, device=idx.device)[:, None, None] * n_blocks).flatten()
         queries = _pad_to(q, n_blocks * blk).view(b, h, n_blocks, blk, d)
 
-        def gather(t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, H, nb−2, (5+r)·b, d)
+        def gather(t: Tensor) -> Tensor:  # (B, h, N, d) -> (B, h, nb−2, (5+r)·b, d)
             t = _pad_to(t, n_blocks * blk).reshape(b, h * n_blocks, blk * d)
             return t.index_select(1, flat).view(b, h, n_blocks - 2, -1, d)
 
