@@ -64,6 +64,15 @@ def causal_mask(n_q: int, n_k: int, device: torch.device | None = None) -> torch
     return j <= i
 
 
+def cpu_slices(count: int, item_bytes: int, device: torch.device) -> list[slice]:
+    """range(count) cut into slices whose items take at most CPU_WORKSPACE_BYTES together
+    (at least one item per slice); one slice for all off the CPU. See ``in_head_groups``."""
+    if device.type != "cpu" or count * item_bytes <= CPU_WORKSPACE_BYTES:
+        return [slice(0, count)]
+    step = max(1, CPU_WORKSPACE_BYTES // max(1, item_bytes))
+    return [slice(s, min(s + step, count)) for s in range(0, count, step)]
+
+
 def in_head_groups(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice], torch.Tensor],
                    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys_per_query: int) -> torch.Tensor:
     """``fn(q, k, v, heads)`` over groups of heads (and batch rows) of (B, H, N, d) tensors,
@@ -74,20 +83,27 @@ def in_head_groups(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice
     threshold (at most 32 MiB) with fresh pages that are faulted in and zeroed on
     every call and given back on free: for the block-sparse and LSH cores at
     N = 8192 that was 40% of the time, and it grew faster than N. Smaller blocks
-    are reused from the heap. On
-    CUDA the caching allocator reuses memory anyway and splitting would only cost
-    parallelism, so the tensors go through whole.
+    are reused from the heap. On CUDA the caching allocator reuses memory anyway
+    and splitting would only cost parallelism, so the tensors go through whole.
+    Cores whose single head is still too big cut it further with ``cpu_slices``.
     """
     b, h, n, _ = q.shape
     per_head = n * keys_per_query * q.element_size()
-    if q.device.type != "cpu" or b * h * per_head <= CPU_WORKSPACE_BYTES:
-        return fn(q, k, v, slice(0, h))
-    if b > 1:
-        return torch.cat([in_head_groups(fn, q[i:i + 1], k[i:i + 1], v[i:i + 1], keys_per_query)
-                          for i in range(b)])
-    group = max(1, CPU_WORKSPACE_BYTES // per_head)
-    return torch.cat([fn(q[:, s:s + group], k[:, s:s + group], v[:, s:s + group],
-                         slice(s, min(s + group, h))) for s in range(0, h, group)], dim=1)
+    rows = cpu_slices(b, h * per_head, q.device)
+    if len(rows) > 1:
+        parts = zip(*(split_by(t, rows, 0) for t in (q, k, v)), strict=True)
+        return torch.cat([in_head_groups(fn, *qkv, keys_per_query) for qkv in parts])
+    groups = cpu_slices(h, b * per_head, q.device)
+    if len(groups) == 1:
+        return fn(q, k, v, groups[0])
+    parts = zip(*(split_by(t, groups, 1) for t in (q, k, v)), strict=True)
+    return torch.cat([fn(*qkv, g) for qkv, g in zip(parts, groups, strict=True)], dim=1)
+
+
+def split_by(t: torch.Tensor, slices: list[slice], dim: int) -> tuple[torch.Tensor, ...]:
+    """t cut along ``dim`` into the consecutive ``slices``, by ``split``: its backward is
+    one concatenation, where indexing's would zero-fill a full-size gradient per part."""
+    return t.split([s.stop - s.start for s in slices], dim=dim)
 
 
 class AttentionCore(nn.Module):

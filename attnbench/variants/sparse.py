@@ -27,7 +27,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants.layer import AttentionCore, in_head_groups, matmul_flops, softmax_flops
+from attnbench.variants.layer import (
+    AttentionCore,
+    cpu_slices,
+    in_head_groups,
+    matmul_flops,
+    softmax_flops,
+    split_by,
+)
 from attnbench.variants.registry import ceil_sqrt, register
 
 Tensor = torch.Tensor
@@ -142,12 +149,22 @@ def _band_heads(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, block: int, n_
         return t.unfold(-2, width, block).transpose(-1, -2)
 
     keys, values = windows(k), windows(v)
-    if n_global:  # every block also sees the global tokens: extra columns, same softmax
-        glob = (b, h, n_blocks, n_global, d)
-        keys = torch.cat([keys, k[:, :, None, :n_global].expand(glob)], dim=-2)
-        values = torch.cat([values, v[:, :, None, :n_global].expand(glob)], dim=-2)
     queries = _pad_to(q, n_blocks * block).view(b, h, n_blocks, block, d)
-    out = _attend(queries, keys, values, blocked)
+
+    def run(qs: Tensor, ks: Tensor, vs: Tensor, r: slice) -> Tensor:  # the query blocks r
+        if n_global:  # every block also sees the global tokens: extra columns, same softmax
+            glob = (b, h, ks.shape[2], n_global, d)
+            ks = torch.cat([ks, k[:, :, None, :n_global].expand(glob)], dim=-2)
+            vs = torch.cat([vs, v[:, :, None, :n_global].expand(glob)], dim=-2)
+        return _attend(qs, ks, vs, blocked[r])
+
+    # On CPU, a head too long for the workspace is cut into runs of query blocks.
+    runs = cpu_slices(n_blocks, b * h * block * (width + n_global) * q.element_size(), q.device)
+    if len(runs) == 1:
+        out = run(queries, keys, values, runs[0])
+    else:
+        parts = zip(*(split_by(t, runs, 2) for t in (queries, keys, values)), runs, strict=True)
+        out = torch.cat([run(*part) for part in parts], dim=2)
     return out.view(b, h, n_blocks * block, d)[:, :, :n]
 
 
@@ -359,25 +376,37 @@ class BigBirdAttention(_SparseCore):
             return _attend(q, k, v, None)
         idx, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
         return in_head_groups(lambda q, k, v, heads: self._heads(q, k, v, idx[heads], blocked[heads]),
-                              q, k, v, (5 + self.random_blocks) * self.block)
+                              q, k, v, self.keys_per_query())
+
+    def keys_per_query(self) -> int:
+        """Keys a middle query scores: 3 sliding, 2 global and r random blocks."""
+        return (5 + self.random_blocks) * self.block
 
     def _heads(self, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, blocked: Tensor) -> Tensor:
         """The heads whose key blocks are ``idx`` (h, nb−2, 5+r); q pre-scaled."""
         b, h, n, d = q.shape
         blk = self.block
         n_blocks = -(-n // blk)
-        # One flat index into the (h·nb) blocks of these heads: index_select copies whole
-        # blocks (and its backward adds them back), far faster than 2-D advanced indexing.
-        flat = (idx + torch.arange(h, device=idx.device)[:, None, None] * n_blocks).flatten()
         queries = _pad_to(q, n_blocks * blk).view(b, h, n_blocks, blk, d)
+        k_blocks, v_blocks = (_pad_to(t, n_blocks * blk).reshape(b, h * n_blocks, blk * d) for t in (k, v))
+        head_base = torch.arange(h, device=idx.device)[:, None, None] * n_blocks
 
-        def gather(t: Tensor) -> Tensor:  # (B, h, N, d) -> (B, h, nb−2, (5+r)·b, d)
-            t = _pad_to(t, n_blocks * blk).reshape(b, h * n_blocks, blk * d)
-            return t.index_select(1, flat).view(b, h, n_blocks - 2, -1, d)
+        first, middle_q, last = queries.split([1, n_blocks - 2, 1], dim=2)
 
-        middle = _attend(queries[:, :, 1:-1], gather(k), gather(v), blocked)
+        def run(qs: Tensor, r: slice) -> Tensor:  # the middle query blocks 1 + r
+            # One flat index into the (h·nb) blocks of these heads: index_select copies whole
+            # blocks (and its backward adds them back), far faster than 2-D advanced indexing.
+            flat = (idx[:, r] + head_base).flatten()
+            ks, vs = (t.index_select(1, flat).view(b, h, -1, self.keys_per_query(), d)
+                      for t in (k_blocks, v_blocks))
+            return _attend(qs, ks, vs, blocked[:, r])
+
+        # On CPU, heads too long for the workspace are cut into runs of query blocks.
+        runs = cpu_slices(n_blocks - 2, b * h * blk * self.keys_per_query() * q.element_size(), q.device)
+        middle = torch.cat([run(qs, r) for qs, r in zip(split_by(middle_q, runs, 2), runs, strict=True)],
+                           dim=2) if len(runs) > 1 else run(middle_q, runs[0])
         # The first and last query blocks are global: they see all N keys.
-        glob = _attend(torch.cat([queries[:, :, 0], queries[:, :, -1]], dim=2), k, v, None)
+        glob = _attend(torch.cat([first, last], dim=2).flatten(2, 3), k, v, None)
         out = torch.cat([glob[:, :, :blk], middle.flatten(2, 3), glob[:, :, blk:]], dim=2)
         return out[:, :, :n]
 
