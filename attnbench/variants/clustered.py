@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.layer import AttentionCore, in_head_groups, matmul_flops, softmax_flops
+from attnbench.variants.layer import AttentionCore, cpu_slices, in_head_groups, matmul_flops, softmax_flops
 from attnbench.variants.registry import ceil_sqrt, register
 
 #: logit of a masked key (finite: a row with every key masked stays finite)
@@ -115,7 +115,8 @@ class ReformerAttention(AttentionCore):
     A token sees itself with logit −5e4 (only when nothing else is visible). The
     rounds are combined with weights softmax over rounds of each round's
     logsumexp. R is drawn from a local generator seeded with ``seed`` (fixed per
-    number of buckets, so runs repeat exactly); all rounds run as one batch.
+    number of buckets, so runs repeat exactly); all rounds run as one batch (on CPU,
+    a few at a time once their scores outgrow the workspace, see in_head_groups).
     Pairs met in several rounds are not de-duplicated (the paper's default).
     Hashing into N/c buckets costs n·N·(N/c)·d FLOPs, quadratic but small against
     the attention's 8·n·N·c·d while N ≪ 8·c² (32768 at c = 64); flops() counts it.
@@ -177,11 +178,35 @@ class ReformerAttention(AttentionCore):
             qpos = kpos = order.view(b, h, rounds, chunks, c)
             if chunks > 1:
                 kv_rows, kpos = _with_previous(kv_rows, 3), _with_previous(kpos, 3)
-        kv_rows = kv_rows.reshape(-1)
-        sq = _select_rows(_pad_rows(q * self.scale, npad), q_rows, d)
-        sk = _select_rows(_pad_rows(keys, npad), kv_rows, d)
-        sv = _select_rows(_pad_rows(v, npad), kv_rows, d)
-        shape = (b * h * rounds * chunks, -1, d)
+        sources = (_pad_rows(q * self.scale, npad), _pad_rows(keys, npad), _pad_rows(v, npad))
+        q_rows = q_rows.view(b, h, rounds, npad)
+        # On CPU, rounds whose chunk scores outgrow the workspace are taken a few at a time.
+        groups = cpu_slices(rounds, b * h * npad * kv_rows.shape[-1] * q.element_size(), q.device)
+        parts = [self._rounds(*sources, q_rows[:, :, g], kv_rows[:, :, g], qpos[:, :, g], kpos[:, :, g], n)
+                 for g in groups]
+        lse = torch.cat([lse for _, lse in parts], dim=2) if len(parts) > 1 else parts[0][1]
+        # Round weights: softmax over rounds of the logsumexp at each original position;
+        # then index_add both unsorts and sums the rounds.
+        lse_by_pos = lse.new_empty(lse.shape).scatter(-1, order, lse)
+        weights = torch.softmax(lse_by_pos, dim=2).gather(-1, order)
+        result = q.new_zeros(b * h * npad, d)
+        for g, (out, _) in zip(groups, parts, strict=True):
+            weighted = (out * weights[:, :, g].unsqueeze(-1).to(out.dtype)).view(-1, d)
+            result = result.index_add(0, q_rows[:, :, g].reshape(-1), weighted)
+        return result.view(b, h, npad, d)[:, :, :n]
+
+    def _rounds(self, q: torch.Tensor, keys: torch.Tensor, v: torch.Tensor, q_rows: torch.Tensor,
+                kv_rows: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor,
+                n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunked attention for some hash rounds: sorted outputs (B, H, r, Np, d) and their
+        logsumexp (B, H, r, Np). q pre-scaled and padded to Np; the rows and positions
+        index the flattened (B·H·Np, d) tensors, per round, in sorted order."""
+        b, h, rounds, npad = q_rows.shape
+        d = q.shape[-1]
+        sq = _select_rows(q, q_rows.reshape(-1), d)
+        sk = _select_rows(keys, kv_rows.reshape(-1), d)
+        sv = _select_rows(v, kv_rows.reshape(-1), d)
+        shape = (b * h * rounds * qpos.shape[3], -1, d)
         dots = torch.bmm(sq.view(shape), sk.view(shape).transpose(1, 2))  # (B·H·r·chunks, c, c or 2c)
         del sq, sk  # a forward-only pass frees them now (autograd keeps what backward needs)
         hidden = (kpos >= n).unsqueeze(-2) if npad > n else None
@@ -189,18 +214,10 @@ class ReformerAttention(AttentionCore):
             future = kpos.unsqueeze(-2) > qpos.unsqueeze(-1)
             hidden = future if hidden is None else hidden | future
         if hidden is not None:
-            hidden = hidden.view(-1, *hidden.shape[-2:])
+            hidden = hidden.reshape(-1, *hidden.shape[-2:])
         probs, lse = _ChunkSoftmax.apply(dots.to(_acc_dtype(dots.dtype)), hidden)
         out = torch.bmm(probs.to(v.dtype), sv.view(shape))
-        del dots, probs, sv
-        lse = lse.view(b, h, rounds, npad)
-        # Round weights: softmax over rounds of the logsumexp at each original position;
-        # then one index_add both unsorts and sums the rounds.
-        lse_by_pos = lse.new_empty(lse.shape).scatter(-1, order, lse)
-        weights = torch.softmax(lse_by_pos, dim=2).gather(-1, order).to(out.dtype)
-        out = (out.view(b, h, rounds, npad, d) * weights.unsqueeze(-1)).view(-1, d)
-        result = out.new_zeros(b * h * npad, d).index_add(0, q_rows, out)
-        return result.view(b, h, npad, d)[:, :, :n]
+        return out.view(b, h, rounds, npad, d), lse.view(b, h, rounds, npad)
 
     def flops(self, batch: int, seq_len: int) -> int:
         n, d, c, rounds = seq_len, self.head_dim, self.bucket_size, self.n_hashes
