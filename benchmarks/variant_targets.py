@@ -27,11 +27,22 @@ DEFAULT_VARIANTS = ("softmax,local,strided,longformer,bigbird,reformer,routing,s
                     "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv")
 BUILD = {"aft-local": ("aft", {"mode": "local", "window": 64}), "nystrom": ("nystrom", {"landmarks": 64}),
          "performer": ("performer", {"features": 256}), "aft": ("aft", {"mode": "simple"})}
-PEERS = {  # peer name in peers.py -> the attnbench variant it is compared with
+PEERS = {  # peer name -> the attnbench variant it is compared with
     "local-attention(w=256)": "local", "reformer-pytorch(b=64,h=4)": "reformer",
     "linear-attention-transformer": "linear", "performer-pytorch(m=256)": "performer",
-    "aft-pytorch simple": "aft",
+    "aft-pytorch simple": "aft", "nystrom-attention(m=64,no residual)": "nystrom",
 }
+
+
+def extra_peers(dim: int, heads: int) -> dict[str, object]:
+    """Peers at the issue's settings where peers.py builds them otherwise: Nyström with
+    64 landmarks and no residual convolution (peers.py: 256 landmarks, residual on)."""
+    try:
+        from nystrom_attention import NystromAttention
+    except ImportError:
+        return {}
+    return {"nystrom-attention(m=64,no residual)": lambda: NystromAttention(
+        dim=dim, dim_head=dim // heads, heads=heads, num_landmarks=64, pinv_iterations=6, residual=False)}
 
 
 def time_forward(layer: torch.nn.Module, x: torch.Tensor) -> float:
@@ -71,7 +82,7 @@ def main() -> None:
             name, params = BUILD.get(label, (label, {}))
             layers[label] = attnbench.build(name, dim=512, heads=8, seq_len=n, **params)
         if peer_makers is not None:
-            for peer, make in peer_makers(512, 8, n).items():
+            for peer, make in {**peer_makers(512, 8, n), **extra_peers(512, 8)}.items():
                 if peer in PEERS or peer == "torch.sdpa":
                     layers[peer] = make()
         x = torch.randn(1, n, 512)
