@@ -135,3 +135,58 @@ def test_compiled_flex_on_cuda_equals_eager_forward_and_backward(name, monkeypat
     (ge,) = torch.autograd.grad(y_eager, x, g)
     (gf,) = torch.autograd.grad(y_flex, x, g)
     torch.testing.assert_close(gf, ge, rtol=2e-3, atol=2e-3)
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda on a machine without a GPU: records the order of the
+    calls the CUDA timing and memory code makes, and returns chosen figures."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing, "elapsed_time needs enable_timing=True"
+                self.name = "start" if not any(c.startswith("event") for c in fake.calls) else "end"
+                fake.calls.append(f"event:{self.name}")
+
+            def record(self):
+                fake.calls.append(f"record:{self.name}")
+
+            def elapsed_time(self, other):
+                fake.calls.append("elapsed_time")
+                return 12.5
+
+        def log(name, value=None):
+            def call(*args, **kwargs):
+                fake.calls.append(name)
+                return value
+            return call
+
+        for name, value in [("synchronize", None), ("reset_peak_memory_stats", None),
+                            ("memory_allocated", 100 << 20), ("memory_reserved", 200 << 20),
+                            ("max_memory_allocated", 164 << 20), ("max_memory_reserved", 264 << 20)]:
+            monkeypatch.setattr(torch.cuda, name, log(name, value))
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+
+
+def test_cuda_timing_brackets_the_region_with_events_and_synchronisation(monkeypatch):
+    from attnbench.bench.timing import timed
+
+    fake = _FakeCuda(monkeypatch)
+    ms = timed(lambda: fake.calls.append("region"), torch.device("cuda"))
+    assert ms == 12.5  # the events' time, not the host's clock
+    assert fake.calls == ["event:start", "event:end", "synchronize", "record:start", "region",
+                          "record:end", "synchronize", "elapsed_time"]
+
+
+def test_cuda_memory_is_the_allocator_peak_above_the_baseline(monkeypatch):
+    from attnbench.bench.memory import measure_peak
+
+    fake = _FakeCuda(monkeypatch)
+    reading = measure_peak(lambda: fake.calls.append("region"), torch.device("cuda"))
+    assert reading.peak_mib == 64.0 and reading.reserved_mib == 64.0
+    # stats reset and baseline read before the pass, peaks read after it has finished
+    assert fake.calls == ["synchronize", "reset_peak_memory_stats", "memory_allocated", "memory_reserved",
+                          "region", "synchronize", "max_memory_allocated", "max_memory_reserved"]
