@@ -57,9 +57,19 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _record_line(record: dict[str, Any]) -> str:
+    """One case as a line of cases.jsonl."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False, default=str) + "\n"
+
+
+def rewrite_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace cases.jsonl with these records, atomically."""
+    write_atomic(path, "".join(_record_line(r) for r in records))
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one case to cases.jsonl and make it durable before returning."""
-    line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=str) + "\n"
+    line = _record_line(record)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()

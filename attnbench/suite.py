@@ -142,6 +142,10 @@ class VariantSpec:
     line: int = 0
 
 
+#: What a series of cases shares: everything but seq_len.
+SERIES_FIELDS = ("label", "heads", "dim", "batch", "dtype", "device", "causal")
+
+
 @dataclass(frozen=True)
 class Case:
     """One measured configuration: a variant at one N, heads, device and dtype."""
@@ -180,7 +184,7 @@ class Case:
     @property
     def series(self) -> tuple:
         """The case without N: cases of one series differ only in seq_len."""
-        return (self.label, self.heads, self.dim, self.batch, self.dtype, self.device, self.causal)
+        return tuple(getattr(self, name) for name in SERIES_FIELDS)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

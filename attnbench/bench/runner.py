@@ -28,7 +28,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,12 @@ from attnbench.results import (
     append_record,
     load_run,
     records_frame,
+    rewrite_records,
     worst_status,
     write_atomic,
     write_csv,
 )
-from attnbench.suite import Case, Suite
+from attnbench.suite import SERIES_FIELDS, Case, Suite
 
 POLL_S = 0.1
 MIB = float(1 << 20)
@@ -325,7 +326,7 @@ class WorkerPool:
                 outcome.error = f"the worker did not start within {WORKER_READY_TIMEOUT_S:g} s"
                 return False
 
-    def run(self, case: Case, timeout_s: float, on_message: Callable[[str, dict], None]) -> _Outcome:
+    def run(self, case: Case, timeout_s: float) -> _Outcome:
         outcome = _Outcome(messages=[])
         for attempt in range(2):
             self.start()
@@ -355,7 +356,6 @@ class WorkerPool:
                 if kind == "done":
                     return outcome
                 outcome.messages.append((kind, payload))
-                on_message(kind, payload)
                 continue
             if not self.process.is_alive():
                 return self._died(outcome)
@@ -382,17 +382,12 @@ class WorkerPool:
         return outcome
 
 
-def _run_in_process(case: Case, on_message: Callable[[str, dict], None]) -> _Outcome:
+def _run_in_process(case: Case) -> _Outcome:
     from attnbench.bench.worker import run_case
 
     outcome = _Outcome(messages=[], worker_pid=os.getpid())
-
-    def emit(kind: str, payload: dict) -> None:
-        outcome.messages.append((kind, payload))
-        on_message(kind, payload)
-
     with memory_limit(case):
-        run_case(case, emit)
+        run_case(case, lambda kind, payload: outcome.messages.append((kind, payload)))
     return outcome
 
 
@@ -462,13 +457,9 @@ def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | No
     return m1 * (case.seq_len / n1) ** exponent * 1.2
 
 
-def _series_key(case_dict: dict[str, Any]) -> tuple:
-    return (case_dict["label"], case_dict["heads"], case_dict["dim"], case_dict["batch"], case_dict["dtype"],
-            case_dict["device"], case_dict["causal"])
-
-
 def skip_reason(case: Case, done: list[dict[str, Any]]) -> str | None:
-    series = [r for r in done if _series_key(r["case"]) == _series_key(case.to_dict())]
+    key = case.series
+    series = [r for r in done if tuple(r["case"][name] for name in SERIES_FIELDS) == key]
     for record in series:
         if record["status"] == "oom" and record["case"]["seq_len"] < case.seq_len:
             return f"skipped: N={record['case']['seq_len']} of this series ran out of memory"
@@ -747,7 +738,7 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
         jsonl = run_dir / "cases.jsonl"
         if done and warnings:
             # Drop a truncated last line now so that appends start on a fresh line.
-            write_atomic(jsonl, "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in done))
+            rewrite_records(jsonl, done)
     except BaseException:
         if pool is not None:
             pool.kill()
@@ -777,9 +768,9 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
                 else:
                     started, t0 = time.time(), time.perf_counter()
                     if pool is None:
-                        outcome = _run_in_process(case, lambda *_: None)
+                        outcome = _run_in_process(case)
                     else:
-                        outcome = pool.run(case, case.limits.case_timeout_s, lambda *_: None)
+                        outcome = pool.run(case, case.limits.case_timeout_s)
                     record = make_record(case, outcome, started, time.perf_counter() - t0)
                 with guard.deferred():  # a finished case is recorded whole, whatever signal comes
                     append_record(jsonl, record)

@@ -82,10 +82,13 @@ def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor) -> list[str]:
     with torch.no_grad(), _Ops() as ops:
         layer(x)
     used = sorted({backend for op, backend in _SDPA_KERNELS.items() if op in ops.names})
-    core = getattr(layer, "core", None)
-    if not used and core is not None and type(core).__name__ == "SDPAttention":
+    if not used and _is_sdpa(layer):
         used = ["math"]
     return used
+
+
+def _is_sdpa(layer: torch.nn.Module) -> bool:
+    return type(getattr(layer, "core", None)).__name__ == "SDPAttention"
 
 
 def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Te
             layer(x.detach().requires_grad_()).backward(grad)
             layer.zero_grad(set_to_none=True)
         info["compile_s"] = time.perf_counter() - t0
-    if type(getattr(layer, "core", None)).__name__ == "SDPAttention":
+    if _is_sdpa(layer):
         info["sdpa_backend"] = ",".join(sdpa_backends_used(layer, x)) or None
     return info
 
@@ -190,15 +193,11 @@ def run_case(case: Case, emit: Emit) -> None:
         if info.origin not in custom.TRUSTED_ORIGINS:  # shape, dtype, device, causal: the fix, before timing
             custom.check_layer(case, layer, x)
         forward_flops, flops_source = custom.forward_flops(case, layer, x)
+        prepared = _prepare(case, layer, x, grad)
     except custom.LayerCheckError as exc:
         emit("fail", {"status": "error", "error": str(exc)})
         return
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
-        emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
-        return
-    try:
-        prepared = _prepare(case, layer, x, grad)
-    except Exception as exc:  # noqa: BLE001
         emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
         return
     emit("meta", {
