@@ -33,7 +33,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.variants.layer import AttentionLayer, causal_mask, linear_flops, matmul_flops
+from attnbench.variants.layer import (
+    AttentionLayer,
+    acc_dtype,
+    causal_mask,
+    check_int,
+    linear_flops,
+    matmul_flops,
+)
 from attnbench.variants.registry import register
 
 MODES = ("simple", "full", "local")
@@ -174,8 +181,7 @@ class AFT(AttentionLayer):
         super().__init__(dim, heads, seq_len, causal)
         if mode not in MODES:
             raise ValueError(f"aft mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
-            raise ValueError(f"aft window must be a positive integer, got {window!r}")
+        check_int("aft window", window)
         self.mode = mode
         self.window = window
         self.s = min(window, seq_len)  # effective local window
@@ -193,7 +199,7 @@ class AFT(AttentionLayer):
         if self.mode != "simple" and n != self.seq_len:
             raise ValueError(f"aft mode {self.mode!r} was built for seq_len {self.seq_len}, got {n}: "
                              "its bias w has one row per position")
-        dtype = torch.promote_types(x.dtype, torch.float32)
+        dtype = acc_dtype(x.dtype)
         if self.mode == "simple" and not self.causal:
             args = [t.to(dtype) for t in (x, self.to_qkv.weight, self.to_qkv.bias,
                                           self.out.weight, self.out.bias)]

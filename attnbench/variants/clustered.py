@@ -29,7 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.layer import AttentionCore, cpu_slices, in_head_groups, matmul_flops, softmax_flops
+from attnbench.variants.layer import (
+    AttentionCore,
+    acc_dtype,
+    check_int,
+    cpu_slices,
+    in_head_groups,
+    matmul_flops,
+    pad_seq,
+    softmax_flops,
+)
 from attnbench.variants.registry import ceil_sqrt, register
 
 #: logit of a masked key (finite: a row with every key masked stays finite)
@@ -38,17 +47,6 @@ MASKED = -1e9
 SELF_LOGIT = -5e4
 #: FLOPs per element of Reformer's logsumexp on top of its softmax (max of logits, max of probabilities)
 LOGSUMEXP_FLOPS_PER_ELEMENT = 2
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 at least for softmax / logsumexp."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _flat_rows(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -62,11 +60,6 @@ def _select_rows(x: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tenso
     """Rows of x flattened to (-1, width): a row copy (index_select), much cheaper than an
     element-wise gather, with a row-wise index_add as its backward."""
     return x.reshape(-1, width).index_select(0, rows)
-
-
-def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """Zero-pad dim -2 of (…, N, d) to ``rows``."""
-    return F.pad(x, (0, 0, 0, rows - x.shape[-2])) if rows > x.shape[-2] else x
 
 
 def _with_previous(x: torch.Tensor, chunk_dim: int) -> torch.Tensor:
@@ -127,11 +120,9 @@ class ReformerAttention(AttentionCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  bucket_size: int = 64, n_hashes: int = 4, seed: int = 0) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.bucket_size = _check_int("reformer bucket_size", bucket_size, 1)
-        self.n_hashes = _check_int("reformer n_hashes", n_hashes, 1)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"reformer seed must be an integer, got {seed!r}")
-        self.seed = seed
+        self.bucket_size = check_int("reformer bucket_size", bucket_size)
+        self.n_hashes = check_int("reformer n_hashes", n_hashes)
+        self.seed = check_int("reformer seed", seed, None)
         self._rotations: dict[tuple, torch.Tensor] = {}
 
     def _layout(self, n: int) -> tuple[int, int, int]:
@@ -178,7 +169,7 @@ class ReformerAttention(AttentionCore):
             qpos = kpos = order.view(b, h, rounds, chunks, c)
             if chunks > 1:
                 kv_rows, kpos = _with_previous(kv_rows, 3), _with_previous(kpos, 3)
-        sources = (_pad_rows(q * self.scale, npad), _pad_rows(keys, npad), _pad_rows(v, npad))
+        sources = (pad_seq(q * self.scale, npad), pad_seq(keys, npad), pad_seq(v, npad))
         q_rows = q_rows.view(b, h, rounds, npad)
         # On CPU, rounds whose chunk scores outgrow the workspace are taken a few at a time.
         groups = cpu_slices(rounds, b * h * npad * kv_rows.shape[-1] * q.element_size(), q.device)
@@ -215,7 +206,7 @@ class ReformerAttention(AttentionCore):
             hidden = future if hidden is None else hidden | future
         if hidden is not None:
             hidden = hidden.reshape(-1, *hidden.shape[-2:])
-        probs, lse = _ChunkSoftmax.apply(dots.to(_acc_dtype(dots.dtype)), hidden)
+        probs, lse = _ChunkSoftmax.apply(dots.to(acc_dtype(dots.dtype)), hidden)
         out = torch.bmm(probs.to(v.dtype), sv.view(shape))
         return out.view(b, h, rounds, npad, d), lse.view(b, h, rounds, npad)
 
@@ -255,7 +246,7 @@ class RoutingAttention(AttentionCore):
         super().__init__(heads, head_dim, seq_len, causal)
         if clusters is None:
             clusters = ceil_sqrt(seq_len)
-        self.clusters = _check_int("routing clusters", clusters, 1)
+        self.clusters = check_int("routing clusters", clusters)
         if clusters > seq_len:
             raise ValueError(f"routing clusters ({clusters}) must not exceed seq_len ({seq_len})")
         gen = torch.Generator().manual_seed(0)
@@ -297,7 +288,7 @@ class RoutingAttention(AttentionCore):
         ck = _select_rows(k, k_rows, d).view(shape)
         cv = _select_rows(v, k_rows, d).view(shape)
         dots = torch.bmm(cq, ck.transpose(1, 2))  # (B·H·clusters, w, w)
-        dots = dots.to(_acc_dtype(dots.dtype))
+        dots = dots.to(acc_dtype(dots.dtype))
         hits = None
         if self.causal:
             future = (k_idx.unsqueeze(-2) > q_idx.unsqueeze(-1)).view(dots.shape)
@@ -359,8 +350,8 @@ class SinkhornAttention(AttentionCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  block: int = 64, iters: int = 5, temperature: float = 0.75) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.block = _check_int("sinkhorn block", block, 1)
-        self.iters = _check_int("sinkhorn iters", iters, 1)
+        self.block = check_int("sinkhorn block", block)
+        self.iters = check_int("sinkhorn iters", iters)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"sinkhorn temperature must be a positive number, got {temperature!r}")
         self.temperature = float(temperature)
@@ -375,11 +366,11 @@ class SinkhornAttention(AttentionCore):
         if nb > self.max_blocks:
             raise ValueError(f"sinkhorn was built for seq_len {self.seq_len} ({self.max_blocks} blocks), "
                              f"got {n} tokens")
-        sums = _pad_rows(k, nb * self.block).unflatten(-2, (nb, self.block)).sum(-2)
+        sums = pad_seq(k, nb * self.block).unflatten(-2, (nb, self.block)).sum(-2)
         sizes = (n - self.block * torch.arange(nb, device=k.device)).clamp(max=self.block)
         summary = sums / sizes.unsqueeze(-1).to(k.dtype)  # mean key of each block, padding excluded
         logits = self.sort_net(summary)[..., :nb]
-        log_p = logits.to(_acc_dtype(logits.dtype)) / self.temperature
+        log_p = logits.to(acc_dtype(logits.dtype)) / self.temperature
         for _ in range(self.iters):
             log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)  # rows
             log_p = log_p - torch.logsumexp(log_p, dim=-2, keepdim=True)  # columns
@@ -394,11 +385,11 @@ class SinkhornAttention(AttentionCore):
         # Keys and values of [own block, sorted block] for every query block: (B, H, nb, 2, b, d).
         blocks = torch.stack([torch.arange(nb, device=q.device).expand(b, h, nb), choice], dim=-1)
         rows = _flat_rows(blocks, nb)
-        keys = _SortedBlocks.apply(_select_rows(_pad_rows(k, npad), rows, bs * d).view(b, h, nb, 2, bs, d), p)
-        values = _SortedBlocks.apply(_select_rows(_pad_rows(v, npad), rows, bs * d).view(b, h, nb, 2, bs, d), p)
+        keys = _SortedBlocks.apply(_select_rows(pad_seq(k, npad), rows, bs * d).view(b, h, nb, 2, bs, d), p)
+        values = _SortedBlocks.apply(_select_rows(pad_seq(v, npad), rows, bs * d).view(b, h, nb, 2, bs, d), p)
         shape = (b * h * nb, -1, d)
-        dots = torch.bmm(_pad_rows(q * self.scale, npad).reshape(shape), keys.reshape(shape).transpose(1, 2))
-        dots = dots.to(_acc_dtype(dots.dtype))  # (B·H·nb, b, 2b)
+        dots = torch.bmm(pad_seq(q * self.scale, npad).reshape(shape), keys.reshape(shape).transpose(1, 2))
+        dots = dots.to(acc_dtype(dots.dtype))  # (B·H·nb, b, 2b)
         if npad > n:
             kpos = blocks.unsqueeze(-1) * bs + torch.arange(bs, device=q.device)
             dots.masked_fill_((kpos >= n).view(-1, 1, 2 * bs), MASKED)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.variants.layer import AttentionLayer, linear_flops, softmax_flops
+from attnbench.variants.layer import AttentionLayer, acc_dtype, check_int, linear_flops, softmax_flops
 from attnbench.variants.registry import register
 
 IMPLS = ("unfold", "conv1d")
@@ -109,17 +109,12 @@ def lightconv_conv1d(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> tor
     return F.conv1d(xt, weight.to(x.dtype), groups=c).transpose(1, 2)
 
 
-def _check_kernel_size(kernel_size: int) -> None:
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size <= 0:
-        raise ValueError(f"kernel_size must be a positive integer, got {kernel_size!r}")
-
-
 class _ConvLayer(AttentionLayer):
     """GLU input projection and output projection shared by both variants."""
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool, kernel_size: int) -> None:
         super().__init__(dim, heads, seq_len, causal)
-        _check_kernel_size(kernel_size)
+        check_int("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.in_proj = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
@@ -179,7 +174,7 @@ class DynamicConv(_ConvLayer):
     def kernel(self, h: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> per-position kernels (B, N, H, K), softmax over the taps."""
         logits = self.weight_linear(h).unflatten(-1, (self.heads, self.kernel_size))
-        return torch.softmax(logits, dim=-1, dtype=torch.promote_types(h.dtype, torch.float32))
+        return torch.softmax(logits, dim=-1, dtype=acc_dtype(h.dtype))
 
     def conv(self, h: torch.Tensor) -> torch.Tensor:
         """The convolution alone, on the GLU output h (B, N, dim)."""

@@ -12,14 +12,13 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants.layer import AttentionCore, causal_mask, matmul_flops, softmax_flops
+from attnbench.variants.layer import (
+    AttentionCore,
+    acc_dtype,
+    attend_flops,
+    causal_mask,
+)
 from attnbench.variants.registry import register
-
-
-def _quadratic_flops(batch: int, heads: int, n: int, d: int) -> int:
-    scores = batch * heads * matmul_flops(n, n, d)
-    weighted = batch * heads * matmul_flops(n, d, n)
-    return scores + weighted + softmax_flops(batch * heads * n * n)
 
 
 @register("softmax", family="exact", paper="1706.03762", complexity="O(N²·d)", causal=True)
@@ -32,11 +31,11 @@ class SoftmaxAttention(AttentionCore):
             mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
             scores = scores.masked_fill(~mask, float("-inf"))
         # Normalise in float32 at least: half-precision exp sums lose digits.
-        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        probs = torch.softmax(scores, dim=-1, dtype=acc_dtype(scores.dtype))
         return torch.matmul(probs.to(v.dtype), v)
 
     def flops(self, batch: int, seq_len: int) -> int:
-        return _quadratic_flops(batch, self.heads, seq_len, self.head_dim)
+        return batch * self.heads * attend_flops(seq_len, seq_len, self.head_dim)
 
 
 SDPA_BACKENDS = ("auto", "flash", "efficient", "math", "cudnn")
@@ -73,6 +72,6 @@ class SDPAttention(AttentionCore):
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
 
     def flops(self, batch: int, seq_len: int) -> int:
-        full = _quadratic_flops(batch, self.heads, seq_len, self.head_dim)
+        full = batch * self.heads * attend_flops(seq_len, seq_len, self.head_dim)
         # Fused kernels skip the blocks above the diagonal when causal.
         return full // 2 if self.causal else full

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.variants.layer import AttentionLayer, linear_flops, softmax_flops
+from attnbench.variants.layer import AttentionLayer, acc_dtype, linear_flops, softmax_flops
 from attnbench.variants.registry import register
 
 
@@ -38,7 +38,7 @@ class Fastformer(AttentionLayer):
     def _pool(self, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Σ_i softmax_i(wᵀ t_i s) t_i per head: (B, H, N, d) -> (B, H, 1, d)."""
         scores = torch.einsum("bhnd,hd->bhn", t, w) * self.scale
-        weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(t.dtype, torch.float32))
+        weights = torch.softmax(scores, dim=-1, dtype=acc_dtype(t.dtype))
         return torch.einsum("bhn,bhnd->bhd", weights.to(t.dtype), t).unsqueeze(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from attnbench.variants.registry import ceil_sqrt, register
+from attnbench.variants.registry import register
 from attnbench.variants.sparse import (
     BigBirdAttention,
     LocalAttention,
@@ -36,11 +36,15 @@ Tensor = torch.Tensor
 TILE = 128  # FlexAttention's default block size
 
 
+def _eager() -> bool:
+    return os.environ.get("ATTNBENCH_FLEX_EAGER") == "1"
+
+
 @functools.cache
 def _compiled_flex() -> Callable[..., Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
-    if os.environ.get("ATTNBENCH_FLEX_EAGER") == "1":
+    if _eager():
         return flex_attention
     return torch.compile(flex_attention, dynamic=False)
 
@@ -57,8 +61,8 @@ class _FlexMixin:
     def mask_mod(self, n: int, device: torch.device) -> Callable:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def per_head(self) -> bool:
-        return False
+    #: the mask depends on the head (the BlockMask is then built per head)
+    per_head: bool = False
 
     def block_mask(self, n: int, device: torch.device):  # noqa: ANN201 - BlockMask
         from torch.nn.attention.flex_attention import create_block_mask
@@ -70,7 +74,7 @@ class _FlexMixin:
                     return base(b, h, q_idx, kv_idx) & (kv_idx <= q_idx)
             else:
                 mask = base
-            return create_block_mask(mask, B=None, H=self.heads if self.per_head() else None,
+            return create_block_mask(mask, B=None, H=self.heads if self.per_head else None,
                                      Q_LEN=n, KV_LEN=n, device=device, BLOCK_SIZE=TILE)
 
         return self._cached(("flex", n, device), make)
@@ -78,7 +82,7 @@ class _FlexMixin:
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         n = q.shape[-2]
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad \
-                and os.environ.get("ATTNBENCH_FLEX_EAGER") != "1":
+                and not _eager():
             raise NotImplementedError("FlexAttention has no backward on CPU in PyTorch; "
                                       "time the flex variants' backward passes on CUDA")
         mask = self.block_mask(n, q.device)
@@ -98,11 +102,10 @@ class FlexLocalAttention(_FlexMixin, LocalAttention):
 class FlexStridedAttention(_FlexMixin, StridedAttention):
     """``strided``'s local and strided heads as one FlexAttention block mask."""
 
-    def per_head(self) -> bool:
-        return True
+    per_head = True
 
     def mask_mod(self, n: int, device: torch.device) -> Callable:
-        stride = min(self.stride if self.stride is not None else ceil_sqrt(n), n)
+        stride = self._stride(n)
         n_local = self.local_heads
 
         def mask(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
@@ -125,8 +128,7 @@ class FlexLongformerAttention(_FlexMixin, LongformerAttention):
 class FlexBigBirdAttention(_FlexMixin, BigBirdAttention):
     """``bigbird``'s sliding, global and seeded random blocks as a FlexAttention block mask."""
 
-    def per_head(self) -> bool:
-        return True
+    per_head = True
 
     def mask_mod(self, n: int, device: torch.device) -> Callable:
         n_blocks = -(-n // self.block)

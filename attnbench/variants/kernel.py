@@ -35,22 +35,18 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.layer import AttentionCore, in_head_groups, matmul_flops, softmax_flops
+from attnbench.variants.layer import (
+    AttentionCore,
+    acc_dtype,
+    check_int,
+    in_head_groups,
+    matmul_flops,
+    softmax_flops,
+)
 from attnbench.variants.registry import register
 
 #: added to the normaliser φ(q)ᵀz; for Performer in units of the stabilised features.
 DEFAULT_EPS = 1e-6
-
-
-def _positive_int(variant: str, name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{variant} {name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sums over N of half-precision features lose digits: accumulate in float32 at least."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _with_ones(v: torch.Tensor) -> torch.Tensor:
@@ -246,14 +242,14 @@ class LinearAttention(AttentionCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  chunk: int = 64) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.chunk = _positive_int("linear", "chunk", chunk)
+        self.chunk = check_int("linear chunk", chunk)
         self.eps = DEFAULT_EPS
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return elu_feature_map(x)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        dt = _compute_dtype(q.dtype)
+        dt = acc_dtype(q.dtype)
         out = kernel_attention(self.feature_map(q.to(dt)), self.feature_map(k.to(dt)), v.to(dt),
                                causal=self.causal, chunk=self.chunk, eps=self.eps)
         return out.to(v.dtype)
@@ -313,11 +309,9 @@ class PerformerAttention(AttentionCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  features: int = 256, chunk: int = 64, seed: int = 0) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.features = _positive_int("performer", "features", features)
-        self.chunk = _positive_int("performer", "chunk", chunk)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"performer seed must be an integer, got {seed!r}")
-        self.seed = seed
+        self.features = check_int("performer features", features)
+        self.chunk = check_int("performer chunk", chunk)
+        self.seed = check_int("performer seed", seed, None)
         self.eps = DEFAULT_EPS
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("projection", orthogonal_gaussian_matrix(features, head_dim, generator))
@@ -340,7 +334,7 @@ class PerformerAttention(AttentionCore):
         return in_head_groups(lambda q, k, v, _: self._attend(q, k, v), q, k, v, self.features)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        in_dtype, dt = v.dtype, _compute_dtype(q.dtype)
+        in_dtype, dt = v.dtype, acc_dtype(q.dtype)
         q, k, v = q.to(dt), k.to(dt), v.to(dt)
         log_norm = 0.5 * math.log(self.features)  # the m^-1/2 factor, inside the exp
 

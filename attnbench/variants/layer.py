@@ -47,11 +47,35 @@ def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
     return matmul_flops(tokens, d_out, d_in)
 
 
+def attend_flops(rows: int, keys: int, d: int) -> int:
+    """Scores, softmax and weighted sum for ``rows`` queries against ``keys`` keys each."""
+    return matmul_flops(rows, keys, d) + softmax_flops(rows * keys) + matmul_flops(rows, d, keys)
+
+
+def check_int(label: str, value: object, minimum: int | None = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum`` (None: any),
+    else a ValueError naming ``label`` (e.g. "local window")."""
+    if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+        what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{label} must be {what}, got {value!r}")
+    return value
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 at least: softmax normalisers and sums over N lose digits in half precision."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def pad_seq(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad the sequence dim (-2) of (..., N, d) up to ``length``."""
+    return t if t.shape[-2] >= length else torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[-2]))
+
+
 def check_dims(dim: int, heads: int, seq_len: int) -> int:
     """Validate the common layer arguments and return head_dim."""
     for name, value in (("dim", dim), ("heads", heads), ("seq_len", seq_len)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
     if dim % heads:
         raise ValueError(f"heads ({heads}) must divide dim ({dim})")
     return dim // heads

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.variants.layer import AttentionCore, matmul_flops, softmax_flops
+from attnbench.variants.layer import (
+    AttentionCore,
+    acc_dtype,
+    attend_flops,
+    check_int,
+    matmul_flops,
+    softmax_flops,
+)
 from attnbench.variants.registry import register
 
 
@@ -17,8 +24,7 @@ class LinformerAttention(AttentionCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  k: int = 256) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        if not isinstance(k, int) or k <= 0:
-            raise ValueError(f"linformer k must be a positive integer, got {k!r}")
+        check_int("linformer k", k)
         self.k = k
         std = k ** -0.5
         self.proj_k = nn.Parameter(torch.randn(k, seq_len) * std)
@@ -32,13 +38,13 @@ class LinformerAttention(AttentionCore):
         keys = torch.einsum("kn,bhnd->bhkd", self.proj_k, k)
         values = torch.einsum("kn,bhnd->bhkd", self.proj_v, v)
         scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale
-        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        probs = torch.softmax(scores, dim=-1, dtype=acc_dtype(scores.dtype))
         return torch.matmul(probs.to(v.dtype), values)
 
     def flops(self, batch: int, seq_len: int) -> int:
         bh, n, d, k = batch * self.heads, seq_len, self.head_dim, self.k
         project = 2 * bh * matmul_flops(k, d, n)
-        attend = bh * (matmul_flops(n, k, d) + matmul_flops(n, d, k)) + softmax_flops(bh * n * k)
+        attend = bh * attend_flops(n, k, d)
         return project + attend
 
 
@@ -99,10 +105,8 @@ class NystromAttention(AttentionCore):
         super().__init__(heads, head_dim, seq_len, causal)
         if causal:
             raise ValueError("nystrom does not support causal attention (the landmarks mix all positions)")
-        if not isinstance(landmarks, int) or isinstance(landmarks, bool) or landmarks <= 0:
-            raise ValueError(f"nystrom landmarks must be a positive integer, got {landmarks!r}")
-        if not isinstance(pinv_iters, int) or isinstance(pinv_iters, bool) or pinv_iters < 0:
-            raise ValueError(f"nystrom pinv_iters must be a non-negative integer, got {pinv_iters!r}")
+        check_int("nystrom landmarks", landmarks)
+        check_int("nystrom pinv_iters", pinv_iters, 0)
         if not isinstance(conv, int) or isinstance(conv, bool) or conv < 0 or (conv and conv % 2 == 0):
             raise ValueError(f"nystrom conv must be 0 (no residual) or a positive odd kernel size, got {conv!r}")
         self.landmarks = landmarks
@@ -117,7 +121,7 @@ class NystromAttention(AttentionCore):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         m = min(self.landmarks, k.shape[-2])
-        acc = torch.promote_types(q.dtype, torch.float32)  # softmax and pinv precision
+        acc = acc_dtype(q.dtype)  # softmax and pinv precision
         q_land, k_land = segment_means(q, m), segment_means(k, m)
         # The scale s goes on the m×d landmarks, never on an N-sized tensor.
         q_land_s, k_land_s = q_land * self.scale, k_land * self.scale

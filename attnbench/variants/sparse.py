@@ -29,31 +29,17 @@ import torch.nn.functional as F
 
 from attnbench.variants.layer import (
     AttentionCore,
+    acc_dtype,
+    attend_flops,
+    check_int,
     cpu_slices,
     in_head_groups,
-    matmul_flops,
-    softmax_flops,
+    pad_seq,
     split_by,
 )
 from attnbench.variants.registry import ceil_sqrt, register
 
 Tensor = torch.Tensor
-
-
-def _check_int(variant: str, name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{variant} {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _attend_flops(rows: int, keys: int, d: int) -> int:
-    """Scores, softmax and weighted sum for ``rows`` queries against ``keys`` keys each."""
-    return matmul_flops(rows, keys, d) + softmax_flops(rows * keys) + matmul_flops(rows, d, keys)
-
-
-def _pad_to(t: Tensor, length: int) -> Tensor:
-    """Zero-pad the sequence dim (-2) of (..., N, d) up to ``length``."""
-    return t if t.shape[-2] == length else F.pad(t, (0, 0, 0, length - t.shape[-2]))
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
@@ -69,7 +55,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
         with torch.no_grad():  # matmul's backward does not need its output: safe in place
             scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
     # Normalise in float32 at least: half-precision exp sums lose digits.
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    probs = torch.softmax(scores, dim=-1, dtype=acc_dtype(scores.dtype))
     return torch.matmul(probs.to(v.dtype), v)
 
 
@@ -149,7 +135,7 @@ def _band_heads(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, block: int, n_
         return t.unfold(-2, width, block).transpose(-1, -2)
 
     keys, values = windows(k), windows(v)
-    queries = _pad_to(q, n_blocks * block).view(b, h, n_blocks, block, d)
+    queries = pad_seq(q, n_blocks * block).view(b, h, n_blocks, block, d)
 
     def run(qs: Tensor, ks: Tensor, vs: Tensor, r: slice) -> Tensor:  # the query blocks r
         if n_global:  # every block also sees the global tokens: extra columns, same softmax
@@ -172,7 +158,7 @@ def _band_flops(batch_heads: int, n: int, block: int, lo: int, hi: int, d: int,
                 n_global: int = 0) -> int:
     n_blocks, back, ahead = _band_geometry(n, block, lo, hi)
     keys = (back + 1 + ahead) * block + n_global
-    return batch_heads * _attend_flops(n_blocks * block, keys, d)
+    return batch_heads * attend_flops(n_blocks * block, keys, d)
 
 
 # --------------------------------------------------------------------------- variants
@@ -186,7 +172,7 @@ class LocalAttention(_SparseCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 256) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.window = _check_int("local", "window", window, 1)
+        self.window = check_int("local window", window)
 
     def _geometry(self, n: int) -> tuple[int, int, int]:
         return min(self.window, n), self.window, 0 if self.causal else self.window
@@ -218,7 +204,7 @@ class StridedAttention(_SparseCore):
                  stride: int | None = None) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         if stride is not None:
-            _check_int("strided", "stride", stride, 1)
+            check_int("strided stride", stride)
         self.stride = stride
         self.local_heads = heads - heads // 2
 
@@ -252,7 +238,7 @@ class StridedAttention(_SparseCore):
         groups = -(-n // stride)
 
         def regroup(t: Tensor) -> Tensor:  # (B, h, N, d) -> (B, h, l, N/l, d), one residue per row
-            return _pad_to(t, groups * stride).view(b, h, groups, stride, d).transpose(2, 3)
+            return pad_seq(t, groups * stride).view(b, h, groups, stride, d).transpose(2, 3)
 
         out = _attend(regroup(q), regroup(k), regroup(v), blocked)
         return out.transpose(2, 3).reshape(b, h, groups * stride, d)[:, :, :n]
@@ -273,7 +259,7 @@ class StridedAttention(_SparseCore):
         strided_heads = self.heads - self.local_heads
         return (_band_flops(batch * self.local_heads, seq_len, *self._local_geometry(seq_len),
                             self.head_dim)
-                + batch * strided_heads * stride * _attend_flops(groups, groups, self.head_dim))
+                + batch * strided_heads * stride * attend_flops(groups, groups, self.head_dim))
 
 
 @register("longformer", family="sparse", paper="2004.05150", complexity="O(N·(w+g)·d)", causal=True)
@@ -290,8 +276,8 @@ class LongformerAttention(_SparseCore):
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 512, global_tokens: int = 1) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.window = _check_int("longformer", "window", window, 1)
-        self.global_tokens = _check_int("longformer", "global_tokens", global_tokens, 0)
+        self.window = check_int("longformer window", window)
+        self.global_tokens = check_int("longformer global_tokens", global_tokens, 0)
 
     def _geometry(self, n: int) -> tuple[int, int, int]:
         half = self.window // 2
@@ -315,7 +301,7 @@ class LongformerAttention(_SparseCore):
         g = min(self.global_tokens, seq_len)
         bh = batch * self.heads
         return (_band_flops(bh, seq_len, *self._geometry(seq_len), self.head_dim, n_global=g)
-                + bh * _attend_flops(g, seq_len, self.head_dim))
+                + bh * attend_flops(g, seq_len, self.head_dim))
 
 
 @register("bigbird", family="sparse", paper="2007.14062", complexity="O(N·b·(5+r)·d)", causal=False)
@@ -336,11 +322,9 @@ class BigBirdAttention(_SparseCore):
         super().__init__(heads, head_dim, seq_len, causal)
         if causal:
             raise ValueError("bigbird does not support causal attention")
-        self.block = _check_int("bigbird", "block", block, 1)
-        self.random_blocks = _check_int("bigbird", "random_blocks", random_blocks, 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"bigbird seed must be an integer, got {seed!r}")
-        self.seed = seed
+        self.block = check_int("bigbird block", block)
+        self.random_blocks = check_int("bigbird random_blocks", random_blocks, 0)
+        self.seed = check_int("bigbird seed", seed, None)
 
     def is_full(self, n: int) -> bool:
         return n <= (5 + 2 * self.random_blocks) * self.block
@@ -387,8 +371,8 @@ class BigBirdAttention(_SparseCore):
         b, h, n, d = q.shape
         blk = self.block
         n_blocks = -(-n // blk)
-        queries = _pad_to(q, n_blocks * blk).view(b, h, n_blocks, blk, d)
-        k_blocks, v_blocks = (_pad_to(t, n_blocks * blk).reshape(b, h * n_blocks, blk * d) for t in (k, v))
+        queries = pad_seq(q, n_blocks * blk).view(b, h, n_blocks, blk, d)
+        k_blocks, v_blocks = (pad_seq(t, n_blocks * blk).reshape(b, h * n_blocks, blk * d) for t in (k, v))
         head_base = torch.arange(h, device=idx.device)[:, None, None] * n_blocks
 
         first, middle_q, last = queries.split([1, n_blocks - 2, 1], dim=2)
@@ -413,7 +397,7 @@ class BigBirdAttention(_SparseCore):
     def flops(self, batch: int, seq_len: int) -> int:
         bh, d, blk = batch * self.heads, self.head_dim, self.block
         if self.is_full(seq_len):
-            return bh * _attend_flops(seq_len, seq_len, d)
+            return bh * attend_flops(seq_len, seq_len, d)
         n_blocks = -(-seq_len // blk)
         keys = (5 + self.random_blocks) * blk
-        return bh * (_attend_flops((n_blocks - 2) * blk, keys, d) + _attend_flops(2 * blk, seq_len, d))
+        return bh * (attend_flops((n_blocks - 2) * blk, keys, d) + attend_flops(2 * blk, seq_len, d))

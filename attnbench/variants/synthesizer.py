@@ -22,7 +22,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.variants.layer import AttentionLayer, causal_mask, linear_flops, matmul_flops, softmax_flops
+from attnbench.variants.layer import (
+    AttentionLayer,
+    acc_dtype,
+    causal_mask,
+    check_int,
+    linear_flops,
+    matmul_flops,
+    softmax_flops,
+)
 from attnbench.variants.registry import register
 
 MODES = ("dense", "random", "factorized")
@@ -38,8 +46,7 @@ class Synthesizer(AttentionLayer):
         super().__init__(dim, heads, seq_len, causal)
         if mode not in MODES:
             raise ValueError(f"synthesizer mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"synthesizer k must be a positive integer, got {k!r}")
+        check_int("synthesizer k", k)
         self.mode = mode
         self.k = k  # used by mode "factorized" only
         n, d = seq_len, self.head_dim
@@ -73,7 +80,7 @@ class Synthesizer(AttentionLayer):
         logits = self.logits(x)
         if self.causal:
             logits = logits.masked_fill(~causal_mask(n, n, device=x.device), float("-inf"))
-        probs = torch.softmax(logits, dim=-1, dtype=torch.promote_types(x.dtype, torch.float32))
+        probs = torch.softmax(logits, dim=-1, dtype=acc_dtype(x.dtype))
         v = self.split_heads(self.to_v(x))
         return self.out(self.merge_heads(torch.matmul(probs.to(v.dtype), v)))
 
