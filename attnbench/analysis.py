@@ -359,15 +359,17 @@ def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name
 
 
 def published_correlation(frame: pd.DataFrame, table: PublishedTable, seq_len: int | None = 4096,
-                          pass_name: str | None = None) -> Agreement | None:
+                          pass_name: str | None = None, both: pd.DataFrame | None = None) -> Agreement | None:
     """Spearman rank correlation between the measured speed-ups (against the run's
     variant that maps to the table's baseline model) and the table's relative
     speeds, over the models both have, at ``seq_len`` (4096 by default; the
     largest N both have when that one is missing). None when fewer than two
-    models can be paired."""
+    models can be paired. ``both``: ``published_side_by_side(frame, table, pass_name)``
+    when the caller already has it."""
     pass_name = pass_name or table.pass_name
-    both = published_side_by_side(frame, table, pass_name).dropna(subset=["measured_speedup",
-                                                                          "published_speedup"])
+    if both is None:
+        both = published_side_by_side(frame, table, pass_name)
+    both = both.dropna(subset=["measured_speedup", "published_speedup"])
     if both.empty:
         return None
     ns = sorted(set(both["seq_len"]))

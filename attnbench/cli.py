@@ -64,7 +64,7 @@ def _report_json(run_dir: Path) -> None:
         run_data = load_run(run_dir)
         frame = run_data.frame()
     _warn(run_data.warnings)
-    _print_json({"run_id": run_data.meta.get("run_id", Path(run_dir).name), "run_dir": str(run_dir),
+    _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
                  "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
                  "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS)})
 
@@ -84,7 +84,7 @@ def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) ->
         if pass_name:
             data = data[data["pass"] == pass_name]
     _warn(run_data.warnings)
-    _print_json({"run_id": run_data.meta.get("run_id", Path(run_dir).name), "run_dir": str(run_dir),
+    _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
                  "baseline": base, "passes": list(dict.fromkeys(data["pass"])),
                  "rows": frame_records(data, COMPARE_JSON_COLUMNS)})
 
@@ -175,7 +175,7 @@ def report(
                     out.print(table)
         from attnbench.report import markdown_report, report_sections, write_text
 
-        for item in report_sections(run_data, base):  # scaling, crossovers, published table
+        for item in report_sections(run_data, base, frame):  # scaling, crossovers, published table
             out.print(item)
         failed = failures_table(frame)
         if failed is not None:
@@ -194,7 +194,7 @@ def report(
                 import os
 
                 link = os.path.relpath(plot.resolve(), markdown.resolve().parent)
-            write_text(markdown, markdown_report(run_data, base, plot=link))
+            write_text(markdown, markdown_report(run_data, base, plot=link, frame=frame))
             err.print(f"wrote {markdown}", highlight=False)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 from rich.table import Table
 
 from attnbench.analysis import SETTING, describe_setting, label_order, settings_groups, table_groups, with_baseline
+from attnbench.suite import PASSES
 
 STATUS_SHORT = {"oom": "OOM", "timeout": "timeout", "crashed": "crashed", "error": "error", "skipped": "skipped"}
 NOISY_MARK = "~"
@@ -51,8 +52,7 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
     tables = []
     for setting, group in settings_groups(frame):
         lookup = _lookup(group)
-        passes = [p for p in ("forward", "backward", "forward_backward") if p in set(group["pass"])]
-        shown = [p for p in passes if p != "backward"] or passes
+        shown = measured_passes(group)
         ns = sorted(set(group["seq_len"]))
         table = Table(title=f"{title}{describe_setting(setting)}",
                       caption=f"median ms ({' / '.join(PASS_SHORT[p] for p in shown)}) · peak MiB; "
@@ -94,7 +94,21 @@ def relative_cell(row: pd.Series | None, kind: str) -> str:
         ratio = row.get("mem_ratio")
     if ratio is None or pd.isna(ratio):
         return value + noisy
-    return f"{value}{noisy} ({ratio:.2f}x)" if ratio < 10 else f"{value}{noisy} ({ratio:.1f}x)"
+    return f"{value}{noisy} ({_ratio(ratio)})"
+
+
+RELATIVE_KINDS = (("speed", "steps/s (speed-up)"), ("memory", "peak MiB (ratio)"))
+
+
+def relative_rows(data: pd.DataFrame, pass_name: str, kind: str):  # noqa: ANN201 - a generator
+    """Per setting and head count of ``data`` (already ``with_baseline``):
+    (setting, heads, ns, rows of [label, cell per N])."""
+    for setting, heads, sub in table_groups(data):
+        lookup = _lookup(sub)
+        ns = sorted(set(sub["seq_len"]))
+        rows = [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
+                for label in label_order(sub)]
+        yield setting, heads, ns, rows
 
 
 def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str) -> list[Table]:
@@ -102,33 +116,41 @@ def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str) -> lis
     setting and head count: rows variants, columns N."""
     tables = []
     data = with_baseline(frame[frame["pass"] == pass_name], baseline)
-    for setting, heads, sub in table_groups(data):
-        lookup = _lookup(sub)
-        ns = sorted(set(sub["seq_len"]))
-        for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak MiB (ratio)")):
+    by_kind = {kind: list(relative_rows(data, pass_name, kind)) for kind, _ in RELATIVE_KINDS}
+    for i in range(len(by_kind["speed"])):
+        for kind, what in RELATIVE_KINDS:
+            setting, heads, ns, rows = by_kind[kind][i]
             table = Table(title=f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, "
                                 f"{heads} heads",
                           caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
             table.add_column("model", no_wrap=True, style="bold")
             for n in ns:
                 table.add_column(f"N={n}", justify="right")
-            for label in label_order(sub):
-                table.add_row(label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind)
-                                       for n in ns])
+            for row in rows:
+                table.add_row(*row)
             tables.append(table)
     return tables
 
 
-def failures_table(frame: pd.DataFrame) -> Table | None:
+FAILURE_COLUMNS = ("status", "variant", "N", "heads", "reason")
+
+
+def failure_rows(frame: pd.DataFrame) -> list[list[str]]:
+    """One row per case that did not succeed (FAILURE_COLUMNS)."""
     bad = frame[frame["status"] != "ok"].drop_duplicates(subset=["case_id", "status"])
-    if bad.empty:
+    return [[STATUS_SHORT.get(r.status, r.status), r.label, str(r.seq_len), str(r.heads), str(r.error or "")]
+            for r in bad.itertuples(index=False)]
+
+
+def failures_table(frame: pd.DataFrame) -> Table | None:
+    rows = failure_rows(frame)
+    if not rows:
         return None
     table = Table(title="cases that did not succeed")
-    for col in ("status", "variant", "N", "heads", "reason"):
+    for col in FAILURE_COLUMNS:
         table.add_column(col, no_wrap=col != "reason", justify="right" if col in ("N", "heads") else "left")
-    for r in bad.itertuples(index=False):
-        table.add_row(STATUS_SHORT.get(r.status, r.status), r.label, str(r.seq_len), str(r.heads),
-                      str(r.error or ""))
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -137,7 +159,7 @@ def failures_table(frame: pd.DataFrame) -> Table | None:
 def measured_passes(frame: pd.DataFrame) -> list[str]:
     """Passes shown in a report: forward and forward_backward (the papers' inference
     and training), or whatever the run measured when it has neither."""
-    present = [p for p in ("forward", "backward", "forward_backward") if p in set(frame["pass"])]
+    present = [p for p in PASSES if p in set(frame["pass"])]
     shown = [p for p in present if p != "backward"]
     return shown or present
 
@@ -148,6 +170,9 @@ def _fmt_exp(value: float) -> str:
 
 def _fmt_r2(value: float) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.3f}"
+
+
+SCALING_COLUMNS = ("model", "heads", "N points", "time k", "R²", "k, upper half", "memory k", "R²", "crossover N")
 
 
 def scaling_table(summary: pd.DataFrame, pass_name: str, baseline: str | None) -> Table:
@@ -161,16 +186,19 @@ def scaling_table(summary: pd.DataFrame, pass_name: str, baseline: str | None) -
     multi = summary[SETTING].drop_duplicates().shape[0] > 1 if not summary.empty else False
     if multi:
         table.add_column("setting", no_wrap=True)
-    for col in ("model", "heads", "N points", "time k", "R²", "k, upper half", "memory k", "R²", "crossover N"):
+    for col in SCALING_COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "crossover N") else "right",
                          no_wrap=col == "model", style="bold" if col == "model" else None)
-    for r in summary.to_dict("records"):
-        cells = [r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]), _fmt_r2(r["time_r2"]),
-                 _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]), r["crossover"]]
-        if multi:
-            cells.insert(0, describe_setting(r))
-        table.add_row(*cells)
+    for r, cells in zip(summary.to_dict("records"), scaling_rows(summary), strict=True):
+        table.add_row(*([describe_setting(r)] if multi else []), *cells)
     return table
+
+
+def scaling_rows(summary: pd.DataFrame) -> list[list[str]]:
+    """The cells of ``analysis.scaling_summary`` per row, in SCALING_COLUMNS order."""
+    return [[r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]), _fmt_r2(r["time_r2"]),
+             _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]), r["crossover"]]
+            for r in summary.to_dict("records")]
 
 
 
@@ -179,6 +207,22 @@ def published_rows(published) -> tuple[list[str], list[int], dict[tuple[str, int
     ns = sorted(set(int(n) for n in frame["seq_len"]))
     cells = {(r["model"], int(r["seq_len"])): r for r in frame.to_dict("records")}
     return published.models(), ns, cells
+
+
+def published_cells(published) -> tuple[list[int], dict[str, list[list[str]]], list[str]]:
+    """The published table as printed: its N, rows [model, variant, cell per N] for
+    "speed" and "memory", and the footnotes."""
+    models, ns, cells = published_rows(published)
+    base_model = str(published.meta.get("baseline_model", ""))
+    rows: dict[str, list[list[str]]] = {"speed": [], "memory": []}
+    for model in models:
+        variant = next((r["variant"] for (m, _), r in cells.items() if m == model), "")
+        found = [cells.get((model, n)) for n in ns]
+        rows["speed"].append([model, variant, *[_pub_speed(r, base_model) for r in found]])
+        rows["memory"].append([model, variant, *["" if r is None or pd.isna(r.get("memory_gb"))
+                                                 else f"{r['memory_gb']:.2f}" for r in found]])
+    notes = [f"{m} at N={n}: {r['note']}" for (m, n), r in cells.items() if r.get("note")]
+    return ns, rows, notes
 
 
 def _pub_speed(r: dict | None, baseline_model: str) -> str:
@@ -196,9 +240,7 @@ def _pub_speed(r: dict | None, baseline_model: str) -> str:
 def published_tables(published) -> list[Table]:
     """The published table as printed in its paper: steps/s (relative speed) and
     peak memory, rows models (with the attnbench variant), columns N."""
-    models, ns, cells = published_rows(published)
-    base_model = str(published.meta.get("baseline_model", ""))
-    notes = [f"{m} at N={n}: {r['note']}" for (m, n), r in cells.items() if r.get("note")]
+    ns, rows, notes = published_cells(published)
     caption = published.citation + (" † " + "; ".join(notes) if notes else "")
     out = []
     for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak memory (GB)")):
@@ -208,15 +250,7 @@ def published_tables(published) -> list[Table]:
         table.add_column("variant", no_wrap=True)
         for n in ns:
             table.add_column(f"N={n}", justify="right")
-        for model in models:
-            variant = next((r["variant"] for (m, _), r in cells.items() if m == model), "")
-            row = [model, variant]
-            for n in ns:
-                r = cells.get((model, n))
-                if kind == "speed":
-                    row.append(_pub_speed(r, base_model))
-                else:
-                    row.append("" if r is None or pd.isna(r.get("memory_gb")) else f"{r['memory_gb']:.2f}")
+        for row in rows[kind]:
             table.add_row(*row)
         out.append(table)
     return out
@@ -273,13 +307,13 @@ def agreement_text(agreement) -> str:
             f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
 
 
-def report_sections(run, baseline: str | None) -> list:
+def report_sections(run, baseline: str | None, frame: pd.DataFrame | None = None) -> list:
     """Everything ``attnbench report`` prints after the run and comparison tables:
     per pass the scaling exponents and crossovers; the published table (when the
     suite names one) with the rank correlation of relative speeds."""
     from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
 
-    frame = run.frame()
+    frame = run.frame() if frame is None else frame
     out: list = []
     if frame.empty:
         return out
@@ -292,9 +326,10 @@ def report_sections(run, baseline: str | None) -> list:
         except ValueError as exc:
             out.append(f"[yellow]warning:[/] {exc}")
             return out
+        both = published_side_by_side(frame, published)
         out.extend(published_tables(published))
-        out.extend(side_by_side_tables(published_side_by_side(frame, published), published))
-        out.append(agreement_text(published_correlation(frame, published)))
+        out.extend(side_by_side_tables(both, published))
+        out.append(agreement_text(published_correlation(frame, published, both=both)))
     return out
 
 
@@ -314,12 +349,8 @@ def md_table(header: list[str], rows: list[list[str]], align: list[str] | None =
 
 def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str, kind: str) -> list[str]:
     parts = []
-    for setting, heads, sub in table_groups(data):
-        lookup = _lookup(sub)
-        ns = sorted(set(sub["seq_len"]))
-        rows = [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
-                for label in label_order(sub)]
-        what = "steps/s (speed-up)" if kind == "speed" else "peak MiB (ratio)"
+    what = dict(RELATIVE_KINDS)[kind]
+    for setting, heads, ns, rows in relative_rows(data, pass_name, kind):
         parts.append(f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
                      + md_table(["model", *[f"N={n}" for n in ns]], rows))
     return parts
@@ -337,26 +368,24 @@ def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
                 r = lookup.get((label, heads, n, pass_name))
                 if r is None:
                     cells.append("")
-                elif r["status"] != "ok":
-                    cells.append(STATUS_SHORT.get(r["status"], r["status"]))
-                else:
-                    iqr = r["iqr_ms"]
-                    cells.append(f"{_cell_time(r)} ± {fmt_ms(iqr / 2)}" if iqr and not pd.isna(iqr)
-                                 else _cell_time(r))
+                    continue
+                iqr = r["iqr_ms"] if r["status"] == "ok" else None
+                cells.append(f"{_cell_time(r)} ± {fmt_ms(iqr / 2)}" if iqr and not pd.isna(iqr)
+                             else _cell_time(r))
             rows.append([label, *cells])
         parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
                      + md_table(["model", *[f"N={n}" for n in ns]], rows))
     return parts
 
 
-def markdown_report(run, baseline: str | None, plot: str | None = None) -> str:
+def markdown_report(run, baseline: str | None, plot: str | None = None, frame: pd.DataFrame | None = None) -> str:
     """The whole report as a markdown document: run metadata, per pass the
     medians, the LRA-style speed and memory tables against the baseline and the
     scaling exponents with crossovers; the published table beside them with the
     rank correlation; the cases that failed."""
     from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
 
-    frame = run.frame()
+    frame = run.frame() if frame is None else frame
     meta = run.meta
     env = meta.get("environment") or {}
     lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", ""]
@@ -384,15 +413,10 @@ def markdown_report(run, baseline: str | None, plot: str | None = None) -> str:
             for kind in ("speed", "memory"):
                 for part in _relative_md(rel, baseline, pass_name, kind):
                     lines += [part, ""]
-        summary = scaling_summary(frame, baseline, pass_name)
-        rows = [[r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]),
-                 _fmt_r2(r["time_r2"]), _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]),
-                 _fmt_r2(r["mem_r2"]), r["crossover"]]
-                for r in summary.to_dict("records")]
+        rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
         lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log; "
                   "k, upper half: fitted on the larger half of the N only)", "",
-                  md_table(["model", "heads", "N points", "time k", "R²", "k, upper half", "memory k", "R²",
-                            "crossover N"], rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
+                  md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
     name = meta.get("published")
     if name:
         try:
@@ -409,13 +433,11 @@ def markdown_report(run, baseline: str | None, plot: str | None = None) -> str:
                 lines += [f"**{what}, measured / published ({published.pass_name}), against "
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [agreement_text(published_correlation(frame, published)), ""]
-    bad = frame[frame["status"] != "ok"].drop_duplicates(subset=["case_id", "status"])
-    if not bad.empty:
-        rows = [[STATUS_SHORT.get(r.status, r.status), r.label, str(r.seq_len), str(r.heads), str(r.error or "")]
-                for r in bad.itertuples(index=False)]
+            lines += [agreement_text(published_correlation(frame, published, both=both)), ""]
+    failed = failure_rows(frame)
+    if failed:
         lines += ["## cases that did not succeed", "",
-                  md_table(["status", "variant", "N", "heads", "reason"], rows, ["l", "l", "r", "r", "l"]), ""]
+                  md_table(list(FAILURE_COLUMNS), failed, ["l", "l", "r", "r", "l"]), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -428,17 +450,11 @@ def _gpus(gpus) -> str | None:
 
 
 def _published_md(published) -> list[str]:
-    models, ns, cells = published_rows(published)
-    base_model = str(published.meta.get("baseline_model", ""))
+    ns, rows, notes = published_cells(published)
     header = ["model", "variant", *[f"N={n}" for n in ns]]
     align = ["l", "l"] + ["r"] * len(ns)
-    speed, memory = [], []
-    for model in models:
-        variant = next((r["variant"] for (m, _), r in cells.items() if m == model), "")
-        speed.append([model, variant, *[_pub_speed(cells.get((model, n)), base_model) for n in ns]])
-        memory.append([model, variant, *["" if cells.get((model, n)) is None else
-                                         f"{cells[(model, n)]['memory_gb']:.2f}" for n in ns]])
-    notes = [f"† {m} at N={n}: {r['note']}" for (m, n), r in cells.items() if r.get("note")]
+    speed, memory = rows["speed"], rows["memory"]
+    notes = [f"† {note}" for note in notes]
     out = [f"## published: {published.title}", "", f"Source: {published.citation} {published.meta.get('url', '')}",
            "", f"Setting: {' '.join(str(published.meta.get('setting', '')).split())}", "",
            f"**steps/s (speed-up), {published.pass_name}**", "", md_table(header, speed, align), "",
