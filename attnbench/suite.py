@@ -430,12 +430,8 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     if not isinstance(description, str):
         v.fail("must be a string", key="description", line=v.line_of(raw, "description"))
 
-    if quick and raw.get("quick") is not None:
-        quick_raw = v.mapping(raw["quick"], "quick", raw, ("defaults", "grid", "timing", "limits"))
-    else:
-        if raw.get("quick") is not None:
-            v.mapping(raw["quick"], "quick", raw, ("defaults", "grid", "timing", "limits"))
-        quick_raw = {}
+    checked_quick = v.mapping(raw.get("quick"), "quick", raw, ("defaults", "grid", "timing", "limits"))
+    quick_raw = checked_quick if quick else {}
 
     def section(key: str, allowed: tuple[str, ...]) -> list[dict]:
         parts = [v.mapping(raw.get(key), key, raw, allowed)]
