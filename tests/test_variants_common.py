@@ -165,3 +165,41 @@ def test_in_head_groups_splits_by_the_workspace_budget(monkeypatch):
     meta = torch.empty(2, 8, 16, 4, device="meta")
     layer_mod.in_head_groups(fn, meta, meta, meta, 10)
     assert calls == [(2, slice(0, 8))]  # not CPU: never split
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("used", ["all", "first"])
+def test_split_projection_gradients_equal_the_plain_views(parts, used):
+    # split_projection's backward writes the parts' gradients into one buffer;
+    # autograd through the plain view/permute/unbind is the reference.
+    from attnbench.variants import layer as layer_mod
+
+    g = torch.Generator().manual_seed(0)
+    fused = torch.randn(2, 11, parts * 3 * 4, generator=g, dtype=torch.float64, requires_grad=True)
+    ups = [torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64) for _ in range(parts)]
+
+    def grad_of(split):
+        views = split(fused, parts, 3)
+        assert all(t.shape == (2, 3, 11, 4) for t in views)
+        taken = views if used == "all" else views[:1]  # unused parts: a None gradient
+        loss = sum((t * up).sum() for t, up in zip(taken, ups, strict=False))
+        return torch.autograd.grad(loss, fused)[0]
+
+    torch.testing.assert_close(grad_of(layer_mod.split_projection), grad_of(layer_mod._split_views),
+                               rtol=0, atol=0)
+
+
+def test_split_projection_passes_a_gradient_already_in_the_fused_layout_without_a_copy():
+    from attnbench.variants import layer as layer_mod
+
+    b, n, h, d = 2, 5, 3, 4
+    buffer = torch.randn(b, n, 3, h, d)
+    in_layout = tuple(s.transpose(1, 2) for s in buffer.unbind(2))  # (B, H, N, d) views
+    whole = layer_mod._fused_layout(in_layout)
+    assert whole is not None and whole.data_ptr() == buffer.data_ptr()
+    assert torch.equal(whole, buffer.view(b, n, 3 * h * d))
+    # Anything else is copied: other strides, other storage, a missing part, the wrong order.
+    assert layer_mod._fused_layout(tuple(t.contiguous() for t in in_layout)) is None
+    assert layer_mod._fused_layout((in_layout[0], in_layout[1], in_layout[2].clone())) is None
+    assert layer_mod._fused_layout((in_layout[0], None, in_layout[2])) is None
+    assert layer_mod._fused_layout((in_layout[1], in_layout[0], in_layout[2])) is None
