@@ -205,6 +205,61 @@ def test_linear_gradients_match_the_quadratic_form(causal):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+def _unfolded(monkeypatch):
+    """Make linear's layer run the core and then the output projection, as every other
+    core does (the reference for the folded form)."""
+    from attnbench.variants.kernel import LinearAttention
+    from attnbench.variants.layer import AttentionCore
+    monkeypatch.setattr(LinearAttention, "attend_projected", AttentionCore.attend_projected)
+
+
+@pytest.mark.parametrize("batch, n, heads, head_dim", [(2, 37, 3, 8), (1, 64, 4, 5)])
+def test_linear_layer_with_the_folded_output_projection_equals_core_then_projection(
+        batch, n, heads, head_dim, monkeypatch):
+    torch.manual_seed(0)
+    layer = attnbench.build("linear", dim=heads * head_dim, heads=heads, seq_len=n).to(F64)
+    x = torch.randn(batch, n, heads * head_dim, dtype=F64, requires_grad=True)
+    up = torch.randn(batch, n, heads * head_dim, dtype=F64)
+
+    def run():
+        x.grad = None
+        layer.zero_grad()
+        y = layer(x)
+        y.backward(up)
+        return y.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()], y.grad_fn
+
+    folded = run()
+    assert "Folded" in type(folded[3]).__name__  # the folded form ran
+    _unfolded(monkeypatch)
+    plain = run()
+    assert "Folded" not in type(plain[3]).__name__
+    torch.testing.assert_close(folded[0], plain[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(folded[1], plain[1], rtol=1e-9, atol=1e-11)
+    for a, b in zip(folded[2], plain[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_linear_attention_gradcheck(bias):
+    from attnbench.variants.kernel import _FoldedLinearAttention
+
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 7, 3, generator=g, dtype=F64, requires_grad=True) for _ in range(3))
+    weight = torch.randn(5, 6, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=F64, requires_grad=True) if bias else None
+    inputs = (q, k, v, weight) + ((b,) if bias else ())
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, w, *rest: _FoldedLinearAttention.apply(q, k, v, w, rest[0] if rest else None, 1e-3),
+        inputs)
+
+
+@pytest.mark.parametrize("causal, dtype", [(True, torch.float32), (False, torch.bfloat16)])
+def test_linear_folds_only_non_causal_full_precision(causal, dtype):
+    layer = attnbench.build("linear", dim=16, heads=2, seq_len=32, causal=causal).to(dtype)
+    y = layer(torch.randn(1, 32, 16, dtype=dtype, requires_grad=True))
+    assert "Folded" not in type(y.grad_fn).__name__
+
+
 # ---------------------------------------------------------------- performer
 
 @pytest.mark.parametrize("causal", [False, True])
