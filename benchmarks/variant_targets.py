@@ -82,8 +82,10 @@ def main() -> None:
             name, params = BUILD.get(label, (label, {}))
             layers[label] = attnbench.build(name, dim=512, heads=8, seq_len=n, **params)
         if peer_makers is not None:
+            # Only the peers of the chosen variants: every other layer in the rounds
+            # would churn the allocator for the layers compared.
             for peer, make in {**peer_makers(512, 8, n), **extra_peers(512, 8)}.items():
-                if peer in PEERS or peer == "torch.sdpa":
+                if PEERS.get(peer) in layers or (peer == "torch.sdpa" and "softmax" in layers):
                     layers[peer] = make()
         x = torch.randn(1, n, 512)
         xg = x.clone().requires_grad_()

@@ -206,15 +206,15 @@ def test_linear_gradients_match_the_quadratic_form(causal):
 
 
 def _unfolded(monkeypatch):
-    """Make linear's layer run the core and then the output projection, as every other
-    core does (the reference for the folded form)."""
+    """Make linear's layer project, run the core and project again, as every other core
+    does (the reference for the folded form)."""
     from attnbench.variants.kernel import LinearAttention
     from attnbench.variants.layer import AttentionCore
-    monkeypatch.setattr(LinearAttention, "attend_projected", AttentionCore.attend_projected)
+    monkeypatch.setattr(LinearAttention, "whole_layer", AttentionCore.whole_layer)
 
 
 @pytest.mark.parametrize("batch, n, heads, head_dim", [(2, 37, 3, 8), (1, 64, 4, 5)])
-def test_linear_layer_with_the_folded_output_projection_equals_core_then_projection(
+def test_linear_layer_with_the_projections_folded_equals_projections_and_core(
         batch, n, heads, head_dim, monkeypatch):
     torch.manual_seed(0)
     layer = attnbench.build("linear", dim=heads * head_dim, heads=heads, seq_len=n).to(F64)
@@ -229,10 +229,10 @@ def test_linear_layer_with_the_folded_output_projection_equals_core_then_project
         return y.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()], y.grad_fn
 
     folded = run()
-    assert "Folded" in type(folded[3]).__name__  # the folded form ran
+    assert "LinearAttentionLayer" in type(folded[3]).__name__  # the folded form ran
     _unfolded(monkeypatch)
     plain = run()
-    assert "Folded" not in type(plain[3]).__name__
+    assert "LinearAttentionLayer" not in type(plain[3]).__name__
     torch.testing.assert_close(folded[0], plain[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(folded[1], plain[1], rtol=1e-9, atol=1e-11)
     for a, b in zip(folded[2], plain[2], strict=True):
@@ -240,16 +240,18 @@ def test_linear_layer_with_the_folded_output_projection_equals_core_then_project
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_folded_linear_attention_gradcheck(bias):
-    from attnbench.variants.kernel import _FoldedLinearAttention
+def test_folded_linear_attention_layer_gradcheck(bias):
+    from attnbench.variants.kernel import _LinearAttentionLayer
 
     g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(2, 2, 7, 3, generator=g, dtype=F64, requires_grad=True) for _ in range(3))
-    weight = torch.randn(5, 6, generator=g, dtype=F64, requires_grad=True)
-    b = torch.randn(5, generator=g, dtype=F64, requires_grad=True) if bias else None
-    inputs = (q, k, v, weight) + ((b,) if bias else ())
+    heads, head_dim, dim, dim_out = 2, 3, 4, 5
+    x = torch.randn(2, 7, dim, generator=g, dtype=F64, requires_grad=True)
+    w_qkv = torch.randn(3 * heads * head_dim, dim, generator=g, dtype=F64, requires_grad=True)
+    w_out = torch.randn(dim_out, heads * head_dim, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(dim_out, generator=g, dtype=F64, requires_grad=True) if bias else None
+    inputs = (x, w_qkv, w_out) + ((b,) if bias else ())
     assert torch.autograd.gradcheck(
-        lambda q, k, v, w, *rest: _FoldedLinearAttention.apply(q, k, v, w, rest[0] if rest else None, 1e-3),
+        lambda x, w, wo, *rest: _LinearAttentionLayer.apply(x, w, wo, rest[0] if rest else None, heads, 1e-3),
         inputs)
 
 
@@ -257,7 +259,7 @@ def test_folded_linear_attention_gradcheck(bias):
 def test_linear_folds_only_non_causal_full_precision(causal, dtype):
     layer = attnbench.build("linear", dim=16, heads=2, seq_len=32, causal=causal).to(dtype)
     y = layer(torch.randn(1, 32, 16, dtype=dtype, requires_grad=True))
-    assert "Folded" not in type(y.grad_fn).__name__
+    assert "LinearAttentionLayer" not in type(y.grad_fn).__name__
 
 
 # ---------------------------------------------------------------- performer

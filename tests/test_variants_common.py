@@ -188,18 +188,3 @@ def test_split_projection_gradients_equal_the_plain_views(parts, used):
     torch.testing.assert_close(grad_of(layer_mod.split_projection), grad_of(layer_mod._split_views),
                                rtol=0, atol=0)
 
-
-def test_split_projection_passes_a_gradient_already_in_the_fused_layout_without_a_copy():
-    from attnbench.variants import layer as layer_mod
-
-    b, n, h, d = 2, 5, 3, 4
-    buffer = torch.randn(b, n, 3, h, d)
-    in_layout = tuple(s.transpose(1, 2) for s in buffer.unbind(2))  # (B, H, N, d) views
-    whole = layer_mod._fused_layout(in_layout)
-    assert whole is not None and whole.data_ptr() == buffer.data_ptr()
-    assert torch.equal(whole, buffer.view(b, n, 3 * h * d))
-    # Anything else is copied: other strides, other storage, a missing part, the wrong order.
-    assert layer_mod._fused_layout(tuple(t.contiguous() for t in in_layout)) is None
-    assert layer_mod._fused_layout((in_layout[0], in_layout[1], in_layout[2].clone())) is None
-    assert layer_mod._fused_layout((in_layout[0], None, in_layout[2])) is None
-    assert layer_mod._fused_layout((in_layout[1], in_layout[0], in_layout[2])) is None

@@ -26,8 +26,8 @@ In exact arithmetic the result does not depend on c.
 :func:`recurrent_kernel_attention` is the token-by-token RNN form of the same
 computation, the reference for tests.
 
-In a layer, non-causal ``linear`` goes one reordering further and folds the output
-projection into its state (:class:`_FoldedLinearAttention`).
+In a layer, non-causal ``linear`` goes further and folds the value and output
+projections into its d×d states (:class:`_LinearAttentionLayer`).
 """
 
 from __future__ import annotations
@@ -237,81 +237,87 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x).add_(1.0)  # inference: no backward to serve, keep x's layout, no copy
 
 
-class _FoldedLinearAttention(torch.autograd.Function):
-    """Non-causal linear attention and the output projection in one, by associativity:
+class _LinearAttentionLayer(torch.autograd.Function):
+    """The whole non-causal linear-attention layer, with both projections that touch
+    the values folded into the d×d states by associativity:
 
-        out = Σ_h (φ(Q_h) S_h / den_h) W_hᵀ + b = U M + b,  U = [φ(Q_h) / den_h]_h,  M = [S_h W_hᵀ]_h
+        S_h = φ(K_h)ᵀ V_h = (φ(K)ᵀ X)_h W_v,hᵀ        (P = φ(K)ᵀ X: one product, no V)
+        out = Σ_h (φ(Q_h) S_h / den_h) W_o,hᵀ + b = U M + b,
+        U = [φ(Q_h) / den_h]_h,  M = [S_h W_o,hᵀ]_h,  den_h = φ(Q_h) z_h + eps,  z_h = Σ_j φ(k_j)
 
-    with S_h = φ(K_h)ᵀ V_h, den_h = φ(Q_h) z_h + eps, z_h = Σ_j φ(k_j) and W_h the
-    columns of W (dim_out × H·d) that head h feeds. The per-head products φ(Q_h) S_h
-    (N × d × d each) and the merge of the heads disappear; U M is one (N × H·d) by
-    (H·d × dim_out) product, exactly the size of the output projection it replaces.
-    φ(Q) and φ(K) are computed in the (B, N, H·d) layout the fused projection gives,
-    without copies, and the normaliser of every head is one product with a
-    block-diagonal (H·d × H) matrix of the z_h. Backward by hand: three N-sized
-    products per head instead of six.
+    where W_v,h are the rows of the value projection and W_o,h the columns of the
+    output projection that belong to head h. X (N × dim) is projected to Q and K only;
+    P (H·d × dim) and U M (N × H·d by H·d × dim) are products of the sizes of the value
+    and output projections they replace, and the per-head products over N
+    (φ(K_h)ᵀV_h, φ(Q_h)S_h), the value tensor and the merge of the heads disappear. The
+    normaliser of every head is one product with a block-diagonal (H·d × H) matrix of
+    the z_h. Backward by hand: only dim-sized products, none per head over N.
 
-    q, k, v: (B, H, N, d), weight: (dim_out, H·d), bias: (dim_out,) or None
-    -> (B, N, dim_out)."""
+    x: (B, N, dim); w_qkv: (3·H·d, dim), rows q, k, v; w_out: (dim_out, H·d);
+    b_out: (dim_out,) or None -> (B, N, dim_out)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-        b, h, n, d = q.shape
-        phi_q = F.elu(_token_rows(q)).add_(1.0)  # (B, N, H·d)
-        phi_k = F.elu(_token_rows(k)).add_(1.0)
-        phi_k_heads = phi_k.view(b, n, h, d).transpose(1, 2)
-        state = torch.matmul(phi_k_heads.transpose(-1, -2), v)  # S_h: (B, H, d, d)
-        z = phi_k_heads.sum(-2)  # (B, H, d)
+    def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
+                b_out: torch.Tensor | None, heads: int, eps: float) -> torch.Tensor:
+        b, n, _ = x.shape
+        width = w_qkv.shape[0] // 3
+        h, d = heads, width // heads
+        qk = F.linear(x, w_qkv[:2 * width])  # (B, N, 2·H·d)
+        phi_q = F.elu(qk[..., :width]).add_(1.0)  # (B, N, H·d)
+        phi_k = F.elu(qk[..., width:]).add_(1.0)
+        del qk
+        proj = torch.matmul(phi_k.transpose(1, 2), x)  # P = φ(K)ᵀX: (B, H·d, dim)
+        w_v = w_qkv[2 * width:].view(h, d, -1)  # W_v,h: (H, d, dim)
+        state = torch.matmul(proj.view(b, h, d, -1), w_v.transpose(1, 2))  # S_h: (B, H, d, d)
+        z = phi_k.view(b, n, h, d).sum(1)  # (B, H, d)
         den = torch.matmul(phi_q, _block_diagonal(z)).add_(eps)  # (B, N, H)
-        u = phi_q.view(b, n, h, d).div_(den.unsqueeze(-1)).view(b, n, h * d)  # in place: U
-        folded = torch.matmul(state, _weight_heads(weight, h, d)).reshape(b, h * d, -1)  # M
-        out = torch.matmul(u, folded) if bias is None else torch.baddbmm(bias, u, folded)
-        ctx.save_for_backward(v, weight, phi_k, u, den, z, state, folded)
-        ctx.has_bias = bias is not None
+        u = phi_q.view(b, n, h, d).div_(den.unsqueeze(-1)).view(b, n, width)  # in place: U
+        folded = torch.matmul(state, _weight_heads(w_out, h, d)).reshape(b, width, -1)  # M
+        out = torch.matmul(u, folded) if b_out is None else torch.baddbmm(b_out, u, folded)
+        ctx.save_for_backward(x, w_qkv, w_out, phi_k, u, den, z, proj, state, folded)
+        ctx.heads, ctx.has_bias = heads, b_out is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        v, weight, phi_k, u, den, z, state, folded = ctx.saved_tensors
-        b, h, n, d = v.shape
+        x, w_qkv, w_out, phi_k, u, den, z, proj, state, folded = ctx.saved_tensors
+        b, n, dim = x.shape
+        width = w_qkv.shape[0] // 3
+        h, d = ctx.heads, width // ctx.heads
         grad = grad.contiguous()  # read by two products
         grad_bias = grad.sum((0, 1)) if ctx.has_bias else None
+        # out = U M + b
         grad_folded = torch.matmul(u.transpose(1, 2), grad).view(b, h, d, -1)  # dL/dM
         grad_u = torch.matmul(grad, folded.transpose(1, 2)).view(b, n, h, d)  # dL/dU
-        w_heads = _weight_heads(weight, h, d)  # (H, d, dim_out): W_hᵀ
-        grad_state = torch.matmul(grad_folded, w_heads.transpose(-1, -2))  # (B, H, d, d)
-        grad_weight = torch.matmul(state.transpose(-1, -2), grad_folded).sum(0)  # (H, d, dim_out)
-        grad_weight = grad_weight.permute(2, 0, 1).reshape(-1, h * d)
+        # M_h = S_h W_o,hᵀ
+        w_out_heads = _weight_heads(w_out, h, d)  # (H, d, dim_out): W_o,hᵀ
+        grad_state = torch.matmul(grad_folded, w_out_heads.transpose(-1, -2))  # (B, H, d, d)
+        grad_w_out = torch.matmul(state.transpose(-1, -2), grad_folded).sum(0)  # (H, d, dim_out)
+        grad_w_out = grad_w_out.permute(2, 0, 1).reshape(-1, width)
+        # S_h = P_h W_v,hᵀ
+        w_v = w_qkv[2 * width:].view(h, d, -1)
+        grad_proj = torch.matmul(grad_state, w_v).view(b, width, dim)  # dL/dP
+        grad_w_v = torch.matmul(grad_state.transpose(-1, -2), proj.view(b, h, d, -1)).sum(0).view(width, dim)
         # U = φ(Q)/den, den = φ(Q)·z + eps: with c = dL/dU · U per token and head,
         # dL/dφ(Q) = (dL/dU − c z) / den and dL/dz = −Σ_n c_n U_n.
         u_heads = u.view(b, n, h, d)
         work = grad_u * u_heads  # (B, N, H, d) scratch, reused below
         c = work.sum(-1)  # (B, N, H)
         grad_z = -torch.einsum("bnh,bnhd->bhd", c, u_heads)
-        grad_phi_q = grad_u.addcmul_(c.unsqueeze(-1), z.unsqueeze(1), value=-1.0).div_(den.unsqueeze(-1))
-        # S = φ(K)ᵀV, z = Σ φ(K): dL/dφ(K) = V dL/dSᵀ + dL/dz, dL/dV = φ(K) dL/dS.
-        grad_phi_k = torch.matmul(v, grad_state.transpose(-1, -2)).add_(grad_z.unsqueeze(-2))
-        grad_v = torch.matmul(phi_k.view(b, n, h, d).transpose(1, 2), grad_state)
+        grad_u.addcmul_(c.unsqueeze(-1), z.unsqueeze(1), value=-1.0).div_(den.unsqueeze(-1))  # dL/dφ(Q)
         # dφ/dx of φ = elu + 1 is min(φ, 1) (1 where x > 0, exp(x) = φ elsewhere); φ(Q) = U·den.
-        # The three gradients go into one buffer in the fused projection's layout, which
-        # split_projection then passes on without a copy.
-        fused = grad.new_empty(b, n, 3, h, d)
-        slot_q, slot_k, slot_v = fused.unbind(2)  # (B, N, H, d) each
-        torch.mul(u_heads, den.unsqueeze(-1), out=work).clamp_(max=1.0)
-        torch.mul(grad_phi_q, work, out=slot_q)
-        torch.clamp(phi_k.view(b, n, h, d), max=1.0, out=work)
-        torch.mul(grad_phi_k.transpose(1, 2), work, out=slot_k)
-        slot_v.copy_(grad_v.transpose(1, 2))
-        return (slot_q.transpose(1, 2), slot_k.transpose(1, 2), slot_v.transpose(1, 2),
-                grad_weight, grad_bias, None)
-
-
-def _token_rows(t: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, d) -> (B, N, H·d): a view for the heads of a fused projection."""
-    b, h, n, d = t.shape
-    return t.transpose(1, 2).reshape(b, n, h * d)
+        grad_qk = grad.new_empty(b, n, 2, h, d)  # dL/d[Q K], in the q/k projection's layout
+        torch.mul(grad_u, torch.mul(u_heads, den.unsqueeze(-1), out=work).clamp_(max=1.0),
+                  out=grad_qk[:, :, 0])
+        # P = φ(K)ᵀX, z = Σ φ(K): dL/dφ(K) = X dL/dPᵀ + dL/dz, and X gets φ(K) dL/dP.
+        grad_phi_k = torch.matmul(x, grad_proj.transpose(1, 2)).view(b, n, h, d).add_(grad_z.unsqueeze(1))
+        torch.mul(grad_phi_k, torch.clamp(phi_k.view(b, n, h, d), max=1.0, out=work), out=grad_qk[:, :, 1])
+        grad_qk = grad_qk.view(b * n, 2 * width)
+        grad_x = torch.matmul(phi_k, grad_proj).view(b * n, dim)
+        grad_x.addmm_(grad_qk, w_qkv[:2 * width])  # + dL/d[Q K] [W_q; W_k]
+        grad_w_qkv = torch.cat([torch.mm(grad_qk.t(), x.reshape(b * n, dim)), grad_w_v])
+        return grad_x.view(b, n, dim), grad_w_qkv, grad_w_out, grad_bias, None, None
 
 
 def _block_diagonal(z: torch.Tensor) -> torch.Tensor:
@@ -347,15 +353,17 @@ class LinearAttention(AttentionCore):
                                causal=self.causal, chunk=self.chunk, eps=self.eps)
         return out.to(v.dtype)
 
-    def attend_projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         out: torch.nn.Linear) -> torch.Tensor:
-        """Not causal, in float32 or float64: the output projection folded into the state
-        (:class:`_FoldedLinearAttention`), the same function with fewer products. Causal,
-        in half precision (the folded product would run in float32) and under
-        torch.compile (which fuses the plain form itself): the core, then the projection."""
-        if self.causal or q.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
-            return super().attend_projected(q, k, v, out)
-        return _FoldedLinearAttention.apply(q, k, v, out.weight, out.bias, self.eps)
+    def whole_layer(self, x: torch.Tensor, qkv: torch.nn.Linear,
+                    out: torch.nn.Linear) -> torch.Tensor | None:
+        """Not causal, in float32 or float64: the layer with the value and output
+        projections folded into the states (:class:`_LinearAttentionLayer`), the same
+        function with fewer and larger products. Causal, in half precision (the folded
+        products would run in float32) and under torch.compile (which fuses the plain
+        form itself): None, the standard projections and core."""
+        if (self.causal or x.dtype not in (torch.float32, torch.float64) or qkv.bias is not None
+                or torch.compiler.is_compiling()):
+            return None
+        return _LinearAttentionLayer.apply(x, qkv.weight, out.weight, out.bias, self.heads, self.eps)
 
     def flops(self, batch: int, seq_len: int) -> int:
         bh, d = batch * self.heads, self.head_dim

@@ -136,8 +136,9 @@ class _SplitProjection(torch.autograd.Function):
     into one (B, N, P, H, d) buffer, which is the projection's gradient as it is.
     Autograd's backward of the plain view/permute/unbind stacks them into a new
     (P, B, H, N, d) tensor and then copies that into the projection's layout: two
-    full passes and two fresh blocks instead of one (measured on CPU, N = 4096:
-    5 ms of a 120 ms training step of ``linear``)."""
+    full passes and two fresh blocks instead of one (measured on CPU, N = 4096,
+    dim 512: 5 ms of the 120 ms training step of ``linear`` before its projections
+    were folded, see kernel.py)."""
 
     @staticmethod
     def forward(ctx, fused: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
@@ -149,9 +150,6 @@ class _SplitProjection(torch.autograd.Function):
     def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         first = next(g for g in grads if g is not None)
         b, h, n, d = first.shape
-        whole = _fused_layout(grads)
-        if whole is not None:
-            return whole, None, None
         buffer = first.new_empty(b, n, ctx.parts, h, d)
         for slot, g in zip(buffer.unbind(2), grads, strict=True):
             if g is None:
@@ -159,24 +157,6 @@ class _SplitProjection(torch.autograd.Function):
             else:
                 slot.copy_(g.transpose(1, 2))
         return buffer.view(b, n, ctx.parts * h * d), None, None
-
-
-def _fused_layout(grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
-    """The gradient of the fused projection, (B, N, P·H·d), when the P gradients are
-    already its parts: views of one buffer laid out like the projection (a core's own
-    backward can write them so, see kernel.py). None otherwise."""
-    if any(g is None for g in grads):
-        return None
-    first = grads[0]
-    b, h, n, d = first.shape
-    parts = len(grads)
-    strides = (n * parts * h * d, d, parts * h * d, 1)
-    for i, g in enumerate(grads):
-        if (g.shape != first.shape or g.stride() != strides or g.dtype != first.dtype
-                or g.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
-                or g.storage_offset() != first.storage_offset() + i * h * d):
-            return None
-    return first.as_strided((b, n, parts * h * d), (strides[0], strides[2], 1))
 
 
 def _split_views(fused: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
@@ -217,13 +197,12 @@ class AttentionCore(nn.Module):
     def flops(self, batch: int, seq_len: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def attend_projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         out: nn.Linear) -> torch.Tensor:
-        """The core's output, heads merged and put through the output projection ``out``:
-        (B, H, N, d) -> (B, N, H·d). Cores whose products can absorb the projection
-        (linear attention) override this; ``flops()`` still counts the core alone."""
-        b, h, n, d = q.shape
-        return out(self(q, k, v).transpose(1, 2).reshape(b, n, h * d))
+    def whole_layer(self, x: torch.Tensor, qkv: nn.Linear, out: nn.Linear) -> torch.Tensor | None:
+        """The whole layer's output from x (B, N, dim), its fused q/k/v projection and
+        its output projection, for a core whose products can absorb the projections
+        (non-causal linear attention); None, the default: project, run the core, merge
+        the heads and project. ``flops()`` counts the standard form either way."""
+        return None
 
 
 class AttentionLayer(nn.Module):
@@ -268,13 +247,16 @@ class ProjectedAttention(AttentionLayer):
         nn.init.xavier_uniform_(self.qkv.weight, gain=1 / math.sqrt(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        whole = self.core.whole_layer(x, self.qkv, self.out)
+        if whole is not None:
+            return whole
         parts = split_projection(self.qkv(x), self.n_proj, self.heads)
         if self.n_proj == 2:
             q, v = parts
             k = q
         else:
             q, k, v = parts
-        return self.core.attend_projected(q, k, v, self.out)
+        return self.out(self.merge_heads(self.core(q, k, v)))
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens = batch * seq_len
