@@ -255,10 +255,12 @@ def test_folded_linear_attention_layer_gradcheck(bias):
         inputs)
 
 
-@pytest.mark.parametrize("causal, dtype", [(True, torch.float32), (False, torch.bfloat16)])
-def test_linear_folds_only_non_causal_full_precision(causal, dtype):
+@pytest.mark.parametrize("causal, dtype, autocast", [
+    (True, torch.float32, False), (False, torch.bfloat16, False), (False, torch.float32, True)])
+def test_linear_folds_only_non_causal_full_precision(causal, dtype, autocast):
     layer = attnbench.build("linear", dim=16, heads=2, seq_len=32, causal=causal).to(dtype)
-    y = layer(torch.randn(1, 32, 16, dtype=dtype, requires_grad=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(torch.randn(1, 32, 16, dtype=dtype, requires_grad=True))
     assert "LinearAttentionLayer" not in type(y.grad_fn).__name__
 
 

@@ -181,10 +181,28 @@ def test_split_projection_gradients_equal_the_plain_views(parts, used):
     def grad_of(split):
         views = split(fused, parts, 3)
         assert all(t.shape == (2, 3, 11, 4) for t in views)
-        taken = views if used == "all" else views[:1]  # unused parts: a None gradient
+        taken = views if used == "all" else views[:1]  # unused parts: a None gradient, zeros
         loss = sum((t * up).sum() for t, up in zip(taken, ups, strict=False))
         return torch.autograd.grad(loss, fused)[0]
 
     torch.testing.assert_close(grad_of(layer_mod.split_projection), grad_of(layer_mod._split_views),
                                rtol=0, atol=0)
 
+
+
+def test_projected_layers_support_double_backward_and_torch_func():
+    # split_projection's backward is itself differentiable: gradient penalties
+    # (create_graph=True) and torch.func.grad work on every projected layer as on plain ops.
+    torch.manual_seed(0)
+    layer = attnbench.build("softmax", dim=16, heads=2, seq_len=8).double()
+    x = torch.randn(2, 8, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: layer(x), (x,))
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p: dict, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, p, (x,)).square().sum()
+
+    got = torch.func.grad(loss)(params, x.detach())
+    want = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+    for name, g in zip(dict(layer.named_parameters()), want, strict=True):
+        torch.testing.assert_close(got[name], g)

@@ -40,6 +40,7 @@ from attnbench.variants.layer import (
     check_int,
     linear_flops,
     matmul_flops,
+    no_autocast,
 )
 from attnbench.variants.registry import register
 
@@ -120,6 +121,7 @@ class _SimpleLayer(torch.autograd.Function):
     dV = p ⊙ dg, dK = dV ⊙ (V − g); db_q = Σ_t dQ, db_k = 0, db_v = dg."""
 
     @staticmethod
+    @no_autocast
     def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
                 w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
         c = x.shape[-1]
@@ -135,6 +137,7 @@ class _SimpleLayer(torch.autograd.Function):
         return torch.baddbmm(b_out, s, w_g.transpose(1, 2))
 
     @staticmethod
+    @no_autocast
     def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w_qkv, w_out, v, e, z, g, gb, s, w_g = ctx.saved_tensors
         dw_g = torch.bmm(dout.transpose(1, 2), s)  # (B, C, C)

@@ -44,6 +44,7 @@ from attnbench.variants.layer import (
     check_int,
     in_head_groups,
     matmul_flops,
+    no_autocast,
     softmax_flops,
 )
 from attnbench.variants.registry import register
@@ -74,6 +75,7 @@ class _NonCausalKernelAttention(torch.autograd.Function):
     product with v in place is faster than the copy (measured on CPU)."""
 
     @staticmethod
+    @no_autocast
     def forward(ctx, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                 eps: float) -> torch.Tensor:
         d = v.shape[-1]
@@ -94,6 +96,7 @@ class _NonCausalKernelAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @no_autocast
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         phi_q, phi_k, v1, state, den, out = ctx.saved_tensors
         d = out.shape[-1]
@@ -251,12 +254,13 @@ class _LinearAttentionLayer(torch.autograd.Function):
     and output projections they replace, and the per-head products over N
     (φ(K_h)ᵀV_h, φ(Q_h)S_h), the value tensor and the merge of the heads disappear. The
     normaliser of every head is one product with a block-diagonal (H·d × H) matrix of
-    the z_h. Backward by hand: only dim-sized products, none per head over N.
+    the z_h. Backward by hand: every product over N is dim-sized.
 
     x: (B, N, dim); w_qkv: (3·H·d, dim), rows q, k, v; w_out: (dim_out, H·d);
     b_out: (dim_out,) or None -> (B, N, dim_out)."""
 
     @staticmethod
+    @no_autocast
     def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
                 b_out: torch.Tensor | None, heads: int, eps: float) -> torch.Tensor:
         b, n, _ = x.shape
@@ -280,6 +284,7 @@ class _LinearAttentionLayer(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @no_autocast
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w_qkv, w_out, phi_k, u, den, z, proj, state, folded = ctx.saved_tensors
         b, n, dim = x.shape
@@ -293,12 +298,16 @@ class _LinearAttentionLayer(torch.autograd.Function):
         # M_h = S_h W_o,hᵀ
         w_out_heads = _weight_heads(w_out, h, d)  # (H, d, dim_out): W_o,hᵀ
         grad_state = torch.matmul(grad_folded, w_out_heads.transpose(-1, -2))  # (B, H, d, d)
-        grad_w_out = torch.matmul(state.transpose(-1, -2), grad_folded).sum(0)  # (H, d, dim_out)
-        grad_w_out = grad_w_out.permute(2, 0, 1).reshape(-1, width)
+        needs_x, needs_w_qkv, needs_w_out = ctx.needs_input_grad[:3]
+        grad_w_out = grad_w_qkv = grad_x = None
+        if needs_w_out:
+            grad_w_out = torch.matmul(state.transpose(-1, -2), grad_folded).sum(0)  # (H, d, dim_out)
+            grad_w_out = grad_w_out.permute(2, 0, 1).reshape(-1, width)
+        if not (needs_x or needs_w_qkv):
+            return None, None, grad_w_out, grad_bias, None, None
         # S_h = P_h W_v,hᵀ
         w_v = w_qkv[2 * width:].view(h, d, -1)
         grad_proj = torch.matmul(grad_state, w_v).view(b, width, dim)  # dL/dP
-        grad_w_v = torch.matmul(grad_state.transpose(-1, -2), proj.view(b, h, d, -1)).sum(0).view(width, dim)
         # U = φ(Q)/den, den = φ(Q)·z + eps: with c = dL/dU · U per token and head,
         # dL/dφ(Q) = (dL/dU − c z) / den and dL/dz = −Σ_n c_n U_n.
         u_heads = u.view(b, n, h, d)
@@ -314,10 +323,20 @@ class _LinearAttentionLayer(torch.autograd.Function):
         grad_phi_k = torch.matmul(x, grad_proj.transpose(1, 2)).view(b, n, h, d).add_(grad_z.unsqueeze(1))
         torch.mul(grad_phi_k, torch.clamp(phi_k.view(b, n, h, d), max=1.0, out=work), out=grad_qk[:, :, 1])
         grad_qk = grad_qk.view(b * n, 2 * width)
-        grad_x = torch.matmul(phi_k, grad_proj).view(b * n, dim)
-        grad_x.addmm_(grad_qk, w_qkv[:2 * width])  # + dL/d[Q K] [W_q; W_k]
-        grad_w_qkv = torch.cat([torch.mm(grad_qk.t(), x.reshape(b * n, dim)), grad_w_v])
-        return grad_x.view(b, n, dim), grad_w_qkv, grad_w_out, grad_bias, None, None
+        if needs_x:
+            grad_x = torch.matmul(phi_k, grad_proj).view(b * n, dim)
+            grad_x = grad_x.addmm_(grad_qk, w_qkv[:2 * width]).view(b, n, dim)  # + dL/d[Q K] [W_q; W_k]
+        if needs_w_qkv:
+            grad_w_v = torch.matmul(grad_state.transpose(-1, -2), proj.view(b, h, d, -1)).sum(0)
+            grad_w_qkv = torch.cat([torch.mm(grad_qk.t(), x.reshape(b * n, dim)), grad_w_v.view(width, dim)])
+        return grad_x, grad_w_qkv, grad_w_out, grad_bias, None, None
+
+
+def _autocast(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: CUDA autocast only
+        return device_type == "cuda" and torch.is_autocast_enabled()
 
 
 def _block_diagonal(z: torch.Tensor) -> torch.Tensor:
@@ -349,19 +368,21 @@ class LinearAttention(AttentionCore):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         dt = acc_dtype(q.dtype)
-        out = kernel_attention(self.feature_map(q.to(dt)), self.feature_map(k.to(dt)), v.to(dt),
-                               causal=self.causal, chunk=self.chunk, eps=self.eps)
+        with torch.autocast(q.device.type, enabled=False):  # keep the sums over N in float32
+            out = kernel_attention(self.feature_map(q.to(dt)), self.feature_map(k.to(dt)), v.to(dt),
+                                   causal=self.causal, chunk=self.chunk, eps=self.eps)
         return out.to(v.dtype)
 
     def whole_layer(self, x: torch.Tensor, qkv: torch.nn.Linear,
                     out: torch.nn.Linear) -> torch.Tensor | None:
         """Not causal, in float32 or float64: the layer with the value and output
         projections folded into the states (:class:`_LinearAttentionLayer`), the same
-        function with fewer and larger products. Causal, in half precision (the folded
-        products would run in float32) and under torch.compile (which fuses the plain
-        form itself): None, the standard projections and core."""
+        function with fewer and larger products. Otherwise None, the standard
+        projections and core: causal; half precision or autocast (the core keeps its
+        sums over N in float32, the folded form has no such split); a q/k/v bias;
+        torch.compile (which fuses the plain form itself)."""
         if (self.causal or x.dtype not in (torch.float32, torch.float64) or qkv.bias is not None
-                or torch.compiler.is_compiling()):
+                or _autocast(x.device.type) or torch.compiler.is_compiling()):
             return None
         return _LinearAttentionLayer.apply(x, qkv.weight, out.weight, out.bias, self.heads, self.eps)
 
@@ -445,6 +466,12 @@ class PerformerAttention(AttentionCore):
         return in_head_groups(lambda q, k, v, _: self._attend(q, k, v), q, k, v, self.features)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # Autocast off: the feature map's exponent needs float32, autocast would make
+        # its products half precision again.
+        with torch.autocast(q.device.type, enabled=False):
+            return self._attend_float(q, k, v)
+
+    def _attend_float(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         in_dtype, dt = v.dtype, acc_dtype(q.dtype)
         q, k, v = q.to(dt), k.to(dt), v.to(dt)
         log_norm = 0.5 * math.log(self.features)  # the m^-1/2 factor, inside the exp

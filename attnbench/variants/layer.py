@@ -20,12 +20,12 @@ pass; the runner takes backward = 2 x forward and forward_backward = 3 x forward
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 SOFTMAX_FLOPS_PER_ELEMENT = 5
 
@@ -131,32 +131,47 @@ def split_by(t: torch.Tensor, slices: list[slice], dim: int) -> tuple[torch.Tens
     return t.split([s.stop - s.start for s in slices], dim=dim)
 
 
+def no_autocast(method: Callable) -> Callable:
+    """For the forward and backward of custom autograd Functions: run with autocast off
+    on the tensors' device, so that the products keep the dtypes the caller chose (float32
+    accumulation) and the tensors saved for backward agree with each other. Under
+    autocast a product inside would otherwise run in half precision next to float32
+    element-wise work, and backward would meet mixed dtypes."""
+
+    @functools.wraps(method)
+    def wrapped(ctx, *args):  # noqa: ANN001, ANN202 - the autograd.Function protocol
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return method(ctx, *args)
+
+    return wrapped
+
+
 class _SplitProjection(torch.autograd.Function):
-    """(B, N, P·H·d) -> P views (B, H, N, d); backward writes the P gradients straight
-    into one (B, N, P, H, d) buffer, which is the projection's gradient as it is.
-    Autograd's backward of the plain view/permute/unbind stacks them into a new
-    (P, B, H, N, d) tensor and then copies that into the projection's layout: two
-    full passes and two fresh blocks instead of one (measured on CPU, N = 4096,
-    dim 512: 5 ms of the 120 ms training step of ``linear`` before its projections
-    were folded, see kernel.py)."""
+    """(B, N, P·H·d) -> P views (B, H, N, d); backward stacks the P gradients straight
+    into the projection's layout (B, N, P, H, d): one pass. Autograd's backward of the
+    plain view/permute/unbind stacks them into a new (P, B, H, N, d) tensor and then
+    copies that into the projection's layout: two full passes and two fresh blocks
+    (measured on CPU, N = 4096, dim 512: 5 ms of the 120 ms training step of
+    ``linear`` before its projections were folded, see kernel.py). The backward is
+    itself differentiable (double backward, torch.func.grad)."""
 
     @staticmethod
-    def forward(ctx, fused: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
-        ctx.parts, ctx.heads = parts, heads
+    def forward(fused: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
         return _split_views(fused, parts, heads)
 
     @staticmethod
-    @once_differentiable
+    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
+        ctx.set_materialize_grads(False)  # an unused part's gradient stays None, no zeros
+
+    @staticmethod
     def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        first = next(g for g in grads if g is not None)
+        first = next((g for g in grads if g is not None), None)
+        if first is None:
+            return None, None, None
         b, h, n, d = first.shape
-        buffer = first.new_empty(b, n, ctx.parts, h, d)
-        for slot, g in zip(buffer.unbind(2), grads, strict=True):
-            if g is None:
-                slot.zero_()
-            else:
-                slot.copy_(g.transpose(1, 2))
-        return buffer.view(b, n, ctx.parts * h * d), None, None
+        parts = [first.new_zeros(b, n, h, d) if g is None else g.transpose(1, 2) for g in grads]
+        return torch.stack(parts, dim=2).view(b, n, len(grads) * h * d), None, None
 
 
 def _split_views(fused: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
