@@ -1,5 +1,5 @@
-"""Helpers for testing variants: a float64 dense reference and a mechanical
-check that no hidden N×N tensor is created."""
+"""Helpers for testing variants: a float64 dense reference, one training step's
+gradients, and a mechanical check that no hidden N×N tensor is created."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ class ShapeRecorder(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.records.append((str(func), tuple(t.shape)))
         return out
+
+
+def training_step(layer: torch.nn.Module, x: torch.Tensor,
+                  grad_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One backward pass of ``layer(x)`` with ``grad_out`` (ones if None) from cleared
+    gradients: the output (still carrying its grad_fn), x's gradient and every
+    parameter's gradient. x must require grad."""
+    x.grad = None
+    layer.zero_grad()
+    y = layer(x)
+    y.backward(torch.ones_like(y) if grad_out is None else grad_out)
+    return y, x.grad.clone(), [p.grad.clone() for p in layer.parameters()]
 
 
 def large_square_tensors(fn: Callable[[], Any], n: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.testing import assert_no_square, dense_attention
+from attnbench.testing import assert_no_square, dense_attention, training_step
 from attnbench.variants import layer as layer_module
 from attnbench.variants.kernel import (
     PerformerAttention,
@@ -221,18 +221,11 @@ def test_linear_layer_with_the_projections_folded_equals_projections_and_core(
     x = torch.randn(batch, n, heads * head_dim, dtype=F64, requires_grad=True)
     up = torch.randn(batch, n, heads * head_dim, dtype=F64)
 
-    def run():
-        x.grad = None
-        layer.zero_grad()
-        y = layer(x)
-        y.backward(up)
-        return y.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()], y.grad_fn
-
-    folded = run()
-    assert "LinearAttentionLayer" in type(folded[3]).__name__  # the folded form ran
+    folded = training_step(layer, x, up)
+    assert "LinearAttentionLayer" in type(folded[0].grad_fn).__name__  # the folded form ran
     _unfolded(monkeypatch)
-    plain = run()
-    assert "LinearAttentionLayer" not in type(plain[3]).__name__
+    plain = training_step(layer, x, up)
+    assert "LinearAttentionLayer" not in type(plain[0].grad_fn).__name__
     torch.testing.assert_close(folded[0], plain[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(folded[1], plain[1], rtol=1e-9, atol=1e-11)
     for a, b in zip(folded[2], plain[2], strict=True):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import attnbench
+from attnbench.testing import training_step
 from attnbench.variants.registry import _VARIANTS
 
 BUILTIN = [n for n in attnbench.variant_names() if _VARIANTS[n].info.origin == "built-in"]
@@ -123,16 +124,9 @@ def test_head_groups_on_cpu_change_nothing(name, causal, monkeypatch):
         pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
     x = torch.randn(2, n, DIM, dtype=torch.float64, requires_grad=True)
 
-    def run():
-        x.grad = None
-        layer.zero_grad()
-        y = layer(x)
-        y.backward(torch.ones_like(y))
-        return y.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()]
-
-    whole = run()
+    whole = training_step(layer, x)
     monkeypatch.setattr(attnbench.variants.layer, "CPU_WORKSPACE_BYTES", 1)
-    grouped = run()
+    grouped = training_step(layer, x)
     torch.testing.assert_close(grouped[0], whole[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grouped[1], whole[1], rtol=1e-10, atol=1e-12)
     for g, w in zip(grouped[2], whole[2], strict=True):
@@ -187,7 +181,6 @@ def test_split_projection_gradients_equal_the_plain_views(parts, used):
 
     torch.testing.assert_close(grad_of(layer_mod.split_projection), grad_of(layer_mod._split_views),
                                rtol=0, atol=0)
-
 
 
 def test_projected_layers_support_double_backward_and_torch_func():

@@ -40,7 +40,6 @@ from attnbench.variants.layer import (
     check_int,
     linear_flops,
     matmul_flops,
-    no_autocast,
 )
 from attnbench.variants.registry import register
 
@@ -121,7 +120,6 @@ class _SimpleLayer(torch.autograd.Function):
     dV = p ⊙ dg, dK = dV ⊙ (V − g); db_q = Σ_t dQ, db_k = 0, db_v = dg."""
 
     @staticmethod
-    @no_autocast
     def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
                 w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
         c = x.shape[-1]
@@ -137,7 +135,6 @@ class _SimpleLayer(torch.autograd.Function):
         return torch.baddbmm(b_out, s, w_g.transpose(1, 2))
 
     @staticmethod
-    @no_autocast
     def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w_qkv, w_out, v, e, z, g, gb, s, w_g = ctx.saved_tensors
         dw_g = torch.bmm(dout.transpose(1, 2), s)  # (B, C, C)
@@ -207,7 +204,10 @@ class AFT(AttentionLayer):
             args = [t.to(dtype) for t in (x, self.to_qkv.weight, self.to_qkv.bias,
                                           self.out.weight, self.out.bias)]
             if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-                return _SimpleLayer.apply(*args).to(x.dtype)
+                # Autocast off: its products would otherwise drop to half precision inside
+                # the Function, and backward would meet mixed dtypes.
+                with torch.autocast(x.device.type, enabled=False):
+                    return _SimpleLayer.apply(*args).to(x.dtype)
             return _simple_inference(*args).to(x.dtype)
         # three (N, C) projections rather than one (N, 3C) tensor
         weights, biases = self.to_qkv.weight.split(self.dim), self.to_qkv.bias.split(self.dim)

@@ -44,7 +44,6 @@ from attnbench.variants.layer import (
     check_int,
     in_head_groups,
     matmul_flops,
-    no_autocast,
     softmax_flops,
 )
 from attnbench.variants.registry import register
@@ -75,7 +74,6 @@ class _NonCausalKernelAttention(torch.autograd.Function):
     product with v in place is faster than the copy (measured on CPU)."""
 
     @staticmethod
-    @no_autocast
     def forward(ctx, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                 eps: float) -> torch.Tensor:
         d = v.shape[-1]
@@ -96,7 +94,6 @@ class _NonCausalKernelAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @no_autocast
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         phi_q, phi_k, v1, state, den, out = ctx.saved_tensors
         d = out.shape[-1]
@@ -260,7 +257,6 @@ class _LinearAttentionLayer(torch.autograd.Function):
     b_out: (dim_out,) or None -> (B, N, dim_out)."""
 
     @staticmethod
-    @no_autocast
     def forward(ctx, x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
                 b_out: torch.Tensor | None, heads: int, eps: float) -> torch.Tensor:
         b, n, _ = x.shape
@@ -279,19 +275,18 @@ class _LinearAttentionLayer(torch.autograd.Function):
         folded = torch.matmul(state, _weight_heads(w_out, h, d)).reshape(b, width, -1)  # M
         out = torch.matmul(u, folded) if b_out is None else torch.baddbmm(b_out, u, folded)
         ctx.save_for_backward(x, w_qkv, w_out, phi_k, u, den, z, proj, state, folded)
-        ctx.heads, ctx.has_bias = heads, b_out is not None
+        ctx.heads = heads
         return out
 
     @staticmethod
     @once_differentiable
-    @no_autocast
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w_qkv, w_out, phi_k, u, den, z, proj, state, folded = ctx.saved_tensors
         b, n, dim = x.shape
         width = w_qkv.shape[0] // 3
         h, d = ctx.heads, width // ctx.heads
         grad = grad.contiguous()  # read by two products
-        grad_bias = grad.sum((0, 1)) if ctx.has_bias else None
+        grad_bias = grad.sum((0, 1)) if ctx.needs_input_grad[3] else None
         # out = U M + b
         grad_folded = torch.matmul(u.transpose(1, 2), grad).view(b, h, d, -1)  # dL/dM
         grad_u = torch.matmul(grad, folded.transpose(1, 2)).view(b, n, h, d)  # dL/dU
@@ -463,15 +458,12 @@ class PerformerAttention(AttentionCore):
         return torch.exp(self._projected(x) - self._half_sq_norm(x) - 0.5 * math.log(self.features))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return in_head_groups(lambda q, k, v, _: self._attend(q, k, v), q, k, v, self.features)
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # Autocast off: the feature map's exponent needs float32, autocast would make
         # its products half precision again.
         with torch.autocast(q.device.type, enabled=False):
-            return self._attend_float(q, k, v)
+            return in_head_groups(lambda q, k, v, _: self._attend(q, k, v), q, k, v, self.features)
 
-    def _attend_float(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         in_dtype, dt = v.dtype, acc_dtype(q.dtype)
         q, k, v = q.to(dt), k.to(dt), v.to(dt)
         log_norm = 0.5 * math.log(self.features)  # the m^-1/2 factor, inside the exp

@@ -20,7 +20,6 @@ pass; the runner takes backward = 2 x forward and forward_backward = 3 x forward
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -110,41 +109,33 @@ def in_head_groups(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice
     N = 8192 that was 40% of the time, and it grew faster than N. Smaller blocks
     are reused from the heap. On CUDA the caching allocator reuses memory anyway
     and splitting would only cost parallelism, so the tensors go through whole.
-    Cores whose single head is still too big cut it further with ``cpu_slices``.
+    Cores whose single head is still too big cut it further with ``in_cpu_runs``.
     """
     b, h, n, _ = q.shape
     per_head = n * keys_per_query * q.element_size()
-    rows = cpu_slices(b, h * per_head, q.device)
-    if len(rows) > 1:
-        parts = zip(*(split_by(t, rows, 0) for t in (q, k, v)), strict=True)
-        return torch.cat([in_head_groups(fn, *qkv, keys_per_query) for qkv in parts])
-    groups = cpu_slices(h, b * per_head, q.device)
-    if len(groups) == 1:
-        return fn(q, k, v, groups[0])
-    parts = zip(*(split_by(t, groups, 1) for t in (q, k, v)), strict=True)
-    return torch.cat([fn(*qkv, g) for qkv, g in zip(parts, groups, strict=True)], dim=1)
+    if len(cpu_slices(b, h * per_head, q.device)) > 1:  # batch rows apart, then their heads
+        return in_cpu_runs(lambda q, k, v, _: in_head_groups(fn, q, k, v, keys_per_query),
+                           (q, k, v), 0, h * per_head)
+    return in_cpu_runs(fn, (q, k, v), 1, b * per_head)
+
+
+def in_cpu_runs(fn: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], dim: int,
+                item_bytes: int) -> torch.Tensor:
+    """``fn(*parts, run)`` over runs of ``dim`` of ``tensors`` (all the same length there)
+    whose items take at most CPU_WORKSPACE_BYTES together (``cpu_slices``), ``run``
+    naming the slice each call gets; the outputs concatenated along ``dim``. One call
+    with everything off the CPU or where it fits."""
+    runs = cpu_slices(tensors[0].shape[dim], item_bytes, tensors[0].device)
+    if len(runs) == 1:
+        return fn(*tensors, runs[0])
+    parts = zip(*(split_by(t, runs, dim) for t in tensors), strict=True)
+    return torch.cat([fn(*part, r) for part, r in zip(parts, runs, strict=True)], dim=dim)
 
 
 def split_by(t: torch.Tensor, slices: list[slice], dim: int) -> tuple[torch.Tensor, ...]:
     """t cut along ``dim`` into the consecutive ``slices``, by ``split``: its backward is
     one concatenation, where indexing's would zero-fill a full-size gradient per part."""
     return t.split([s.stop - s.start for s in slices], dim=dim)
-
-
-def no_autocast(method: Callable) -> Callable:
-    """For the forward and backward of custom autograd Functions: run with autocast off
-    on the tensors' device, so that the products keep the dtypes the caller chose (float32
-    accumulation) and the tensors saved for backward agree with each other. Under
-    autocast a product inside would otherwise run in half precision next to float32
-    element-wise work, and backward would meet mixed dtypes."""
-
-    @functools.wraps(method)
-    def wrapped(ctx, *args):  # noqa: ANN001, ANN202 - the autograd.Function protocol
-        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-        with torch.autocast(device_type=device, enabled=False):
-            return method(ctx, *args)
-
-    return wrapped
 
 
 class _SplitProjection(torch.autograd.Function):

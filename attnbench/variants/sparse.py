@@ -32,10 +32,9 @@ from attnbench.variants.layer import (
     acc_dtype,
     attend_flops,
     check_int,
-    cpu_slices,
+    in_cpu_runs,
     in_head_groups,
     pad_seq,
-    split_by,
 )
 from attnbench.variants.registry import ceil_sqrt, register
 
@@ -145,12 +144,7 @@ def _band_heads(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, block: int, n_
         return _attend(qs, ks, vs, blocked[r])
 
     # On CPU, a head too long for the workspace is cut into runs of query blocks.
-    runs = cpu_slices(n_blocks, b * h * block * (width + n_global) * q.element_size(), q.device)
-    if len(runs) == 1:
-        out = run(queries, keys, values, runs[0])
-    else:
-        parts = zip(*(split_by(t, runs, 2) for t in (queries, keys, values)), runs, strict=True)
-        out = torch.cat([run(*part) for part in parts], dim=2)
+    out = in_cpu_runs(run, (queries, keys, values), 2, b * h * block * (width + n_global) * q.element_size())
     return out.view(b, h, n_blocks * block, d)[:, :, :n]
 
 
@@ -386,9 +380,7 @@ class BigBirdAttention(_SparseCore):
             return _attend(qs, ks, vs, blocked[:, r])
 
         # On CPU, heads too long for the workspace are cut into runs of query blocks.
-        runs = cpu_slices(n_blocks - 2, b * h * blk * self.keys_per_query() * q.element_size(), q.device)
-        middle = torch.cat([run(qs, r) for qs, r in zip(split_by(middle_q, runs, 2), runs, strict=True)],
-                           dim=2) if len(runs) > 1 else run(middle_q, runs[0])
+        middle = in_cpu_runs(run, (middle_q,), 2, b * h * blk * self.keys_per_query() * q.element_size())
         # The first and last query blocks are global: they see all N keys.
         glob = _attend(torch.cat([first, last], dim=2).flatten(2, 3), k, v, None)
         out = torch.cat([glob[:, :, :blk], middle.flatten(2, 3), glob[:, :, blk:]], dim=2)
