@@ -234,6 +234,7 @@ def compare(
     from attnbench.analysis import default_baseline
     from attnbench.report import comparison_tables
     from attnbench.results import load_run
+    from attnbench.suite import PASSES
 
     with _user_errors():
         run_data = load_run(run_dir)
@@ -242,8 +243,7 @@ def compare(
         base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
         if base is None:
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        passes = [pass_name] if pass_name else [p for p in ("forward", "backward", "forward_backward")
-                                                if p in set(frame["pass"])]
+        passes = [pass_name] if pass_name else [p for p in PASSES if p in set(frame["pass"])]
         for p in passes:
             for table in comparison_tables(frame, base, p):
                 out.print(table)

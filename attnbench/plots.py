@@ -16,6 +16,7 @@ import pandas as pd
 
 from attnbench.analysis import add_quartiles, describe_setting, label_order, settings_groups
 from attnbench.errors import AttnbenchError
+from attnbench.suite import PASSES
 
 FORMATS = (".png", ".svg")
 PASS_TITLES = {"forward": "forward (inference)", "backward": "backward",
@@ -48,7 +49,7 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
     groups = settings_groups(data)
     # One figure per run: with several settings, the first (sorted) one; say so in the title.
     setting, data = groups[0]
-    passes = [p for p in ("forward", "backward", "forward_backward") if p in set(data["pass"])]
+    passes = [p for p in PASSES if p in set(data["pass"])]
     heads_all = sorted(set(data["heads"]))
     fig, axes = plt.subplots(2, len(passes), figsize=(5.2 * len(passes), 8.2), squeeze=False)
     cmap = plt.get_cmap("tab20" if len(label_order(data)) > 10 else "tab10")

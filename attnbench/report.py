@@ -100,36 +100,40 @@ def relative_cell(row: pd.Series | None, kind: str) -> str:
 RELATIVE_KINDS = (("speed", "steps/s (speed-up)"), ("memory", "peak MiB (ratio)"))
 
 
-def relative_rows(data: pd.DataFrame, pass_name: str, kind: str):  # noqa: ANN201 - a generator
+def relative_rows(data: pd.DataFrame, pass_name: str):  # noqa: ANN201 - a generator
     """Per setting and head count of ``data`` (already ``with_baseline``):
-    (setting, heads, ns, rows of [label, cell per N])."""
+    (setting, heads, ns, {kind: rows of [label, cell per N]}) for each RELATIVE_KINDS."""
     for setting, heads, sub in table_groups(data):
         lookup = _lookup(sub)
         ns = sorted(set(sub["seq_len"]))
-        rows = [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
-                for label in label_order(sub)]
-        yield setting, heads, ns, rows
+        yield setting, heads, ns, {
+            kind: [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
+                   for label in label_order(sub)]
+            for kind, _ in RELATIVE_KINDS}
+
+
+def n_table(title: str, labels: list[str], ns: list[int], rows: list[list[str]],
+            caption: str | None = None) -> Table:
+    """Rows of ``labels`` (the first bold), then one right-aligned column per N."""
+    table = Table(title=title, caption=caption)
+    for i, label in enumerate(labels):
+        table.add_column(label, no_wrap=True, style=None if i else "bold")
+    for n in ns:
+        table.add_column(f"N={n}", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str) -> list[Table]:
     """Speed and memory against ``baseline`` for one pass, one pair of tables per
     setting and head count: rows variants, columns N."""
-    tables = []
     data = with_baseline(frame[frame["pass"] == pass_name], baseline)
-    by_kind = {kind: list(relative_rows(data, pass_name, kind)) for kind, _ in RELATIVE_KINDS}
-    for i in range(len(by_kind["speed"])):
-        for kind, what in RELATIVE_KINDS:
-            setting, heads, ns, rows = by_kind[kind][i]
-            table = Table(title=f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, "
-                                f"{heads} heads",
-                          caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
-            table.add_column("model", no_wrap=True, style="bold")
-            for n in ns:
-                table.add_column(f"N={n}", justify="right")
-            for row in rows:
-                table.add_row(*row)
-            tables.append(table)
-    return tables
+    return [n_table(f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, {heads} heads",
+                    ["model"], ns, by_kind[kind],
+                    caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
+            for setting, heads, ns, by_kind in relative_rows(data, pass_name)
+            for kind, what in RELATIVE_KINDS]
 
 
 FAILURE_COLUMNS = ("status", "variant", "N", "heads", "reason")
@@ -242,18 +246,9 @@ def published_tables(published) -> list[Table]:
     peak memory, rows models (with the attnbench variant), columns N."""
     ns, rows, notes = published_cells(published)
     caption = published.citation + (" † " + "; ".join(notes) if notes else "")
-    out = []
-    for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak memory (GB)")):
-        table = Table(title=f"published: {published.title} — {what}, {published.pass_name}",
-                      caption=caption if kind == "memory" else None)
-        table.add_column("model", no_wrap=True, style="bold")
-        table.add_column("variant", no_wrap=True)
-        for n in ns:
-            table.add_column(f"N={n}", justify="right")
-        for row in rows[kind]:
-            table.add_row(*row)
-        out.append(table)
-    return out
+    return [n_table(f"published: {published.title} — {what}, {published.pass_name}", ["model", "variant"],
+                    ns, rows[kind], caption=caption if kind == "memory" else None)
+            for kind, what in (("speed", "steps/s (speed-up)"), ("memory", "peak memory (GB)"))]
 
 
 def _ratio(value: float) -> str:
@@ -279,22 +274,18 @@ def side_by_side_rows(both: pd.DataFrame, kind: str) -> tuple[list[int], list[li
     return ns, rows
 
 
+#: the side-by-side tables: measured relative figures over the published ones
+SIDE_BY_SIDE_KINDS = (("speed", "speed-up"), ("memory", "memory ratio"))
+
+
 def side_by_side_tables(both: pd.DataFrame, published) -> list[Table]:
     """Measured against published, relative to each side's baseline model."""
-    out = []
     if both.empty:
-        return out
-    for kind, what in (("speed", "speed-up"), ("memory", "memory ratio")):
-        ns, rows = side_by_side_rows(both, kind)
-        table = Table(title=f"{what}, measured / {published.name} ({published.pass_name}), "
-                            f"against {published.meta.get('baseline_model', 'the baseline')}")
-        table.add_column("model (variant)", no_wrap=True, style="bold")
-        for n in ns:
-            table.add_column(f"N={n}", justify="right")
-        for row in rows:
-            table.add_row(*row)
-        out.append(table)
-    return out
+        return []
+    baseline = published.meta.get("baseline_model", "the baseline")
+    return [n_table(f"{what}, measured / {published.name} ({published.pass_name}), against {baseline}",
+                    ["model (variant)"], *side_by_side_rows(both, kind))
+            for kind, what in SIDE_BY_SIDE_KINDS]
 
 
 def agreement_text(agreement) -> str:
@@ -307,13 +298,12 @@ def agreement_text(agreement) -> str:
             f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
 
 
-def report_sections(run, baseline: str | None, frame: pd.DataFrame | None = None) -> list:
+def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
     """Everything ``attnbench report`` prints after the run and comparison tables:
     per pass the scaling exponents and crossovers; the published table (when the
     suite names one) with the rank correlation of relative speeds."""
     from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
 
-    frame = run.frame() if frame is None else frame
     out: list = []
     if frame.empty:
         return out
@@ -347,13 +337,12 @@ def md_table(header: list[str], rows: list[list[str]], align: list[str] | None =
     return "\n".join(lines)
 
 
-def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str, kind: str) -> list[str]:
-    parts = []
-    what = dict(RELATIVE_KINDS)[kind]
-    for setting, heads, ns, rows in relative_rows(data, pass_name, kind):
-        parts.append(f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
-                     + md_table(["model", *[f"N={n}" for n in ns]], rows))
-    return parts
+def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str) -> list[str]:
+    """The speed tables of every setting, then the memory tables."""
+    groups = list(relative_rows(data, pass_name))
+    return [f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
+            + md_table(["model", *[f"N={n}" for n in ns]], by_kind[kind])
+            for kind, what in RELATIVE_KINDS for setting, heads, ns, by_kind in groups]
 
 
 def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
@@ -409,10 +398,8 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
         for part in _medians_md(data, pass_name):
             lines += [part, ""]
         if baseline is not None and baseline in set(frame["label"]):
-            rel = with_baseline(data, baseline)
-            for kind in ("speed", "memory"):
-                for part in _relative_md(rel, baseline, pass_name, kind):
-                    lines += [part, ""]
+            for part in _relative_md(with_baseline(data, baseline), baseline, pass_name):
+                lines += [part, ""]
         rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
         lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log; "
                   "k, upper half: fitted on the larger half of the N only)", "",
@@ -426,7 +413,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
         else:
             lines += _published_md(published)
             both = published_side_by_side(frame, published)
-            for kind, what in (("speed", "speed-up"), ("memory", "memory ratio")):
+            for kind, what in SIDE_BY_SIDE_KINDS:
                 if both.empty:
                     break
                 ns, rows = side_by_side_rows(both, kind)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import time
 
 import torch
 
 import attnbench
+from attnbench.bench.timing import timed
+
+DIM, HEADS = 512, 8
 
 DEFAULT_VARIANTS = ("softmax,local,strided,longformer,bigbird,reformer,routing,sinkhorn,"
                     "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv")
@@ -46,18 +48,14 @@ def extra_peers(dim: int, heads: int) -> dict[str, object]:
 
 
 def time_forward(layer: torch.nn.Module, x: torch.Tensor) -> float:
-    t0 = time.perf_counter()
     with torch.no_grad():
-        layer(x)
-    return (time.perf_counter() - t0) * 1e3
+        return timed(lambda: layer(x), x.device)
 
 
 def time_step(layer: torch.nn.Module, x: torch.Tensor) -> float:
     layer.zero_grad(set_to_none=True)
     x.grad = None
-    t0 = time.perf_counter()
-    layer(x).sum().backward()
-    return (time.perf_counter() - t0) * 1e3
+    return timed(lambda: layer(x).sum().backward(), x.device)
 
 
 def main() -> None:
@@ -68,6 +66,7 @@ def main() -> None:
     ap.add_argument("--peers", default="")
     a = ap.parse_args()
     ns = [int(n) for n in a.ns.split(",")]
+    labels = a.variants.split(",")
     peer_makers = None
     if a.peers:
         spec = importlib.util.spec_from_file_location("peers", a.peers)
@@ -78,16 +77,16 @@ def main() -> None:
     for n in ns:
         torch.manual_seed(0)
         layers = {}
-        for label in a.variants.split(","):
+        for label in labels:
             name, params = BUILD.get(label, (label, {}))
-            layers[label] = attnbench.build(name, dim=512, heads=8, seq_len=n, **params)
+            layers[label] = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n, **params)
         if peer_makers is not None:
             # Only the peers of the chosen variants: every other layer in the rounds
             # would churn the allocator for the layers compared.
-            for peer, make in {**peer_makers(512, 8, n), **extra_peers(512, 8)}.items():
+            for peer, make in {**peer_makers(DIM, HEADS, n), **extra_peers(DIM, HEADS)}.items():
                 if PEERS.get(peer) in layers or (peer == "torch.sdpa" and "softmax" in layers):
                     layers[peer] = make()
-        x = torch.randn(1, n, 512)
+        x = torch.randn(1, n, DIM)
         xg = x.clone().requires_grad_()
         samples: dict[tuple[str, str], list[float]] = {}
         for layer in layers.values():  # warm-up
@@ -106,7 +105,7 @@ def main() -> None:
     if len(ns) >= 2:
         n0, n1 = ns[0], ns[1]
         print(f"\ngrowth {n0} -> {n1} (fwd, fwd+bwd)")
-        for label in a.variants.split(","):
+        for label in labels:
             g = [results[(label, n1, k)] / results[(label, n0, k)] for k in ("fwd", "fwd+bwd")]
             print(f"{label},{g[0]:.2f},{g[1]:.2f}")
     for n in ns:

@@ -251,8 +251,6 @@ def test_a_real_run_against_itself_and_against_its_2x_slower_copy(tmp_path: Path
 
 
 def _oversubscribed() -> bool:
-    import os
-
     return os.getloadavg()[0] > 0.75 * (os.cpu_count() or 1)
 
 
