@@ -1,0 +1,1 @@
+"""Quality: how far each mechanism is from softmax attention, and what it can still learn."""
