@@ -112,7 +112,7 @@ def run(
     Example: [bold]attnbench run suites/quick.yaml[/]
     """
     from attnbench import suite as suite_mod
-    from attnbench.bench.runner import RunOptions, resume_command, run_suite
+    from attnbench.bench.sweep import RunOptions, resume_command, run_suite
     from attnbench.report import failures_table, run_tables
 
     with _user_errors():

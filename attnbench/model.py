@@ -22,6 +22,30 @@ REPORTED_PASSES = ("forward", "forward_backward")
 SERIES_FIELDS = ("label", "heads", "dim", "batch", "dtype", "device", "causal")
 
 
+@dataclass(frozen=True)
+class SdpaKernel:
+    """One kernel of torch's ``scaled_dot_product_attention``: the dispatcher ops
+    that show it ran, the ``torch.backends.cuda`` switch that enables it, the
+    least CUDA compute capability it runs on, and its ``SDPBackend`` member."""
+
+    name: str
+    ops: tuple[str, ...] = ()
+    cuda_switch: str | None = None
+    least_capability: tuple[int, int] | None = None
+    sdp_backend: str | None = None
+
+
+SDPA_KERNELS = (
+    SdpaKernel("flash", ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention"),
+               "flash_sdp_enabled", (8, 0), "FLASH_ATTENTION"),
+    SdpaKernel("efficient", ("_scaled_dot_product_efficient_attention",), "mem_efficient_sdp_enabled", (5, 0),
+               "EFFICIENT_ATTENTION"),
+    SdpaKernel("math", (), "math_sdp_enabled", None, "MATH"),
+    SdpaKernel("cudnn", ("_scaled_dot_product_cudnn_attention",), "cudnn_sdp_enabled", (8, 0), "CUDNN_ATTENTION"),
+    SdpaKernel("overrideable", ("_scaled_dot_product_fused_attention_overrideable",)),
+)
+
+
 class Status(str, Enum):
     """How a case or a pass ended. A ``str``: records and CSV files hold the plain value."""
 

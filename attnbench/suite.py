@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from attnbench.errors import SuiteError
+from attnbench.errors import SuiteError, VariantError, did_you_mean
 from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as before
     DTYPES,
     PASSES,
@@ -186,8 +186,6 @@ class _Validator:
                       line=self.line_of(parent, key.split(".")[-1]))
         for k in value:
             if k not in allowed:
-                from attnbench.variants.registry import did_you_mean
-
                 self.fail(f"unknown key.{did_you_mean(str(k), list(allowed))} "
                           f"Allowed here: {', '.join(allowed)}",
                           key=f"{key}.{k}" if key else str(k), line=self.line_of(value, k))
@@ -300,7 +298,7 @@ def _check_device(device: Any, path: str, line: int | None, key: str) -> None:
 
 def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     """Validate suite text; raise SuiteError naming file, line and key."""
-    from attnbench.variants.registry import did_you_mean, variant_info, variant_names
+    from attnbench.variants import variant_info, variant_names
 
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
@@ -401,7 +399,7 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
                    f"Run `attnbench list` for all of them", key=f"{key}.name", line=name_line)
         try:
             info = variant_info(vname)
-        except (ValueError, ImportError) as exc:
+        except (VariantError, ImportError) as exc:
             v.fail(str(exc), key=f"{key}.name", line=name_line)
         params = item.get("params") or {}
         if not isinstance(params, dict):
