@@ -16,7 +16,7 @@ import pandas as pd
 
 from attnbench.analysis import add_quartiles, describe_setting, label_order, settings_groups
 from attnbench.errors import AttnbenchError
-from attnbench.suite import PASSES
+from attnbench.model import PASSES
 
 FORMATS = (".png", ".svg")
 PASS_TITLES = {"forward": "forward (inference)", "backward": "backward",

@@ -9,7 +9,7 @@ import pandas as pd
 from rich.table import Table
 
 from attnbench.analysis import SETTING, describe_setting, label_order, settings_groups, table_groups, with_baseline
-from attnbench.suite import PASSES
+from attnbench.model import PASSES
 
 STATUS_SHORT = {"oom": "OOM", "timeout": "timeout", "crashed": "crashed", "error": "error", "skipped": "skipped"}
 NOISY_MARK = "~"
