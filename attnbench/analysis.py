@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnbench.errors import DataError
 from attnbench.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
 from attnbench.stats import (  # noqa: F401 - ALPHA, MIN_EFFECT, change: re-exported for callers of analysis
     ALPHA,
@@ -63,7 +64,7 @@ def with_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     case and pass, the speed-up (baseline time / time) and the memory ratio."""
     if baseline not in set(frame["label"]):
         known = ", ".join(label_order(frame))
-        raise ValueError(f"baseline {baseline!r} is not in this run; its variants: {known}")
+        raise DataError(f"baseline {baseline!r} is not in this run; its variants: {known}")
     base = frame[(frame["label"] == baseline) & (frame["status"] == "ok")][
         CASE_KEYS + ["median_ms", "peak_mem_mib"]].rename(
         columns={"median_ms": "baseline_ms", "peak_mem_mib": "baseline_mem_mib"})
