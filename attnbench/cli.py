@@ -389,6 +389,20 @@ def validate(
 
 
 @app.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of suite files, for editors: save it
+    and point a YAML language server at it with a first line
+    [bold]# yaml-language-server: $schema=suite.schema.json[/]. The package ships
+    the same file as attnbench/data/suite.schema.json.
+
+    Example: [bold]attnbench schema > suite.schema.json[/]
+    """
+    from attnbench.schema import schema_text
+
+    sys.stdout.write(schema_text())
+
+
+@app.command()
 def env(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
