@@ -25,7 +25,7 @@ from attnbench.errors import DataError
 from attnbench.model import PASSES, REPORTED_PASSES, Status
 from attnbench.stats import ALPHA, MIN_EFFECT
 
-STATUS_SHORT = {"oom": "OOM", "timeout": "timeout", "crashed": "crashed", "error": "error", "skipped": "skipped"}
+STATUS_SHORT = {s: ("OOM" if s == Status.OOM else s.value) for s in Status if s != Status.OK}
 NOISY_MARK = "~"
 PASS_SHORT = {"forward": "fwd", "backward": "bwd", "forward_backward": "f+b"}
 
