@@ -31,9 +31,7 @@ from attnbench.bench.sweep import RunOptions, run_suite
 from attnbench.cli import app
 from attnbench.results import load_run
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+TESTS = Path(__file__).resolve().parent  # on the path (pyproject: pytest pythonpath): faulty_variants
 
 TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
 
@@ -78,8 +76,7 @@ variants: [softmax, fastformer]
 """
 
 # The CLI in a subprocess, knowing the test variants (a worker imports their module).
-CLI = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import faulty_variants; "
-       "from attnbench.cli import app; app(prog_name='attnbench')")
+CLI = "import faulty_variants; from attnbench.cli import app; app(prog_name='attnbench')"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,7 +211,8 @@ def test_skip_when_the_estimate_exceeds_free_memory(monkeypatch):
 # --- interruption and resume -----------------------------------------------------------
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "300"}
+    env = {**os.environ, "COLUMNS": "300",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
