@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
+from attnbench.quality import NOT_AN_APPROXIMATION, REGIMES
 from attnbench.quality.approx import (
-    NOT_AN_APPROXIMATION,
-    REGIMES,
     implied_rows,
     make_inputs,
     measure_approx,

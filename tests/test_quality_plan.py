@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from attnbench.quality.approx import NOT_AN_APPROXIMATION
+from attnbench.quality import NOT_AN_APPROXIMATION
 from attnbench.quality.mqar import MQARConfig
 from attnbench.quality.plan import (
     ApproxSettings,

@@ -40,17 +40,16 @@ from typing import Any
 
 import torch
 
+from attnbench.quality import NOT_AN_APPROXIMATION, REGIMES
 from attnbench.variants import build
 from attnbench.variants.layer import causal_mask
 
-REGIMES = ("gaussian", "peaked")
 #: the logit of a peaked query's two matches
 PEAK_LOGIT = 12.0
 #: distance of the local match: i − U{0..LOCAL_SPAN}
 LOCAL_SPAN = 3
 #: rows are read back (and compared) only up to this N: A is N×N per head
 ROWS_MAX_N = 2048
-NOT_AN_APPROXIMATION = "not an approximation"
 
 
 @dataclass(frozen=True)

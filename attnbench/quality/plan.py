@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnbench.quality.approx import REGIMES, measure_approx
+from attnbench.quality import MEASURES, REGIMES
+from attnbench.quality.approx import measure_approx
 from attnbench.quality.mqar import MQARConfig, Progress, train_mqar
 
-MEASURES = ("approx", "mqar")
 #: version of the quality records' layout
 RECORD_SCHEMA = 1
 
@@ -40,13 +40,18 @@ class QualitySettings:
     approx: ApproxSettings = field(default_factory=ApproxSettings)
     mqar: MQARConfig = field(default_factory=MQARConfig)
     mqar_seeds: tuple[int, ...] = (0, 1)
+    #: label -> the variant's parameters at MQAR's N, replacing the suite's (a window
+    #: of 256 is no pattern at N = 32)
+    mqar_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    threads: int = 1  # torch threads while measuring quality
 
     def to_dict(self) -> dict[str, Any]:
-        return {"measures": list(self.measures),
+        return {"measures": list(self.measures), "threads": self.threads,
                 "approx": {"seq_lens": list(self.approx.seq_lens), "regimes": list(self.approx.regimes),
                            "seeds": list(self.approx.seeds), "dim": self.approx.dim,
                            "heads": self.approx.heads},
-                "mqar": {**self.mqar.to_dict(), "seeds": list(self.mqar_seeds)}}
+                "mqar": {**self.mqar.to_dict(), "seeds": list(self.mqar_seeds),
+                         "params": {k: dict(v) for k, v in self.mqar_params.items()}}}
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ def run_task(task: QualityTask, settings: QualitySettings, progress: Progress | 
         result: Any = measure_approx(v.name, task.seq_len or 0, task.regime or "", seed=task.seed,
                                      dim=a.dim, heads=a.heads, params=v.params, label=v.label)
     elif task.kind == "mqar":
-        result = train_mqar(v.name, settings.mqar, seed=task.seed, params=v.params, progress=progress,
+        params = settings.mqar_params.get(v.label, v.params)
+        result = train_mqar(v.name, settings.mqar, seed=task.seed, params=params, progress=progress,
                             log_every=log_every, label=v.label)
     else:
         raise ValueError(f"unknown quality measure {task.kind!r}; choose one of {', '.join(MEASURES)}")

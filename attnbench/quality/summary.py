@@ -10,8 +10,6 @@ from typing import Any
 
 from attnbench.analysis import spearman
 
-NOT_AN_APPROXIMATION = "not an approximation"
-
 
 @dataclass(frozen=True)
 class ApproxCell:
