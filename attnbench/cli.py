@@ -117,6 +117,7 @@ COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "
 
 def _report_json(run_dir: Path) -> None:
     """``report --json``: the run's tidy rows (the results.csv columns)."""
+    from attnbench.quality.tables import quality_json
     from attnbench.results import CSV_COLUMNS, frame_records, load_run
 
     with _user_errors():
@@ -125,7 +126,8 @@ def _report_json(run_dir: Path) -> None:
     _warn(run_data.warnings)
     _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
                  "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
-                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS)})
+                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS),
+                 "quality": quality_json(run_data.quality)})
 
 
 def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) -> None:
@@ -172,6 +174,7 @@ def run(
     """
     from attnbench import suite as suite_mod
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite
+    from attnbench.quality.tables import quality_tables
     from attnbench.report import failures_table, run_tables
 
     with _user_errors():
@@ -185,6 +188,8 @@ def run(
 
     frame = records_frame(summary.records, summary.run_dir.name)
     for table in run_tables(frame):
+        out.print(table)
+    for table in quality_tables(summary.quality):
         out.print(table)
     failed = failures_table(frame)
     if failed is not None:

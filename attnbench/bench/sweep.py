@@ -22,6 +22,7 @@ from typing import Any
 from attnbench.bench.executor import Executor, InProcessExecutor, LocalPoolExecutor, WorkUnit
 from attnbench.bench.messages import CaseStarted
 from attnbench.bench.progress import Progress
+from attnbench.bench.quality import QUALITY_FAILURES, run_quality
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
 from attnbench.bench.signals import Interrupted, SignalGuard
@@ -43,6 +44,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     in_process: bool = False
     workers_started: int = 0
+    quality: list[dict[str, Any]] = field(default_factory=list)  # quality.jsonl's records
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -52,7 +54,8 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 3 if any(r["status"] not in HARMLESS for r in self.records) else 0
+        failed = any(r["status"] not in HARMLESS for r in self.records)
+        return 3 if failed or any(r["status"] in QUALITY_FAILURES for r in self.quality) else 0
 
 
 def plan_units(cases: list[Case]) -> list[WorkUnit]:
@@ -116,6 +119,7 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
                         progress.start(event.case)
                     else:
                         finish(finished_record(event), progress)
+        summary.quality, _ = run_quality(suite, run_dir, guard, options.quiet)
     except (Interrupted, KeyboardInterrupt):
         summary.interrupted = True
     finally:
@@ -128,6 +132,8 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
             meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
             meta["cases_total"] = len(all_cases)
             meta["cases_done"] = len(records)
+            if suite.quality is not None:
+                meta["quality_done"] = len(summary.quality)
             write_meta(run_dir, meta)
         finally:
             guard.restore()

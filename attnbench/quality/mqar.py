@@ -108,10 +108,16 @@ class MQARResult:
     curve: tuple[tuple[int, float, float], ...] = field(default=())  # (step, loss, batch accuracy)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a NaN or infinite loss (a diverged run) becomes its text."""
         d = asdict(self)
-        d["curve"] = [list(p) for p in self.curve]
+        d["curve"] = [[step, _finite(loss), acc] for step, loss, acc in self.curve]
+        d["final_loss"] = _finite(self.final_loss)
         d["label"] = self.label or self.variant
         return d
+
+
+def _finite(x: float | None) -> float | str | None:
+    return x if x is None or math.isfinite(x) else str(x)
 
 
 def mqar_batch(batch: int, seq_len: int, vocab: int, pairs: int, generator: torch.Generator,
