@@ -389,8 +389,16 @@ def validate(
     with _user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
     cases = suite.cases()
+    quality = ""
+    if suite.quality is not None:
+        from attnbench.quality.plan import quality_tasks
+        from attnbench.suite_quality import quality_variants
+
+        tasks = quality_tasks(suite.quality, quality_variants(suite.variants))
+        kinds = [t.kind for t in tasks]
+        quality = f", quality: {kinds.count('approx')} approx + {kinds.count('mqar')} mqar measurements"
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
-              f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
+              f"{sum(len(c.passes) for c in cases)} timed passes{quality}", highlight=False)
 
 
 @app.command()

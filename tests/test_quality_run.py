@@ -127,6 +127,13 @@ def test_run_measures_quality_resumes_and_reports(tmp_path: Path) -> None:
     assert len(load_run(run_dir).quality) == 12
 
 
+def test_validate_counts_the_quality_measurements(tmp_path: Path) -> None:
+    result = run_cli("validate", str(write(tmp_path)))
+    assert result.exit_code == 0 and "quality: 6 approx + 6 mqar measurements" in flat(result.output)
+    result = run_cli("validate", str(write(tmp_path)), "--quick")
+    assert "quality: 6 approx + 0 mqar measurements" in flat(result.output)
+
+
 def test_a_failing_measurement_is_exit_3(tmp_path: Path) -> None:
     text = SUITE.replace("window: 2}", "window: 0}")  # local refuses a window of 0 at MQAR's N
     result = run_cli("run", str(write(tmp_path, text)), "--out", str(tmp_path / "runs"), "--in-process", "-q")
