@@ -16,7 +16,7 @@ from attnbench.quality.plan import (
     quality_tasks,
     run_tasks,
 )
-from attnbench.quality.summary import approx_table, mqar_summary
+from attnbench.quality.summary import approx_table, measured_scores, mqar_summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,3 +83,5 @@ def test_summaries_of_records() -> None:
     assert rows["bad"].mean is None and rows["bad"].statuses == {0: "diverged"}
     assert summary.seeds == (0, 1) and math.isclose(summary.seed_rank_correlation, 1.0)
     assert approx_table([]) is None and mqar_summary(records[:4]) is None
+    assert measured_scores(records) == pytest.approx({"softmax": 0.99, "linear": 0.35, "lightconv": 0.225})
+    assert measured_scores(records[:4]) == {}

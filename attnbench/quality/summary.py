@@ -126,3 +126,12 @@ def mqar_summary(records: list[dict[str, Any]]) -> MQARSummary | None:
             rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
     return MQARSummary(rows=tuple(out), config=rows[0].get("config", {}), seeds=seeds,
                        seed_rank_correlation=rho)
+
+
+def measured_scores(records: list[dict[str, Any]]) -> dict[str, float]:
+    """label -> mean held-out MQAR accuracy over the seeds that finished: the quality
+    axis of a trade-off chart when a run measured it (variants without one are absent)."""
+    summary = mqar_summary(records)
+    if summary is None:
+        return {}
+    return {r.label: r.mean for r in summary.rows if r.mean is not None}
