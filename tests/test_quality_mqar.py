@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -91,6 +92,9 @@ def test_a_run_whose_loss_explodes_is_diverged_not_zero() -> None:
     r = train_mqar("softmax", MQARConfig(**{**TINY.to_dict(), "lr": 1e6, "warmup": 1}), seed=0)
     assert r.status == "diverged" and r.accuracy is None
     assert r.steps_done < TINY.steps and not math.isfinite(r.final_loss)
+    record = r.to_dict()
+    json.dumps(record, allow_nan=False)  # a quality.jsonl line: the NaN loss becomes text
+    assert record["final_loss"] in ("nan", "inf", "-inf")
 
 
 def test_a_variant_without_causal_runs_non_causal() -> None:

@@ -14,7 +14,7 @@ from attnbench.quality.plan import (
     QualitySettings,
     QualityVariant,
     quality_tasks,
-    run_tasks,
+    run_task,
 )
 from attnbench.quality.summary import approx_table, measured_scores, mqar_summary
 
@@ -40,17 +40,14 @@ def test_tasks_cover_every_combination_with_stable_ids() -> None:
         "mqar/softmax/seed3", "mqar/local-w8/seed3", "mqar/aft/seed3"]
 
 
-def test_run_tasks_records_each_and_skips_what_is_done() -> None:
+def test_each_task_gives_one_json_record() -> None:
     tasks = quality_tasks(SMALL, VARIANTS)
-    records: list[dict] = []
     seen: list[tuple[str, int]] = []
-    done = {tasks[0].task_id}
-    ran = run_tasks(tasks, SMALL, done, records.append,
-                    progress=lambda task, step, loss, acc: seen.append((task.task_id, step)))
-    assert ran == len(tasks) - 1 and len(records) == ran
-    assert tasks[0].task_id not in {r["task_id"] for r in records}
+    records = [run_task(t, SMALL, lambda step, loss, acc, t=t: seen.append((t.task_id, step)), log_every=5)
+               for t in tasks]
+    assert [r["task_id"] for r in records] == [t.task_id for t in tasks]
     for r in records:
-        json.dumps(r)  # one line of quality.jsonl
+        json.dumps(r, allow_nan=False)  # one line of quality.jsonl
     assert ("mqar/softmax/seed0", 10) in seen
     statuses = {r["task_id"]: r["status"] for r in records}
     assert statuses["approx/aft/N64/gaussian/seed0"] == NOT_AN_APPROXIMATION

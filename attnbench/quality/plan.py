@@ -9,7 +9,6 @@ record (a plain dict, one line of quality.jsonl).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,18 +109,3 @@ def run_task(task: QualityTask, settings: QualitySettings, progress: Progress | 
     else:
         raise ValueError(f"unknown quality measure {task.kind!r}; choose one of {', '.join(MEASURES)}")
     return {"schema": RECORD_SCHEMA, "task_id": task.task_id, "kind": task.kind, **result.to_dict()}
-
-
-def run_tasks(tasks: list[QualityTask], settings: QualitySettings, done: set[str],
-              record: Callable[[dict[str, Any]], None],
-              progress: Callable[[QualityTask, int, float, float], None] | None = None) -> int:
-    """Run the tasks whose id is not in ``done``, handing each record to ``record`` as soon
-    as it exists (the caller appends and syncs it). Returns how many ran."""
-    ran = 0
-    for task in tasks:
-        if task.task_id in done:
-            continue
-        hook = None if progress is None else (lambda s, loss, acc, t=task: progress(t, s, loss, acc))
-        record(run_task(task, settings, hook))
-        ran += 1
-    return ran
