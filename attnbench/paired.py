@@ -21,12 +21,13 @@ moment to the next: that is what the visits measure.
   moderated towards a prior pooled over all the cases of that run (3 to 5
   visits per case give a poor variance on their own), after dropping visits
   disturbed far beyond the run's spread. Machines drift between back-to-back
-  runs by a few percent, uniformly: so each case is judged against the change
-  common to all cases (``common_shift``, reported on its own with its
-  interval), and a change is called only when the 90% interval of the case's
-  relative ratio lies wholly beyond the minimum effect (5% by default): two
-  one-sided tests at 5%, as in an equivalence test. A test of "no change at
-  all" on raw samples flags the drift in nearly every case.
+  runs by a few percent, uniformly: so the change common to all cases
+  (``common_shift``, reported on its own with its interval) is discounted,
+  up to the minimum effect (``drift_allowance``), and a change is called only
+  when the 90% interval of the case's remaining ratio lies wholly beyond the
+  minimum effect (5% by default): two one-sided tests at 5%, as in an
+  equivalence test. A test of "no change at all" on raw samples flags the
+  drift in nearly every case.
 * ``estimate_prior``: the variance prior, by the empirical-Bayes method of
   limma (Smyth 2004, "Linear models and empirical Bayes methods for assessing
   differential expression"): the per-case variances of log visit medians are
@@ -56,7 +57,7 @@ LEVEL = 0.95  # the intervals of ratios and correlations within a run
 COMPARE_LEVEL = 0.90
 MIN_EFFECT = 0.05  # a change between runs smaller than 5% is never called
 MIN_ROUNDS = 2  # visits per side needed for a verdict between runs
-MIN_CASES_FOR_SHIFT = 8  # cases both runs measured, to estimate their common shift
+MIN_CASES_FOR_SHIFT = 16  # cases both runs measured, to estimate their common shift
 BOOTSTRAP = 2000  # resamples of the bootstrap intervals
 MAX_PRIOR_DF = 1000.0  # "no spread beyond chance": the prior then dominates every case
 
@@ -297,8 +298,8 @@ def spearman_interval(measured: Mapping[str, Sequence[float]], published: Mappin
 class VisitChange:
     """Run B against run A for one case. ``ratio``: the geometric mean of B's
     visit medians over A's, as measured. ``relative``: that ratio over the
-    change common to all cases (``CommonShift``), which is what the verdict
-    judges, with its interval ``low``–``high``. ``p_value``: of the test that
+    machine's drift between the runs (``drift_allowance``), which is what the
+    verdict judges, with its interval ``low``–``high``. ``p_value``: of the test that
     the change exceeds the minimum effect (NaN without a test). ``verdict``:
     ``slower``, ``faster``, ``same`` or ``too few rounds``."""
 
@@ -367,7 +368,8 @@ def visit_change(a: Sequence[float], b: Sequence[float], prior_a: VariancePrior 
                  prior_b: VariancePrior | None = None, level: float = COMPARE_LEVEL,
                  min_effect: float = MIN_EFFECT, shift: CommonShift | None = None) -> VisitChange:
     """Is run B's case slower or faster than run A's, beyond ``min_effect`` and
-    beyond the ``shift`` common to all cases?
+    beyond the machine's drift (the ``shift`` common to all cases, up to
+    ``min_effect``: see ``drift_allowance``)?
 
     ``a``, ``b``: the case's visit medians in each run (one per round).
     Welch's t on the log visit medians, each side's variance moderated towards
@@ -381,15 +383,17 @@ def visit_change(a: Sequence[float], b: Sequence[float], prior_a: VariancePrior 
         raise ValueError("visit_change: both sides need at least one positive visit median")
     la, lb = undisturbed(la, prior_a), undisturbed(lb, prior_b)
     measured = float(lb.mean() - la.mean())
-    diff = measured - (math.log(shift.ratio) if shift else 0.0)
+    band = math.log1p(min_effect)
+    diff = measured - drift_allowance(shift, min_effect)
     ratio, relative = math.exp(measured), math.exp(diff)
     if len(la) < MIN_ROUNDS or len(lb) < MIN_ROUNDS:
         return VisitChange(ratio, relative, math.nan, math.nan, math.nan, TOO_FEW, len(la), len(lb))
     va, da = moderated(float(la.var(ddof=1)), len(la) - 1, prior_a)
     vb, db = moderated(float(lb.var(ddof=1)), len(lb) - 1, prior_b)
     wa, wb = va / len(la), vb / len(lb)
-    se = math.sqrt(wa + wb + (shift.variance if shift else 0.0))
-    band = math.log1p(min_effect)
+    # The allowance's own uncertainty, unless clipped (then it no longer moves with the shift).
+    clipped = shift is None or abs(math.log(shift.ratio)) >= band
+    se = math.sqrt(wa + wb + (0.0 if clipped else shift.variance))
     if se == 0:  # identical visits on both sides: the change is known exactly
         verdict = SLOWER if diff > band else FASTER if diff < -band else SAME
         return VisitChange(ratio, relative, relative, relative, 0.0 if verdict != SAME else 1.0, verdict,
@@ -402,6 +406,18 @@ def visit_change(a: Sequence[float], b: Sequence[float], prior_a: VariancePrior 
     low, high = diff - half, diff + half
     verdict = SLOWER if low > band else FASTER if high < -band else SAME
     return VisitChange(ratio, relative, math.exp(low), math.exp(high), p, verdict, len(la), len(lb))
+
+
+def drift_allowance(shift: CommonShift | None, min_effect: float = MIN_EFFECT) -> float:
+    """The part of the common shift taken as the machine's drift between runs
+    (log): the shift, clipped to the minimum effect. Drift is a few percent;
+    a larger shift is more likely a change (a library, or the variant that is
+    half of a two-variant suite), so only this much of it is discounted and
+    the rest is judged with each case."""
+    if shift is None:
+        return 0.0
+    band = math.log1p(min_effect)
+    return min(max(math.log(shift.ratio), -band), band)
 
 
 def common_shift(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[float]],

@@ -169,15 +169,19 @@ def test_a_planted_15_percent_slowdown_is_flagged_in_90_percent_of_its_cases():
     assert others <= 0.05 * (12 * CASES - planted)
 
 
-def test_a_change_under_every_case_shows_in_the_common_shift_not_in_the_marks():
+def test_uniform_drift_is_discounted_up_to_the_minimum_effect_and_a_larger_shift_is_judged():
     rng = np.random.default_rng(9)
     sigmas = _sigmas(rng)
     a = synthetic_run(rng, sigmas, 5, run_drift=0, disturbed=0)
-    b = {c: [m * 1.2 for m in v] for c, v in synthetic_run(rng, sigmas, 5, run_drift=0, disturbed=0).items()}
-    result = compare_visits(a, b)
-    assert result.shift.verdict == "slower" and result.shift.ratio == pytest.approx(1.2, rel=0.03)
-    assert sum(c.significant for c in result.changes.values()) <= 0.05 * CASES
-    flat = compare_visits(a, b, adjust_shift=False)
+    b = synthetic_run(rng, sigmas, 5, run_drift=0, disturbed=0)
+    drifted = compare_visits(a, {c: [m * 1.04 for m in v] for c, v in b.items()})  # the machine, 4% slower
+    assert drifted.shift.ratio == pytest.approx(1.04, rel=0.01) and drifted.shift.verdict == "same"
+    assert sum(c.significant for c in drifted.changes.values()) <= 0.05 * CASES
+    library = compare_visits(a, {c: [m * 1.2 for m in v] for c, v in b.items()})  # every case 20% slower
+    assert library.shift.verdict == "slower" and library.shift.ratio == pytest.approx(1.2, rel=0.02)
+    slower = [c for c in library.changes.values() if c.verdict == "slower"]
+    assert len(slower) >= 0.9 * CASES and np.median([c.relative for c in slower]) == pytest.approx(1.2 / 1.05, rel=0.02)
+    flat = compare_visits(a, {c: [m * 1.2 for m in v] for c, v in b.items()}, adjust_shift=False)
     assert flat.shift is None and sum(c.verdict == "slower" for c in flat.changes.values()) >= 0.9 * CASES
 
 
