@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from attnbench import paired
+from attnbench.model import worst_status
 
-_SEVERITY = {"crashed": 5, "timeout": 4, "oom": 3, "error": 2, "skipped": 1, "ok": 0}
 CASE_KEYS = ["batch", "dim", "dtype", "device", "causal", "heads", "seq_len", "pass"]
 
 
@@ -31,7 +31,7 @@ def visit_round(record: dict[str, Any]) -> int:
 
 
 def _worst(statuses: list[str]) -> str:
-    return max(statuses, key=lambda s: _SEVERITY.get(s, 0)) if statuses else "ok"
+    return worst_status(statuses)
 
 
 def latest_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def latest_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def merge_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per case from its visit records, in the order cases first
-    appear. The merged record keeps the first visit's fields (case, family,
+    appear (records merged already pass through). The merged record keeps the first visit's fields (case, family,
     parameters, device name) and has ``rounds`` (the rounds visited) and
     ``status`` (the worst over visits). Each pass has ``samples_ms`` (every
     visit's samples, in round order), ``rounds_ms`` (the samples of each
@@ -57,6 +57,9 @@ def merge_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_case.setdefault(record["case_id"], []).append(record)
     merged = []
     for visits in by_case.values():
+        if "rounds" in visits[-1]:  # merged already
+            merged.append(visits[-1])
+            continue
         visits = sorted(visits, key=visit_round)
         first = visits[0]
         out = {k: v for k, v in first.items() if k not in ("passes", "round", "status", "error")}
