@@ -371,6 +371,7 @@ def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, de
              known: list[str], labels: dict[str, int]) -> VariantSpec:
     """One entry of ``variants``: a name, or a mapping with name, label, params and own settings."""
     from attnbench.variants import variant_info
+    from attnbench.variants.factory import unknown_parameter
 
     key = f"variants[{i}]"
     if isinstance(item, str):
@@ -394,10 +395,9 @@ def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, de
     if not isinstance(params, dict):
         v.fail("must be a mapping of parameter: value", key=f"{key}.params", line=v.line_of(item, "params"))
     for p in params:
-        if p not in info.defaults:
-            choices = ", ".join(info.defaults) or "none"
-            v.fail(f"variant {vname!r} has no parameter {p!r}.{did_you_mean(str(p), list(info.defaults))} "
-                   f"Its parameters: {choices}", key=f"{key}.params.{p}", line=v.line_of(params, p))
+        message = unknown_parameter(vname, str(p), list(info.defaults))
+        if message:
+            v.fail(message, key=f"{key}.params.{p}", line=v.line_of(params, p))
     label = item.get("label", vname)
     if not isinstance(label, str) or not label or "|" in label:
         v.fail("must be a non-empty string without '|'", key=f"{key}.label", line=v.line_of(item, "label"))
