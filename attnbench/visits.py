@@ -44,8 +44,9 @@ def latest_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def merge_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per case from its visit records, in the order cases first
-    appear (records merged already pass through). The merged record keeps the first visit's fields (case, family,
+    """One record per case from its visit records, in the suite's order
+    (``case_index``, which the sweep writes) or else the order cases first
+    appear; records merged already pass through. The merged record keeps the first visit's fields (case, family,
     parameters, device name) and has ``rounds`` (the rounds visited) and
     ``status`` (the worst over visits). Each pass has ``samples_ms`` (every
     visit's samples, in round order), ``rounds_ms`` (the samples of each
@@ -70,7 +71,9 @@ def merge_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out["passes"] = [_merge_pass(name, visits) for name in first["case"]["passes"]
                          if any(name in _passes(v) for v in visits)]
         merged.append(out)
-    return merged
+    # In the suite's order (the sweep numbers the cases; rounds visit them shuffled).
+    position = {id(r): i for i, r in enumerate(merged)}
+    return sorted(merged, key=lambda r: (r.get("case_index") is None, r.get("case_index") or 0, position[id(r)]))
 
 
 def _passes(record: dict[str, Any]) -> dict[str, dict[str, Any]]:

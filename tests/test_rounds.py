@@ -93,6 +93,7 @@ def test_a_run_records_one_line_per_visit_and_merges_them_per_case(tmp_path: Pat
     run = load_run(summary.run_dir)
     assert len(run.records) == 18 and len(run.visits) == 72
     assert all(r["rounds"] == [0, 1, 2, 3] for r in run.records)
+    assert [r["case_id"] for r in run.records] == [c.case_id for c in suite().cases()]  # the suite's order
     frame = run.frame()
     assert (frame["rounds"] == 4).all() and (frame["round_spread"] > 0).all() and len(frame) == 36
     assert (frame["peak_mem_mib"] == frame["seq_len"]).all()  # measured on the first visit

@@ -9,9 +9,10 @@ overheads), and a run whose two calibrations differ by more than
 ``DRIFT_WARN`` warns that the machine changed under it (clock, thermal state,
 a neighbour).
 
-Method. Matmul: square (n×n)·(n×n) products, n doubled from 256 until one
-product takes a quarter of ``target_s`` (or n reaches the device's cap), then
-as many products per timed region as fill ``target_s``; the median of
+Method. Matmul: square (n×n)·(n×n) products of a fixed size per device (1024
+on CPU, 8192 on CUDA: the same work at the start and the end of a run, so the
+two rates compare; a size picked from a first timing would follow the load),
+as many products per timed region as fill ``target_s``, the median of
 ``repeats`` regions; 2·n³ FLOPs a product. Bandwidth: ``dst.copy_(src)`` of
 a buffer far larger than the caches (128 MiB on CPU, 1 GiB on CUDA), repeated
 to fill ``target_s``; 2 × its size in bytes a copy; the median of ``repeats``.
@@ -34,8 +35,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
           "float64": torch.float64}
 TARGET_S = 0.1  # one timed region
 REPEATS = 3  # timed regions; the median is kept
-START_N = 256
-MAX_N = {"cpu": 4096, "cuda": 16384}
+MATMUL_N = {"cpu": 1024, "cuda": 8192}
 COPY_MIB = {"cpu": 128, "cuda": 1024}
 # Start and end calibrations further apart than this warn. On this project's
 # 2-core CPU machine, back-to-back calibrations on a shared (busy) machine
@@ -63,17 +63,12 @@ def _region_s(fn: Callable[[], object], device: torch.device, times: int = 1) ->
 def matmul_rate(device: torch.device, dtype: torch.dtype, target_s: float = TARGET_S,
                 repeats: int = REPEATS) -> dict[str, Any]:
     """FLOP/s of square matrix products at ``dtype`` on ``device``."""
-    cap = MAX_N.get(device.type, MAX_N["cuda"])
-    n = START_N
+    n = MATMUL_N.get(device.type, MATMUL_N["cuda"])
     generator = torch.Generator(device="cpu").manual_seed(0)
-    while True:
-        a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
-        b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
-        _region_s(lambda a=a, b=b: a @ b, device)  # warm-up: the library picks its kernel
-        one = _region_s(lambda a=a, b=b: a @ b, device)
-        if one >= target_s / 4 or n >= cap:
-            break
-        n *= 2
+    a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+    _region_s(lambda: a @ b, device)  # warm-up: the library picks its kernel
+    one = min(_region_s(lambda: a @ b, device) for _ in range(2))
     times = max(1, round(target_s / max(one, 1e-9)))
     regions = [_region_s(lambda: a @ b, device, times) for _ in range(repeats)]
     seconds = statistics.median(regions)

@@ -144,7 +144,10 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     guard = SignalGuard().install()
     monitor = NoiseMonitor()
 
+    order = {case.case_id: i for i, case in enumerate(all_cases)}
+
     def finish(record: dict[str, Any], progress: Progress) -> None:
+        record["case_index"] = order.get(record["case_id"])  # the suite's order, which rounds shuffle
         with guard.deferred():  # a finished visit is recorded whole, whatever signal comes
             append_record(jsonl, record)
             records.append(record)
