@@ -300,7 +300,7 @@ def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name
     both have: speed-up against the baseline model's variant and memory ratio
     (peak / the baseline's peak), one row per model and N."""
     columns = ["model", "label", "seq_len", "measured_speedup", "published_speedup", "measured_mem_ratio",
-               "published_mem_ratio"]
+               "published_mem_ratio", "case_id", "baseline_case_id"]
     found = _published_group(frame, table, pass_name or table.pass_name)
     if found is None:
         return pd.DataFrame(columns=columns)
@@ -327,6 +327,7 @@ def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name
                                        and not _isnan(base["peak_mem_mib"]) and base["peak_mem_mib"] > 0
                                        else math.nan),
                 "published_mem_ratio": float(pub_n.loc[variant, "memory_gb"]) / base_gb,
+                "case_id": mine["case_id"], "baseline_case_id": base["case_id"] if has_base else None,
             })
     return pd.DataFrame(rows, columns=columns)
 
@@ -350,7 +351,7 @@ def published_correlation(frame: pd.DataFrame, table: PublishedTable, seq_len: i
     at_n = both[both["seq_len"] == n]
     if len(at_n) < 2:
         return None
-    pairs = at_n[["model", "label", "measured_speedup", "published_speedup"]].rename(
+    pairs = at_n[["model", "label", "measured_speedup", "published_speedup", "case_id", "baseline_case_id"]].rename(
         columns={"measured_speedup": "measured", "published_speedup": "published"}).reset_index(drop=True)
     return Agreement(table=table.name, pass_name=pass_name, seq_len=int(n),
                      rho=spearman(list(pairs["measured"]), list(pairs["published"])), pairs=pairs)
@@ -368,6 +369,29 @@ def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str]) -
         if len(same) == 1:
             out[variant] = same[0]
     return out
+
+
+def agreement_interval(agreement: Agreement, records: list[dict[str, Any]], level: float = paired.LEVEL
+                       ) -> paired.Interval:
+    """A bootstrap interval over rounds for ``agreement``'s rank correlation: per
+    model its speed-up in each round (the baseline's visit median over the
+    model's, same round), rounds resampled alike for every model."""
+    by_id = {r["case_id"]: r for r in records}
+
+    def rounds_of(case_id: str) -> dict[int, float]:
+        record = by_id.get(case_id) or {}
+        result = next((p for p in record.get("passes", []) if p["pass"] == agreement.pass_name), {})
+        return {r: float(np.median(s)) for r, s in zip(result.get("round_ids") or [], result.get("rounds_ms") or [],
+                                                        strict=True) if s}
+
+    per_model: dict[str, dict[int, float]] = {}
+    for pair in agreement.pairs.to_dict("records"):
+        mine, base = rounds_of(pair["case_id"]), rounds_of(pair["baseline_case_id"] or "")
+        per_model[pair["model"]] = {r: base[r] / mine[r] for r in mine.keys() & base.keys()}
+    rounds = sorted(set().union(*per_model.values())) if per_model else []
+    measured = {m: [v.get(r, math.nan) for r in rounds] for m, v in per_model.items()}
+    published = dict(zip(agreement.pairs["model"], agreement.pairs["published"], strict=True))
+    return paired.spearman_interval(measured, published, level)
 
 
 # --- quartiles from the raw samples (for bands in plots) ---------------------------

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from attnbench.analysis import (
     SETTING,
+    agreement_interval,
     default_baseline,
     describe_setting,
     label_order,
@@ -319,11 +320,16 @@ def side_by_side_tables(both: pd.DataFrame, published) -> list[Table]:
             for kind, what in SIDE_BY_SIDE_KINDS]
 
 
-def agreement_text(agreement) -> str:
-    """One line on the rank agreement between measured and published relative speeds."""
+def agreement_text(agreement, records: list[dict] | None = None) -> str:
+    """One line on the rank agreement between measured and published relative
+    speeds; with the run's records, its 95% interval over rounds."""
     if agreement is None:
         return "rank agreement with the published table: not enough models in common to compute it"
     rho = "undefined" if pd.isna(agreement.rho) else f"{agreement.rho:+.2f}"
+    if records is not None and not pd.isna(agreement.rho):
+        interval = agreement_interval(agreement, records)
+        if interval.has_interval:
+            rho += f" [{interval.low:+.2f} to {interval.high:+.2f}, 95% over {interval.rounds} rounds]"
     models = ", ".join(agreement.pairs["label"])
     return (f"Spearman rank correlation of relative speed at N={agreement.seq_len} ({agreement.pass_name}) "
             f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
@@ -348,7 +354,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
         both = published_side_by_side(frame, published)
         out.extend(published_tables(published))
         out.extend(side_by_side_tables(both, published))
-        out.append(agreement_text(published_correlation(frame, published, both=both)))
+        out.append(agreement_text(published_correlation(frame, published, both=both), run.records))
     return out
 
 
@@ -382,7 +388,8 @@ def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: s
     """asv-style: per case and pass the mark, the medians of A's and B's visits,
     their ratio, and the change beyond the runs' common drift with its 90%
     interval; the common shift; then per variant the geometric mean of the ratios."""
-    table = Table(title=f"{name_b} against {name_a}: visit medians, B/A",
+    table = Table(title=f"{name_b} against {name_a}: the middle visit's median (ms), B/A the geometric mean "
+                        "over visits",
                   caption=f"+ slower, - faster: the 90% interval of the change (beyond the drift all cases share, "
                           f"up to {min_effect:.0%}) lies wholly beyond ±{min_effect:.0%}; ~ no change that large; "
                           "? too few rounds for a verdict (2 visits a side at least); x failed or missing")
