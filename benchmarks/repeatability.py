@@ -14,12 +14,12 @@ run B than in run A) and reports the fraction of its cases flagged slower
 (the detection rate) and of the other cases flagged at all.
 
 It reads only what the command line writes (``compare --json`` and
-``results.csv``), so it measures any version of attnbench: run it with the
-Python of the environment to measure.
+``run.json``), so it measures any version of attnbench: ``--repo DIR`` runs
+the attnbench of another checkout (the command line runs in DIR, whose
+package comes first on the path), e.g. the code before a change.
 
-usage: python benchmarks/repeatability.py SUITE [--pairs 3] [--quick]
-           [--planted-slowdown [0.15]] [--planted-base linformer] [--keep DIR]
-Run from the repository root (the planted variant is found there).
+usage: python benchmarks/repeatability.py SUITE [--pairs 3] [--quick] [--repo DIR]
+           [--planted-slowdown [0.15]] [--planted-base linformer] [--keep DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -37,15 +38,17 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # benchmarks.planted is found here
 CLI = [sys.executable, "-c", "from attnbench.cli import main; main()"]
+REPO = [ROOT]  # where the command line runs: its attnbench is the one measured (--repo)
 PLANTED = "benchmarks.planted:PlantedSlowdown"
 PLANTED_LABEL = "planted"
 KEYS = ("label", "batch", "dim", "dtype", "device", "causal", "heads", "seq_len", "pass")
 
 
 def attnbench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([*CLI, *args], cwd=REPO[0], env=env, capture_output=True, text=True)
     if check and done.returncode not in (0, 1, 3):  # 1: compare found a regression; 3: some cases failed
         sys.exit(f"attnbench {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done
@@ -96,7 +99,7 @@ def speedups(run_dir: Path) -> dict[tuple, float]:
 def calibration(run_dir: Path) -> str:
     meta = json.loads((run_dir / "run.json").read_text())
     cal = meta.get("calibration") or {}
-    start, end = cal.get("start") or {}, cal.get("end") or {}
+    start, end = (cal.get("start") or [{}])[0], (cal.get("end") or [{}])[0]  # the first device and dtype
     if not start.get("matmul_flops") or not end.get("matmul_flops"):
         return ""
     mm = end["matmul_flops"] / start["matmul_flops"] - 1
@@ -155,11 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planted-slowdown", type=float, nargs="?", const=0.15, default=None, metavar="FRACTION",
                         help="add a variant that is FRACTION slower in run B (default 0.15)")
     parser.add_argument("--planted-base", default="linformer", help="the built-in variant slowed (default linformer)")
+    parser.add_argument("--repo", type=Path, default=ROOT,
+                        help="the checkout whose attnbench runs (default: this one)")
     parser.add_argument("--keep", type=Path, help="keep the runs in this directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if not (args.repo / "attnbench" / "__init__.py").is_file():
+        parser.error(f"--repo {args.repo}: no attnbench package there")
+    REPO[0] = args.repo.resolve()
     out = args.keep or Path(tempfile.mkdtemp(prefix="attnbench-repeatability-"))
     out.mkdir(parents=True, exist_ok=True)
     suite = args.suite.resolve()
