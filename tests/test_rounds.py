@@ -5,6 +5,7 @@ torch work), so these tests are fast and exact."""
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,20 @@ def test_a_failed_first_visit_is_not_repeated(tmp_path: Path):
     records = {r["case_id"]: r for r in summary.records}
     assert all(records[k]["status"] == "timeout" for k in linear_64)
     assert summary.exit_code == 3
+
+
+def test_later_visits_follow_the_first():
+    from attnbench.bench.skip import skip_reason
+
+    case = suite().cases()[0]
+    later = replace(case, round=1)
+
+    def first(status, passes):
+        return {"case_id": case.case_id, "case": case.to_dict(), "round": 0, "status": status, "error": "why",
+                "passes": [{"pass": p, "status": s} for p, s in passes.items()]}
+
+    assert skip_reason(later, [first("ok", {"forward": "ok", "backward": "ok"})]) is None
+    # a pass that cannot run here (FlexAttention's backward on CPU): the others are still visited
+    assert skip_reason(later, [first("skipped", {"forward": "ok", "backward": "skipped"})]) is None
+    assert skip_reason(later, [first("skipped", {})]) == "why"
+    assert "round 1 ended timeout" in skip_reason(later, [first("timeout", {"forward": "ok"})])

@@ -45,13 +45,14 @@ def skip_reason(case: Case, done: list[dict[str, Any]]) -> str | None:
     repeats, and a timeout would cost its limit in every round)."""
     earlier = [r for r in done if r.get("case_id") == case.case_id and r.get("round", 0) != case.round]
     if earlier:
-        failed = [r for r in earlier if r["status"] != Status.OK]
-        if not failed:
-            return None
-        first = min(failed, key=lambda r: r.get("round", 0))
-        if first["status"] == Status.SKIPPED:
-            return first.get("error") or "skipped"
-        return f"skipped: its visit in round {first.get('round', 0) + 1} ended {first['status']}"
+        failed = [r for r in earlier if r["status"] not in (Status.OK, Status.SKIPPED)]
+        if failed:
+            first = min(failed, key=lambda r: r.get("round", 0))
+            return f"skipped: its visit in round {first.get('round', 0) + 1} ended {first['status']}"
+        ran = any(p["status"] == Status.OK for r in earlier for p in r.get("passes", []))
+        if not ran:  # skipped whole: the reason holds for this visit too
+            return next((r.get("error") for r in earlier if r.get("error")), None) or "skipped"
+        return None  # some passes ran (others cannot run here): visit again
     key = case.series
     series = [r for r in done if series_of(r["case"]) == key]
     for record in series:
