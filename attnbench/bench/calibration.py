@@ -38,10 +38,12 @@ REPEATS = 3  # timed regions; the median is kept
 MATMUL_N = {"cpu": 1024, "cuda": 8192}
 COPY_MIB = {"cpu": 128, "cuda": 1024}
 # Start and end calibrations further apart than this warn. On this project's
-# 2-core CPU machine, back-to-back calibrations on a shared (busy) machine
-# differed by up to ~2% in matmul rate and ~3% in copy bandwidth (README:
-# "Calibration"); 10% is beyond that noise and well within what a clock change
-# or a neighbour taking a core does (20-50%).
+# 2-core CPU machine, shared and busy (load average 6-7), six back-to-back
+# calibrations moved by 1-2% in matmul rate from one to the next but once by
+# 41% (a neighbour's burst), and by 3-14% in copy bandwidth; a quiet machine
+# moves less (benchmarks/repeatability.py prints each run's end/start). 10% is
+# above a quiet machine's jitter and below what a neighbour taking a core or a
+# clock change does (20-50%).
 DRIFT_WARN = 0.10
 
 
