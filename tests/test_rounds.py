@@ -175,3 +175,20 @@ def test_later_visits_follow_the_first():
     assert skip_reason(later, [first("skipped", {"forward": "ok", "backward": "skipped"})]) is None
     assert skip_reason(later, [first("skipped", {})]) == "why"
     assert "round 1 ended timeout" in skip_reason(later, [first("timeout", {"forward": "ok"})])
+
+
+def test_an_oom_skips_the_larger_n_of_its_series_in_every_round(tmp_path: Path):
+    class OutOfMemory(FakeExecutor):
+        def run(self, cases):
+            for event in super().run(cases):
+                if isinstance(event, Outcome) and event.case.label == "softmax" and event.case.seq_len == 128:
+                    event.status, event.error = "oom", "out of memory"
+                yield event
+
+    executor = OutOfMemory()
+    summary = run_suite(suite(), RunOptions(out_dir=tmp_path, quiet=True), executor=executor)
+    softmax = Counter(case_id.split("|")[1] for case_id, _ in executor.ran if case_id.startswith("softmax|"))
+    assert softmax == {"N=64": 8, "N=128": 2}  # heads 2 and 4; N=128 once each, N=256 never
+    statuses = {(r["case"]["seq_len"], r["case"]["heads"]): r["status"] for r in summary.records
+                if r["case"]["label"] == "softmax"}
+    assert statuses[(128, 2)] == "oom" and statuses[(256, 2)] == "skipped" and statuses[(64, 4)] == "ok"
