@@ -411,8 +411,10 @@ def validate(
     with _user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
     cases = suite.cases()
+    rounds = suite.timing.rounds
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
-              f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
+              f"{sum(len(c.passes) for c in cases)} timed passes, {rounds} round{'s' if rounds > 1 else ''} "
+              f"({len(cases) * rounds} visits)", highlight=False)
 
 
 @app.command()
