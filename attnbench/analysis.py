@@ -13,6 +13,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnbench.errors import DataError
+from attnbench.model import Status
+from attnbench.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
+from attnbench.stats import (  # noqa: F401 - ALPHA, MIN_EFFECT, change: re-exported for callers of analysis
+    ALPHA,
+    MARK_FAILED,
+    MARK_FASTER,
+    MARK_SAME,
+    MARK_SLOWER,
+    MIN_EFFECT,
+    Change,
+    change,
+    quartiles,
+)
+
 # The columns that make two rows the same experiment apart from the variant.
 SETTING = ["batch", "dim", "dtype", "device", "causal"]
 CASE_KEYS = SETTING + ["heads", "seq_len", "pass"]
@@ -50,12 +65,12 @@ def with_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     case and pass, the speed-up (baseline time / time) and the memory ratio."""
     if baseline not in set(frame["label"]):
         known = ", ".join(label_order(frame))
-        raise ValueError(f"baseline {baseline!r} is not in this run; its variants: {known}")
-    base = frame[(frame["label"] == baseline) & (frame["status"] == "ok")][
+        raise DataError(f"baseline {baseline!r} is not in this run; its variants: {known}")
+    base = frame[(frame["label"] == baseline) & (frame["status"] == Status.OK)][
         CASE_KEYS + ["median_ms", "peak_mem_mib"]].rename(
         columns={"median_ms": "baseline_ms", "peak_mem_mib": "baseline_mem_mib"})
     merged = frame.merge(base, on=CASE_KEYS, how="left")
-    ok = merged["status"] == "ok"
+    ok = merged["status"] == Status.OK
     merged["speedup"] = (merged["baseline_ms"] / merged["median_ms"]).where(ok)
     merged["mem_ratio"] = (merged["peak_mem_mib"] / merged["baseline_mem_mib"]).where(ok)
     return merged
@@ -67,74 +82,6 @@ def default_baseline(frame: pd.DataFrame, preferred: str | None = None) -> str |
         if candidate and candidate in labels:
             return candidate
     return labels[0] if labels else None
-
-
-# --- published tables ---------------------------------------------------------
-
-DATA_PACKAGE = "attnbench"
-DATA_DIR = "data"
-
-
-@dataclass
-class PublishedTable:
-    """A paper's efficiency table shipped with attnbench (``attnbench/data/NAME.csv``
-    with its citation in ``NAME.yaml``): one row per model and N."""
-
-    name: str
-    meta: dict[str, Any]
-    frame: pd.DataFrame
-
-    @property
-    def title(self) -> str:
-        return str(self.meta.get("title", self.name))
-
-    @property
-    def citation(self) -> str:
-        return " ".join(str(self.meta.get("citation", "")).split())
-
-    @property
-    def pass_name(self) -> str:
-        return str(self.meta.get("pass", "forward_backward"))
-
-    @property
-    def baseline_variant(self) -> str | None:
-        model = self.meta.get("baseline_model")
-        rows = self.frame[self.frame["model"] == model]
-        return str(rows["variant"].iloc[0]) if not rows.empty else None
-
-    def models(self) -> list[str]:
-        return list(dict.fromkeys(self.frame["model"]))
-
-
-def _data_files():
-    from importlib.resources import files
-
-    return files(DATA_PACKAGE).joinpath(DATA_DIR)
-
-
-def published_names() -> list[str]:
-    """Names of the published tables shipped in the package (``published:`` in a suite)."""
-    folder = _data_files()
-    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
-    return sorted(n for n in names if folder.joinpath(n + ".csv").is_file())
-
-
-def load_published(name: str) -> PublishedTable:
-    """Load a shipped published table by name, e.g. ``"lra_table2"``."""
-    import io
-
-    import yaml
-
-    known = published_names()
-    if name not in known:
-        raise ValueError(f"unknown published table {name!r}; known: {', '.join(known) or 'none'}")
-    folder = _data_files()
-    meta = yaml.safe_load(folder.joinpath(name + ".yaml").read_text(encoding="utf-8")) or {}
-    text = folder.joinpath(name + ".csv").read_text(encoding="utf-8")
-    frame = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False,
-                        na_values={"steps_per_s": [""], "relative_speed": [""], "printed_speedup": [""],
-                                   "memory_gb": [""]})
-    return PublishedTable(name=name, meta=meta, frame=frame)
 
 
 # --- scaling exponents and crossovers -------------------------------------------
@@ -242,7 +189,7 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
     columns = SETTING + ["heads", "label", "points", "time_exponent", "time_r2", "time_exponent_top",
                          "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n"]
     rows: list[dict[str, Any]] = []
-    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
+    data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
     for setting, heads, sub in table_groups(data):
         base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
         for label in label_order(sub):
@@ -308,7 +255,7 @@ def _published_group(frame: pd.DataFrame, table: PublishedTable, pass_name: str
     models) to set beside ``table``: (rows of that pass, table variant -> label,
     the label of the table's baseline)."""
     base_variant = table.baseline_variant
-    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
+    data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
     if data.empty or base_variant is None:
         return None
     best = None
@@ -401,13 +348,11 @@ def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str]) -
 
 def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
     """Add q1_ms and q3_ms from each pass's raw samples (NaN where there are none)."""
-    from attnbench.bench.timing import quartiles
-
     q: dict[tuple[str, str], tuple[float, float]] = {}
     for record in records:
         for p in record.get("passes", []):
             samples = p.get("samples_ms") or []
-            if p.get("status") == "ok" and samples:
+            if p.get("status") == Status.OK and samples:
                 q1, _, q3 = quartiles(list(samples))
                 q[(record["case_id"], p["pass"])] = (q1, q3)
     out = frame.copy()
@@ -419,52 +364,9 @@ def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Data
 
 # --- two runs: before / after --------------------------------------------------------
 
-# Significance of a change between two runs. With alpha 0.05, one case in twenty
-# of an A/A comparison would be flagged by chance alone; 0.01 keeps two runs of
-# the same code clean (simulated: under 1.5% flagged at any noise level and
-# sample count), and still finds a 2x change with five samples a side.
-MIN_EFFECT = 0.05  # a change smaller than 5% is never called significant
-ALPHA = 0.01  # Mann-Whitney U, two-sided
-MARK_SLOWER, MARK_FASTER, MARK_SAME, MARK_FAILED = "+", "-", "~", "x"
 COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
                    "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "p_value",
                    "significant", "case_id"]
-
-
-@dataclass(frozen=True)
-class Change:
-    ratio: float  # median B / median A
-    p_value: float  # NaN when no test is possible
-    significant: bool
-
-    @property
-    def mark(self) -> str:
-        if not self.significant:
-            return MARK_SAME
-        return MARK_SLOWER if self.ratio > 1 else MARK_FASTER
-
-
-def change(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, min_effect: float = MIN_EFFECT) -> Change:
-    """Is B's timing different from A's? The ratio of medians B/A, with a
-    two-sided Mann-Whitney U test on the raw samples. A change is significant
-    only when p < ``alpha`` *and* the ratio is outside [1/(1+min_effect),
-    1+min_effect] *and* each side has at least two samples: one sample says
-    nothing about spread, so it is never called significant."""
-    import statistics
-
-    if not a or not b:
-        raise ValueError("change: both sides need at least one sample")
-    ratio = statistics.median(b) / statistics.median(a)
-    if len(a) < 2 or len(b) < 2:
-        return Change(ratio, math.nan, False)
-    from scipy.stats import mannwhitneyu
-
-    if len(set(a)) == 1 and set(a) == set(b):
-        p = 1.0
-    else:
-        p = float(mannwhitneyu(list(a), list(b), alternative="two-sided").pvalue)
-    big = ratio >= 1 + min_effect or ratio <= 1 / (1 + min_effect)
-    return Change(ratio, p, bool(p < alpha and big))
 
 
 def _pass_samples(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict, dict]]:
@@ -472,7 +374,7 @@ def _pass_samples(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[
     for record in records:
         passes = {p["pass"]: p for p in record.get("passes", [])}
         for name in record["case"]["passes"]:
-            out[(record["case_id"], name)] = (record, passes.get(name, {"status": record.get("status", "error")}))
+            out[(record["case_id"], name)] = (record, passes.get(name, {"status": record.get("status", Status.ERROR)}))
     return out
 
 
@@ -492,8 +394,8 @@ def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]
         case = (rec_a or rec_b)["case"]
         status_a = pa["status"] if pa else "missing"
         status_b = pb["status"] if pb else "missing"
-        xs = list(pa.get("samples_ms") or []) if status_a == "ok" else []
-        ys = list(pb.get("samples_ms") or []) if status_b == "ok" else []
+        xs = list(pa.get("samples_ms") or []) if status_a == Status.OK else []
+        ys = list(pb.get("samples_ms") or []) if status_b == Status.OK else []
         row = {"label": case["label"], "seq_len": case["seq_len"], "heads": case["heads"], "pass": key[1],
                "batch": case["batch"], "dim": case["dim"], "dtype": case["dtype"], "device": case["device"],
                "causal": case["causal"], "status_a": status_a, "status_b": status_b, "n_a": len(xs),
