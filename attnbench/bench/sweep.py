@@ -77,6 +77,7 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
         write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
+        jsonl.touch()  # a run directory always has its (maybe empty) list of cases
         if done and warnings:
             # Drop a truncated last line now so that appends start on a fresh line.
             rewrite_records(jsonl, done)
