@@ -115,28 +115,16 @@ COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "
                         "tokens_per_s", "error"]
 
 
-def _report_json(run_dir: Path) -> None:
-    """``report --json``: the run's tidy rows (the results.csv columns)."""
-    from attnbench.results import CSV_COLUMNS, frame_records, load_run
-
-    with _user_errors():
-        run_data = load_run(run_dir)
-        frame = run_data.frame()
-    _warn(run_data.warnings)
-    _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
-                 "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
-                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS)})
-
-
 def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) -> None:
     """``compare --json``: one row per variant, case and pass, with speed-up and memory ratio."""
-    from attnbench.analysis import default_baseline, with_baseline
+    from attnbench.analysis import with_baseline
+    from attnbench.report import report_baseline
     from attnbench.results import frame_records, load_run
 
     with _user_errors():
         run_data = load_run(run_dir)
         frame = run_data.frame()
-        base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
+        base = report_baseline(frame, run_data, baseline)
         if base is None:
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
         data = with_baseline(frame, base)
@@ -199,88 +187,182 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
+PASS_NAMES_HELP = "forward, backward or forward_backward (or fwd, bwd, f+b)"
+
+
+def _pass_option(value: str | None) -> str | None:
+    """--pass: a pass by its full or short name (fwd, bwd, f+b)."""
+    from attnbench.model import PASSES
+    from attnbench.report import PASS_SHORT
+
+    if value is None:
+        return None
+    names = {**{p: p for p in PASSES}, **{short: p for p, short in PASS_SHORT.items()}}
+    if value not in names:
+        raise AttnbenchError(f"--pass {value!r}: not a pass; use {PASS_NAMES_HELP}")
+    return names[value]
+
+
+def _check_outputs(plot: Path | None, csv: str | None, as_json: bool) -> None:
+    """Refuse what cannot be written before anything is printed."""
+    if plot is not None:
+        from attnbench.plots import FORMATS
+
+        if plot.suffix.lower() not in FORMATS:
+            raise AttnbenchError(f"--plot {plot}: the plot must be a {' or '.join(FORMATS)} file")
+    if csv == "-" and as_json:
+        raise AttnbenchError("--csv - and --json both write to stdout: choose one")
+
+
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
-    csv: Annotated[Path | None, typer.Option("--csv", help="Write the tidy CSV here.")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory (see attnbench runs).",
+                                            show_default=False)],
+    csv: Annotated[str | None, typer.Option("--csv", metavar="FILE", help="Write the tidy CSV here ('-': to "
+                                            "stdout, instead of the tables).", show_default=False)] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the whole report as markdown here.",
-                                                  metavar="FILE")] = None,
+                                                  metavar="FILE", show_default=False)] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Plot time and memory vs N (log-log) to a .png or "
-                                                             ".svg file.", metavar="FILE")] = None,
-    baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default: the suite's "
-                                                      "baseline, else softmax).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the tidy rows as JSON on stdout.")] = False,
+                                                             ".svg file.", metavar="FILE", show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(help="Variant to compare against [default: the suite's "
+                                                      "baseline, else softmax].", metavar="VARIANT",
+                                                 show_default=False)] = None,
+    variants: Annotated[list[str] | None, typer.Option("--variant", metavar="LABEL", help="Only this variant "
+                                                       "(repeat for more).", show_default=False)] = None,
+    ns: Annotated[list[int] | None, typer.Option("--n", metavar="N", help="Only this sequence length (repeat "
+                                                 "for more).", show_default=False)] = None,
+    pass_name: Annotated[str | None, typer.Option("--pass", metavar="PASS", help=f"Only this pass: "
+                                                  f"{PASS_NAMES_HELP}.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows, speed-ups, scaling exponents and "
+                                          "crossovers as JSON on stdout.")] = False,
 ) -> None:
-    """Print a run's tables again from disk.
+    """Print a run's tables again from disk; write its CSV, markdown and plot.
 
     Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
     """
-    if as_json:
-        return _report_json(run_dir)
-    from attnbench.markdown import markdown_report, write_text
-    from attnbench.report import report_baseline, terminal_report
-    from attnbench.results import load_run, write_csv
+    from attnbench.analysis import select_rows
+    from attnbench.errors import ResultsError
+    from attnbench.report import failures_table, nothing_measured, report_baseline
+    from attnbench.results import load_run
 
     with _user_errors():
+        _check_outputs(plot, csv, as_json)
+        only_pass = _pass_option(pass_name)
         run_data = load_run(run_dir)
-        frame = run_data.frame()
-        _warn(run_data.warnings)
+        frame = select_rows(run_data.frame(), variants, ns, only_pass)
+        why = nothing_measured(run_data, frame)
+        if why:
+            failed = failures_table(frame) if not frame.empty else None
+            if failed is not None:
+                out.print(failed)
+            raise ResultsError(why)
         base = report_baseline(frame, run_data, baseline)
+    _warn(run_data.warnings)
+    if as_json:
+        _report_json(run_data, frame, base)
+    elif csv == "-":
+        frame.to_csv(sys.stdout, index=False, columns=_csv_columns(frame))
+    else:
+        from attnbench.report import terminal_report
+
         for item in terminal_report(run_data, frame, base):
             out.print(item)
-        if csv is not None:
-            write_csv(frame, csv)
-            err.print(f"wrote {csv}", highlight=False)
-        if plot is not None:
-            from attnbench.plots import plot_run
+    with _user_errors():
+        _write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot)
 
-            plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
-            err.print(f"wrote {plot}", highlight=False)
-        if markdown is not None:
-            link = None
-            if plot is not None:
-                import os
 
-                link = os.path.relpath(plot.resolve(), markdown.resolve().parent)
-            write_text(markdown, markdown_report(run_data, base, plot=link, frame=frame))
-            err.print(f"wrote {markdown}", highlight=False)
+def _csv_columns(frame: Any) -> list[str]:
+    from attnbench.results import CSV_COLUMNS
+
+    return [c for c in CSV_COLUMNS if c in frame.columns]
+
+
+def _report_json(run_data: Any, frame: Any, base: str | None) -> None:
+    """``report --json``: the tidy rows (the results.csv columns), the rows
+    against the baseline, and per pass the scaling exponents and crossovers."""
+    from attnbench.analysis import scaling_summary, with_baseline
+    from attnbench.report import measured_passes
+    from attnbench.results import CSV_COLUMNS, frame_records
+
+    relative = with_baseline(frame, base) if base is not None else frame.iloc[0:0]
+    scaling = {p: frame_records(scaling_summary(frame, base, p)) for p in measured_passes(frame)}
+    _print_json({"run_id": run_data.run_id, "run_dir": str(run_data.path),
+                 "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
+                 "baseline": base, "warnings": run_data.warnings, "columns": CSV_COLUMNS,
+                 "rows": frame_records(frame, CSV_COLUMNS),
+                 "against_baseline": frame_records(relative, COMPARE_JSON_COLUMNS),
+                 "scaling": scaling})
+
+
+def _write_report_files(run_data: Any, frame: Any, base: str | None, csv: str | None, markdown: Path | None,
+                        plot: Path | None) -> None:
+    from attnbench.markdown import markdown_report, write_text
+    from attnbench.results import write_csv
+
+    if csv is not None:
+        write_csv(frame, Path(csv))
+        err.print(f"wrote {csv}", highlight=False)
+    if plot is not None:
+        from attnbench.plots import plot_run
+
+        plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
+        err.print(f"wrote {plot}", highlight=False)
+    if markdown is not None:
+        import os
+
+        link = os.path.relpath(plot.resolve(), markdown.resolve().parent) if plot is not None else None
+        write_text(markdown, markdown_report(run_data, base, plot=link, frame=frame))
+        err.print(f"wrote {markdown}", highlight=False)
 
 
 @app.command()
 def compare(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
-    run_b: Annotated[Path | None, typer.Argument(metavar="[RUN_B]", help="A second run: compare it against "
-                                                 "RUN_DIR case by case (B/A).")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_A", help="A results directory.", show_default=False)],
+    run_b: Annotated[Path | None, typer.Argument(metavar="RUN_B", help="A second run: compare it against "
+                                                 "RUN_A case by case (B/A).", show_default=False)] = None,
     fail_above: Annotated[float | None, typer.Option("--fail-above", help="With RUN_B: exit 1 when a "
-                                                     "significant slowdown B/A exceeds this ratio (e.g. 1.10).",
-                                                     metavar="R")] = None,
-    min_effect: Annotated[float, typer.Option("--min-effect", help="With RUN_B: changes smaller than this "
-                                              "fraction are never significant.")] = MIN_EFFECT,
-    baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default softmax).")] = None,
-    pass_name: Annotated[str | None, typer.Option("--pass", help="forward, backward or forward_backward "
-                                                                 "(default: all measured).")] = None,
+                                                     "significant slowdown B/A exceeds this ratio (e.g. 1.10), "
+                                                     "or when a case measured in RUN_A is missing or failed "
+                                                     "in RUN_B.", metavar="RATIO", show_default=False)] = None,
+    min_effect: Annotated[float, typer.Option("--min-effect", metavar="FRACTION", help="With RUN_B: changes "
+                                              "smaller than this fraction are never significant.")] = MIN_EFFECT,
+    baseline: Annotated[str | None, typer.Option(help="With one run: the variant to compare against "
+                                                      "[default: the suite's baseline, else softmax].",
+                                                 metavar="VARIANT", show_default=False)] = None,
+    pass_name: Annotated[str | None, typer.Option("--pass", metavar="PASS", help=f"Only this pass: "
+                                                  f"{PASS_NAMES_HELP} [default: all measured].",
+                                                  show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON on stdout.")] = False,
 ) -> None:
-    """Each variant's speed-up and memory ratio against a baseline, laid out like
-    Long Range Arena's Table 2 (rows models, columns N, cells "steps/s (speed-up)").
+    """One run: each variant against a baseline. Two runs: RUN_B against RUN_A, case by case.
 
-    With a second run, RUN_B against RUN_DIR: per case and pass the ratio of
-    medians B/A, a Mann-Whitney U test on the raw samples, and marks as asv
-    prints them: + slower, - faster, ~ no significant change, x failed or missing.
+    With one run: each variant's speed-up and memory ratio against a baseline,
+    laid out like Long Range Arena's Table 2 (rows variants, columns N, cells
+    "steps/s (speed-up)").
+
+    With RUN_B: per case and pass the ratio of medians B/A, a Mann-Whitney U
+    test on the raw samples, and marks as asv prints them: + slower, - faster,
+    ~ no significant change, x failed or missing. With --fail-above the exit
+    code is 1 on a significant slowdown past the ratio, and also when a case
+    measured in RUN_A is missing or failed in RUN_B (a gate must not pass on
+    what it could not compare).
 
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
     Example: [bold]attnbench compare results/before results/after --fail-above 1.10[/]
     """
+    with _user_errors():
+        only_pass = _pass_option(pass_name)
+        if run_b is not None:
+            if baseline is not None:
+                raise AttnbenchError("--baseline applies to one run (each variant against it); comparing "
+                                     "RUN_B against RUN_A has no baseline: drop --baseline")
+        elif fail_above is not None:
+            raise AttnbenchError("--fail-above needs two runs: compare RUN_A RUN_B --fail-above RATIO")
     if run_b is not None:
-        return _compare_two_runs(run_dir, run_b, pass_name, fail_above, min_effect, as_json)
-    if fail_above is not None:
-        err.print("[bold red]error:[/] --fail-above needs two runs: compare RUN_A RUN_B --fail-above R",
-                  markup=True, highlight=False)
-        raise typer.Exit(2)
+        return _compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
     if as_json:
-        return _compare_json(run_dir, baseline, pass_name)
-    from attnbench.analysis import default_baseline
-    from attnbench.report import comparison_tables
+        return _compare_json(run_dir, baseline, only_pass)
+    from attnbench.report import comparison_tables, report_baseline
     from attnbench.results import load_run
     from attnbench.suite import PASSES
 
@@ -288,10 +370,10 @@ def compare(
         run_data = load_run(run_dir)
         frame = run_data.frame()
         _warn(run_data.warnings)
-        base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
+        base = report_baseline(frame, run_data, baseline)
         if base is None:
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        passes = [pass_name] if pass_name else [p for p in PASSES if p in set(frame["pass"])]
+        passes = [only_pass] if only_pass else [p for p in PASSES if p in set(frame["pass"])]
         for p in passes:
             for table in comparison_tables(frame, base, p):
                 out.print(table)
@@ -299,9 +381,10 @@ def compare(
 
 def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,
                       min_effect: float, as_json: bool) -> None:
-    """``compare RUN_A RUN_B``: B against A, case by case; exit 1 on a regression past --fail-above."""
-    from attnbench.analysis import compare_runs, compare_summary, regressions
-    from attnbench.report import compare_runs_tables
+    """``compare RUN_A RUN_B``: B against A, case by case; exit 1 on a regression past
+    --fail-above or on a case of A that B lost."""
+    from attnbench.analysis import compare_runs, compare_summary, lost_cases, regressions
+    from attnbench.report import compare_runs_tables, lost_case_lines
     from attnbench.results import frame_records, load_run
 
     with _user_errors():
@@ -315,23 +398,36 @@ def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_abov
             compared = compared[compared["pass"] == pass_name]
         if compared.empty:
             raise AttnbenchError(f"{run_a} and {run_b}: no cases to compare")
+    same = run_a.resolve() == run_b.resolve()
+    if same:
+        err.print(f"note: {run_a} and {run_b} are the same run: every ratio is 1", highlight=False)
     _warn(a.warnings + b.warnings)
     summary = compare_summary(compared)
     bad = regressions(compared, fail_above) if fail_above is not None else compared.iloc[0:0]
+    lost = lost_cases(compared)
     if as_json:
-        _print_json({"run_a": str(run_a), "run_b": str(run_b), "min_effect": min_effect, "fail_above": fail_above,
-                     "regressions": len(bad), "rows": frame_records(compared), "summary": frame_records(summary)})
+        _print_json({"run_a": str(run_a), "run_b": str(run_b), "same_run": same, "min_effect": min_effect,
+                     "fail_above": fail_above, "regressions": len(bad), "lost": len(lost),
+                     "rows": frame_records(compared), "summary": frame_records(summary)})
     else:
         for table in compare_runs_tables(compared, summary, a.run_id, b.run_id, min_effect=min_effect):
             out.print(table)
-    missing = int((compared["mark"] == "x").sum())
-    if missing:
-        _warn([f"{missing} case(s) failed or are missing in one of the runs (marked x)"])
+    others = int((compared["mark"] == "x").sum()) - len(lost)
+    if others:
+        _warn([f"{others} case(s) not measured in RUN_A (marked x): nothing to compare them with"])
+    failed_gate = False
+    if len(lost):
+        level = "[bold red]not compared:[/]" if fail_above is not None else "[yellow]warning:[/]"
+        err.print(f"{level} {len(lost)} case(s) measured in RUN_A are missing or failed in RUN_B:\n  "
+                  + "\n  ".join(lost_case_lines(lost)), markup=True, highlight=False)
+        failed_gate = fail_above is not None
     if len(bad):
         worst = bad.sort_values("ratio").iloc[-1]
         err.print(f"[bold red]regression:[/] {len(bad)} case(s) significantly slower than {fail_above}x; worst "
                   f"{worst['label']} N={worst['seq_len']} {worst['pass']}: {worst['ratio']:.2f}x",
                   markup=True, highlight=False)
+        failed_gate = True
+    if failed_gate:
         raise typer.Exit(1)
 
 

@@ -351,8 +351,38 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
 
 
 def report_baseline(frame: pd.DataFrame, run, chosen: str | None) -> str | None:
-    """The variant a report compares against: the one asked for, else the suite's, else softmax."""
+    """The variant a report compares against: the one asked for (which must be
+    in the run), else the suite's, else softmax."""
+    if chosen is not None and not frame.empty and chosen not in set(frame["label"]):
+        raise DataError(f"--baseline {chosen!r} is not in this run; its variants: {', '.join(label_order(frame))}")
     return default_baseline(frame, chosen or run.meta.get("baseline"))
+
+
+def nothing_measured(run, frame: pd.DataFrame) -> str | None:
+    """Why a run (or its rows ``frame``) has nothing to report, and how to go on; None when it has."""
+    if not frame.empty and (frame["status"] == Status.OK).any():
+        return None
+    status = run.meta.get("status", "unknown")
+    if not run.records:
+        what = "no case was measured"
+    elif frame.empty:
+        what = "no case matches the filters given"
+    else:
+        what = f"no case was measured: all {len(run.records)} failed or were skipped"
+    message = f"{run.path}: {what} (run.json: status {status})"
+    suite_path = run.meta.get("suite_path")
+    if suite_path and status in ("interrupted", "running") and frame.empty:
+        message += f"; resume it with: attnbench run {suite_path} --resume {run.path}"
+    return message
+
+
+def lost_case_lines(lost: pd.DataFrame, most: int = 10) -> list[str]:
+    """One line per case of ``analysis.lost_cases`` (at most ``most``, then a count)."""
+    lines = [f"{r['label']} N={r['seq_len']} heads={r['heads']} {PASS_SHORT.get(r['pass'], r['pass'])}: "
+             f"{r['status_b']} in RUN_B" for r in lost.head(most).to_dict("records")]
+    if len(lost) > most:
+        lines.append(f"... and {len(lost) - most} more")
+    return lines
 
 
 # --- two runs -------------------------------------------------------------------------
