@@ -476,10 +476,16 @@ def validate(
     Example: [bold]attnbench validate suites/quick.yaml[/]
     """
     from attnbench import suite as suite_mod
+    from attnbench.bench.skip import device_unavailable
 
     with _user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
     cases = suite.cases()
+    for device in dict.fromkeys(c.device for c in cases):
+        reason = device_unavailable(device)
+        if reason:  # a suite for another machine may still be valid
+            _warn([f"{reason}: its {sum(c.device == device for c in cases)} case(s) on {device} would be "
+                   "skipped here"])
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
               f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
 

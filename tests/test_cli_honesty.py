@@ -163,6 +163,17 @@ def test_cuda_without_a_gpu_is_one_clear_line_and_not_a_success(tmp_path: Path):
     assert result.exit_code != 0 and "CUDA" in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_a_suite_mixing_cpu_and_cuda_runs_the_cpu_cases_and_says_so(tmp_path: Path):
+    suite = write(tmp_path / "m.yaml", TINY.replace("heads: [2]}", "heads: [2], devices: [cpu, cuda]}"))
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["run", str(suite), "--out", str(out), "-q", "--in-process"])
+    assert result.exit_code == 0, result.output
+    assert "4 case(s) on cuda are skipped: CUDA is not available" in flat(result.output)
+    records = load_run(next(out.iterdir())).records
+    assert {r["case"]["device"] for r in records if r["status"] == "ok"} == {"cpu"}
+
+
 # --- 4. parameter values are checked by validate ------------------------------------------
 
 @pytest.mark.parametrize(("variant", "params", "key", "hint"), [

@@ -25,7 +25,8 @@ from attnbench.bench.progress import Progress
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
 from attnbench.bench.signals import Interrupted, SignalGuard
-from attnbench.bench.skip import skip_reason
+from attnbench.bench.skip import device_unavailable, skip_reason
+from attnbench.errors import AttnbenchError
 from attnbench.model import HARMLESS, Case, Status
 from attnbench.results import append_record, records_frame, rewrite_records, write_csv
 from attnbench.suite import Suite
@@ -72,9 +73,12 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     SIGINT/SIGTERM stop the case in flight (its worker is killed), then
     results.csv and run.json are written from what finished and the summary
     says ``interrupted``; ``--resume`` runs the rest."""
+    all_cases = suite.cases()
+    unrunnable = unrunnable_warnings(all_cases)
     executor = executor or make_executor(suite, options)
     try:
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
+        warnings = warnings + unrunnable
         write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
         jsonl.touch()  # a run directory always has its (maybe empty) list of cases
@@ -85,7 +89,6 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         executor.close(interrupted=True)
         raise
     done_ids = {r["case_id"] for r in done}
-    all_cases = suite.cases()
     cases = [c for c in all_cases if c.case_id not in done_ids]
     if cases:
         executor.prepare()
@@ -133,6 +136,20 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         finally:
             guard.restore()
     return summary
+
+
+def unrunnable_warnings(cases: list[Case]) -> list[str]:
+    """A warning per device this machine does not have; an error, before any
+    run directory exists, when no case can run here (nothing would be measured)."""
+    reasons = {d: device_unavailable(d) for d in dict.fromkeys(c.device for c in cases)}
+    lost = {d: r for d, r in reasons.items() if r}
+    if not lost:
+        return []
+    if len(lost) == len(reasons):
+        devices = ", ".join(lost)
+        raise AttnbenchError(f"{'; '.join(dict.fromkeys(lost.values()))}: no case of this suite can run here "
+                             f"(it asks for {devices}); run it with --device cpu, or on a machine with a GPU")
+    return [f"{sum(c.device == d for c in cases)} case(s) on {d} are skipped: {r}" for d, r in lost.items()]
 
 
 def preload_modules(suite: Suite) -> list[str]:
