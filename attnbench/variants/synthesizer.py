@@ -19,6 +19,8 @@ softmax runs in float32 for half-precision inputs.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -33,7 +35,8 @@ from attnbench.variants.layer import (
 )
 from attnbench.variants.registry import register
 
-MODES = ("dense", "random", "factorized")
+SynthesizerMode = Literal["dense", "random", "factorized"]
+MODES: tuple[str, ...] = get_args(SynthesizerMode)  # the hint is the one source of the choices
 
 
 @register("synthesizer", family="synthesizer", paper="2005.00743", complexity="O(N²·d)", causal=True)
@@ -42,7 +45,7 @@ class Synthesizer(AttentionLayer):
     learned matrix or its rank-k factorisation) applied to projected values."""
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
-                 mode: str = "dense", k: int = 32) -> None:
+                 mode: SynthesizerMode = "dense", k: int = 32) -> None:
         super().__init__(dim, heads, seq_len, causal)
         if mode not in MODES:
             raise ValueError(f"synthesizer mode must be one of {', '.join(MODES)}, got {mode!r}")
