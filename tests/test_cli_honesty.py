@@ -187,7 +187,7 @@ def test_validate_checks_parameter_values(tmp_path: Path, variant: str, params: 
     result = runner.invoke(app, ["validate", str(suite)])
     assert result.exit_code == 2, result.output
     out = flat(result.output)
-    assert "s.yaml:7" in out and key in out and hint in out, out
+    assert "s.yaml:8" in out and key in out and hint in out, out
     assert "Traceback" not in result.output
 
 
