@@ -48,6 +48,10 @@ class _ErrorBoundary(TyperGroup):
     user's to fix (a message, their exit code); anything else is a bug in
     attnbench (exit 1, one line, and where the full traceback was saved)."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["attnbench.argv"] = list(args)  # the command as typed, for run.json
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -105,6 +109,12 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
+def _command_line(ctx: typer.Context) -> list[str]:
+    """The command being run, as typed (``attnbench run ...``), for run.json."""
+    args = ctx.meta.get("attnbench.argv")
+    return ["attnbench", *(sys.argv[1:] if args is None else args)]
+
+
 def _print_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps({"schema": JSON_SCHEMA, **payload}, indent=2, default=str) + "\n")
 
@@ -143,6 +153,7 @@ def _warn(messages: list[str]) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to run.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Where run directories are created.")] = Path("results"),
     resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run: only its missing cases run.",
@@ -166,7 +177,8 @@ def run(
         suite = suite_mod.load(suite_path, quick=quick)
         if device:
             suite = suite.with_device(device)
-        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet)
+        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet,
+                             command=_command_line(ctx))
         summary = run_suite(suite, options)
     _warn(summary.warnings)
     from attnbench.results import records_frame

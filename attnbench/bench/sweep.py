@@ -130,7 +130,8 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
             write_csv(records_frame(records, run_dir.name), run_dir / "results.csv")
             meta["status"] = "interrupted" if summary.interrupted else "finished"
             meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
-            meta["cases_total"] = len(all_cases)
+            # Done and planned together: a resumed run may hold cases its suite no longer lists.
+            meta["cases_total"] = len({c.case_id for c in all_cases} | {r["case_id"] for r in records})
             meta["cases_done"] = len(records)
             write_meta(run_dir, meta)
         finally:
