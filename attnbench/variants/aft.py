@@ -177,7 +177,12 @@ def _simple_inference(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
           complexity="O(N·d) simple, O(N·s·d) local, O(N²·d) full", causal=True)
 class AFT(AttentionLayer):
     """Attention Free Transformer: sigmoid-gated, position-biased weighted mean
-    of the values with weights exp(K + w); simple, local or full bias."""
+    of the values with weights exp(K + w); simple, local or full bias.
+
+    Parameters:
+        mode: simple: no position bias; local: a bias within the window; full: an N×N bias
+        window: s: width of the local bias (mode local)
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  mode: AftMode = "simple", window: int = 64) -> None:

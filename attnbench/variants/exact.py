@@ -59,7 +59,11 @@ def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
 @register("sdpa", family="exact", paper="2205.14135", complexity="O(N²·d), O(N) memory when fused",
           causal=True)
 class SDPAttention(AttentionCore):
-    """torch.nn.functional.scaled_dot_product_attention; ``backend`` pins one kernel."""
+    """torch.nn.functional.scaled_dot_product_attention; ``backend`` pins one kernel.
+
+    Parameters:
+        backend: the SDPA kernel to pin; auto lets torch choose
+    """
 
     uses_fused_sdpa = True
 

@@ -42,7 +42,12 @@ MODES: tuple[str, ...] = get_args(SynthesizerMode)  # the hint is the one source
 @register("synthesizer", family="synthesizer", paper="2005.00743", complexity="O(N²·d)", causal=True)
 class Synthesizer(AttentionLayer):
     """Synthesizer: softmax of synthetic logits (dense per-token MLP, random
-    learned matrix or its rank-k factorisation) applied to projected values."""
+    learned matrix or its rank-k factorisation) applied to projected values.
+
+    Parameters:
+        mode: dense: per-token MLP logits; random: a learned N×N matrix; factorized: rank k
+        k: rank of the factorized mode (unused otherwise)
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  mode: SynthesizerMode = "dense", k: int = 32) -> None:
