@@ -10,6 +10,7 @@ or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import traceback
@@ -29,8 +30,18 @@ from attnbench.stats import MIN_EFFECT
 JSON_SCHEMA = 1
 BUG_EXIT_CODE = 1
 
-# Piped output gets a wide fixed width so that tables are never cut at 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = Console()
+PIPED_WIDTH = 200
+
+
+def _fit_output() -> None:
+    """COLUMNS, when set, is the width; else the terminal's. Piped output gets a
+    wide fixed width so that tables are never cut at 80 columns."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        out.width = int(columns)
+    elif not out.is_terminal:
+        out.width = PIPED_WIDTH
 err = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-path
 
 
@@ -94,7 +105,7 @@ def _options(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=_show_version)] = False,
 ) -> None:
-    pass
+    _fit_output()
 
 
 @contextmanager
@@ -445,37 +456,37 @@ def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_abov
 
 @app.command("list")
 def list_variants(
-    import_paths: Annotated[list[str] | None, typer.Argument(
-        metavar="[MODULE:CLASS]...", help="Custom variants to import and list too, e.g. "
-                                          "examples.my_attention:MyAttention.", show_default=False)] = None,
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="[NAME]...", help="Show these variants in full: a registered name, or an import path "
+                                  "MODULE:CLASS such as examples.my_attention:MyAttention.",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every registered variant (built in, plugins, and any import paths given):
-    family, paper, complexity, causal support, parameters, origin.
+    """Every registered variant (built in and plugins): family, complexity, causal
+    support; with NAME, one variant in full (description, paper, parameters with
+    type, default, choices and meaning).
 
-    Example: [bold]attnbench list examples.my_attention:MyAttention --json[/]
+    Example: [bold]attnbench list linformer[/]
     """
     from dataclasses import asdict
 
-    from rich.table import Table
-
+    from attnbench.catalog import parameter_rows, variant_detail, variants_table
     from attnbench.variants import variant_info, variant_names
 
     with _user_errors():
-        for name in import_paths or []:
-            variant_info(name)
-    infos = [variant_info(n) for n in variant_names()]
+        infos = [variant_info(name) for name in names or []]
     if as_json:
-        _print_json({"variants": [asdict(i) for i in infos]})
+        shown = infos or [variant_info(n) for n in variant_names()]
+        _print_json({"variants": [{**asdict(i), "parameters": parameter_rows(i.name)} for i in shown]})
         return
-    table = Table(title="attnbench variants")
-    for col in ("variant", "family", "paper", "complexity", "causal", "defaults", "origin"):
-        table.add_column(col, no_wrap=col in ("variant", "family", "paper"))
-    for i in infos:
-        defaults = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
-        table.add_row(i.name, i.family, f"arXiv:{i.paper}" if i.paper else "", i.complexity,
-                      "yes" if i.causal else "no", defaults, i.origin)
-    out.print(table)
+    if not names:
+        out.print(variants_table(variant_names()))
+        return
+    for i, info in enumerate(infos):
+        if i:
+            out.print()
+        for item in variant_detail(info.name):
+            out.print(item)
 
 
 @app.command()

@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("attnbench.bench.sweep", "attnbench.bench"),
     ("attnbench.analysis",),
     ("attnbench.tables", "attnbench.plots"),
-    ("attnbench.report", "attnbench.markdown"),
+    ("attnbench.report", "attnbench.markdown", "attnbench.catalog"),
     ("attnbench.cli", "attnbench.__main__"),
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
