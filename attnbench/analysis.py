@@ -148,7 +148,7 @@ class Crossover:
             if self.extrapolated is not None:
                 text += f", ≈{self.extrapolated:,.0f} extrapolated"
             return text
-        return "—"
+        return "-"
 
 
 def crossover(ns: Sequence[float], times: Sequence[float], base_times: Sequence[float]) -> Crossover:

@@ -182,7 +182,7 @@ def run(
     """
     from attnbench import suite as suite_mod
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite
-    from attnbench.report import failures_table, run_tables
+    from attnbench.report import failures_table, run_legend, run_tables
 
     with _user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
@@ -197,6 +197,8 @@ def run(
     frame = records_frame(summary.records, summary.run_dir.name)
     for table in run_tables(frame):
         out.print(table)
+    if not frame.empty:
+        out.print(run_legend(frame), highlight=False)
     failed = failures_table(frame)
     if failed is not None:
         out.print(failed)
@@ -289,7 +291,7 @@ def report(
         from attnbench.report import terminal_report
 
         for item in terminal_report(run_data, frame, base):
-            out.print(item)
+            out.print(item, highlight=False)
     with _user_errors():
         _write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot)
 
@@ -385,7 +387,7 @@ def compare(
         return _compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
     if as_json:
         return _compare_json(run_dir, baseline, only_pass)
-    from attnbench.report import comparison_tables, report_baseline
+    from attnbench.report import RELATIVE_LEGEND, comparison_tables, report_baseline
     from attnbench.results import load_run
     from attnbench.suite import PASSES
 
@@ -400,6 +402,7 @@ def compare(
         for p in passes:
             for table in comparison_tables(frame, base, p):
                 out.print(table)
+        out.print(RELATIVE_LEGEND, highlight=False)
 
 
 def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,

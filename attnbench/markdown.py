@@ -55,7 +55,7 @@ def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str) -> list[str]
     """The speed tables of every setting, then the memory tables."""
     groups = list(relative_rows(data, pass_name))
     return [f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
-            + md_table(["model", *[f"N={n}" for n in ns]], by_kind[kind])
+            + md_table(["variant", *[f"N={n}" for n in ns]], by_kind[kind])
             for kind, what in RELATIVE_KINDS for setting, heads, ns, by_kind in groups]
 
 
@@ -77,7 +77,7 @@ def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
                              else cell_time(r))
             rows.append([label, *cells])
         parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
-                     + md_table(["model", *[f"N={n}" for n in ns]], rows))
+                     + md_table(["variant", *[f"N={n}" for n in ns]], rows))
     return parts
 
 

@@ -22,7 +22,7 @@ from attnbench.analysis import (
     with_baseline,
 )
 from attnbench.errors import DataError
-from attnbench.model import PASSES, REPORTED_PASSES, Status
+from attnbench.model import PASSES, Status
 from attnbench.stats import ALPHA, MIN_EFFECT
 
 STATUS_SHORT = {s: ("OOM" if s == Status.OOM else s.value) for s in Status if s != Status.OK}
@@ -46,9 +46,12 @@ def fmt_mib(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
+EMPTY = "-"  # the one mark of a cell with nothing to show
+
+
 def cell_time(row: pd.Series | None) -> str:
     if row is None:
-        return "-"
+        return EMPTY
     if row["status"] != Status.OK:
         return STATUS_SHORT.get(row["status"], row["status"])
     return fmt_ms(row["median_ms"]) + (NOISY_MARK if row["noisy"] else "")
@@ -59,18 +62,29 @@ def lookup_rows(group: pd.DataFrame) -> dict[tuple, pd.Series]:
             for r in group.to_dict("records")}
 
 
+def _setting_title(setting: dict, several: bool) -> str:
+    """The setting in a table's title, only when the run has several (else the header says it)."""
+    return f" — {describe_setting(setting)}" if several else ""
+
+
+def run_legend(frame: pd.DataFrame) -> str:
+    """What a cell of ``run_tables`` holds, said once under them."""
+    shown = measured_passes(frame)
+    return (f"each cell: median ms of {', '.join(PASS_SHORT[p] for p in shown)} (a line each), then the peak "
+            f"MiB; {NOISY_MARK} noisy (IQR/median > 10%)")
+
+
 def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
     """The table printed after a run: rows variant × heads, columns N; each
-    cell the median forward and forward+backward time (ms) and the peak memory
-    (MiB) of the largest pass."""
+    cell the median time (ms) of every measured pass, one line each, and the
+    peak memory (MiB) of the largest pass (``run_legend`` says so)."""
     tables = []
-    for setting, group in settings_groups(frame):
+    groups = settings_groups(frame)
+    for setting, group in groups:
         lookup = lookup_rows(group)
         shown = measured_passes(group)
         ns = sorted(set(group["seq_len"]))
-        table = Table(title=f"{title}{describe_setting(setting)}",
-                      caption=f"median ms ({' / '.join(PASS_SHORT[p] for p in shown)}) · peak MiB; "
-                              f"{NOISY_MARK} = noisy (IQR/median > 10%)")
+        table = Table(title=f"{title}median ms, peak MiB{_setting_title(setting, len(groups) > 1)}")
         table.add_column("variant", no_wrap=True, style="bold")
         table.add_column("heads", justify="right")
         for n in ns:
@@ -81,12 +95,12 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
                 for n in ns:
                     rows = [lookup.get((label, heads, n, p)) for p in shown]
                     if all(r is None for r in rows):
-                        cells.append("")
+                        cells.append(EMPTY)
                         continue
-                    times = " / ".join(cell_time(r) for r in rows)
+                    times = "\n".join(cell_time(r) for r in rows)
                     mems = [r["peak_mem_mib"] for r in rows if r is not None and r["status"] == Status.OK
                             and r["peak_mem_mib"] is not None and not pd.isna(r["peak_mem_mib"])]
-                    cells.append(times + (f"\n{fmt_mib(max(mems))} MiB" if mems else ""))
+                    cells.append(times + (f"\n{fmt_mib(max(mems))}" if mems else ""))
                 table.add_row(label, str(heads), *cells)
         tables.append(table)
     return tables
@@ -95,7 +109,7 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
 def relative_cell(row: pd.Series | None, kind: str) -> str:
     """LRA Table 2 style: 'steps/s (speed-up x)' or 'MiB (ratio x)'."""
     if row is None:
-        return ""
+        return EMPTY
     if row["status"] != Status.OK:
         return STATUS_SHORT.get(row["status"], row["status"])
     noisy = NOISY_MARK if row["noisy"] and kind == "speed" else ""
@@ -139,14 +153,20 @@ def n_table(title: str, labels: list[str], ns: list[int], rows: list[list[str]],
     return table
 
 
+RELATIVE_LEGEND = "speed-up = baseline time / time; memory ratio = peak / baseline peak"
+
+
 def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str) -> list[Table]:
     """Speed and memory against ``baseline`` for one pass, one pair of tables per
-    setting and head count: rows variants, columns N."""
+    setting and head count: rows variants, columns N (RELATIVE_LEGEND, said once
+    by the caller, explains the ratios)."""
     data = with_baseline(frame[frame["pass"] == pass_name], baseline)
-    return [n_table(f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, {heads} heads",
-                    ["model"], ns, by_kind[kind],
-                    caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
-            for setting, heads, ns, by_kind in relative_rows(data, pass_name)
+    groups = list(relative_rows(data, pass_name))
+    several_settings = len({describe_setting(g[0]) for g in groups}) > 1
+    several_heads = len({g[1] for g in groups}) > 1
+    return [n_table(f"{pass_name}: {what} vs {baseline}" + (f", {heads} heads" if several_heads else "")
+                    + _setting_title(setting, several_settings), ["variant"], ns, by_kind[kind])
+            for setting, heads, ns, by_kind in groups
             for kind, what in RELATIVE_KINDS]
 
 
@@ -175,47 +195,61 @@ def failures_table(frame: pd.DataFrame) -> Table | None:
 # --- the full report: scaling, published table, agreement -----------------------
 
 def measured_passes(frame: pd.DataFrame) -> list[str]:
-    """Passes shown in a report: forward and forward_backward (the papers' inference
-    and training), or whatever the run measured when it has neither."""
-    present = [p for p in PASSES if p in set(frame["pass"])]
-    shown = [p for p in present if p in REPORTED_PASSES]
-    return shown or present
+    """Passes shown in a report: every pass the run measured, in PASSES order."""
+    return [p for p in PASSES if p in set(frame["pass"])]
 
 
 def _fmt_exp(value: float) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.2f}"
+    return EMPTY if value is None or pd.isna(value) else f"{value:.2f}"
 
 
 def _fmt_r2(value: float) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.3f}"
+    return EMPTY if value is None or pd.isna(value) else f"{value:.3f}"
 
 
-SCALING_COLUMNS = ("model", "heads", "N points", "time k", "R²", "k, upper half", "memory k", "R²", "crossover N")
+SCALING_COLUMNS = ("variant", "heads", "N's", "time k", "R²", "k top", "mem k", "R²", "x-over")
+SCALING_LEGEND = ("time ∝ N^k and memory ∝ N^k, fitted on log-log; R² from three N up; k top: fitted on "
+                  "the larger half of the N (small N carry fixed overheads); N's: how many N were fitted; "
+                  "x-over: the N where the variant becomes faster than the baseline and stays faster, "
+                  "interpolated in log-log (< below the N measured, > never within them; ≈ where the "
+                  "fitted power laws would cross)")
 
 
 def scaling_table(summary: pd.DataFrame, pass_name: str, baseline: str | None) -> Table:
     """Rich table of ``analysis.scaling_summary``: exponents of time and memory in
-    N with R², and the crossover N against the baseline."""
-    table = Table(title=f"{pass_name}: scaling in N (time ∝ N^k, fitted on log-log) and crossover vs "
-                        f"{baseline or '-'}",
-                  caption="R² shown from three N up; k, upper half: fitted on the larger half of the N only "
-                          "(small N carry fixed overheads); crossover: the N where the variant becomes faster "
-                          "than the baseline and stays faster, interpolated in log-log")
+    N with R², and the crossover N against the baseline (SCALING_LEGEND, said
+    once by the caller, explains the columns)."""
+    table = Table(title=f"{pass_name}: scaling in N, crossover vs {baseline or EMPTY}")
     multi = summary[SETTING].drop_duplicates().shape[0] > 1 if not summary.empty else False
     if multi:
         table.add_column("setting", no_wrap=True)
     for col in SCALING_COLUMNS:
-        table.add_column(col, justify="left" if col in ("model", "crossover N") else "right",
-                         no_wrap=col == "model", style="bold" if col == "model" else None)
+        table.add_column(col, justify="left" if col in ("variant", "x-over") else "right",
+                         no_wrap=col != "x-over", style="bold" if col == "variant" else None)
     for r, cells in zip(summary.to_dict("records"), scaling_rows(summary), strict=True):
         table.add_row(*([describe_setting(r)] if multi else []), *cells)
     return table
 
 
+def short_crossover(text: str) -> str:
+    """``analysis.Crossover``'s text, short enough for a narrow column:
+    ``< 128`` (below the range), ``> 4,096`` (never in it), ``> 4,096, ≈9,000 fit``."""
+    import re
+
+    below = re.fullmatch(r"below the range \(< ([\d,]+)\)", text)
+    if below:
+        return f"< {below.group(1)}"
+    never = re.fullmatch(r"never \(≤ ([\d,]+)\)(?:, ≈([\d,]+) extrapolated)?", text)
+    if never:
+        return f"> {never.group(1)}" + (f", ≈{never.group(2)} fit" if never.group(2) else "")
+    return text
+
+
 def scaling_rows(summary: pd.DataFrame) -> list[list[str]]:
     """The cells of ``analysis.scaling_summary`` per row, in SCALING_COLUMNS order."""
     return [[r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]), _fmt_r2(r["time_r2"]),
-             _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]), r["crossover"]]
+             _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]),
+             short_crossover(r["crossover"])]
             for r in summary.to_dict("records")]
 
 
@@ -321,6 +355,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
         return out
     for pass_name in measured_passes(frame):
         out.append(scaling_table(scaling_summary(frame, baseline, pass_name), pass_name, baseline))
+    out.append(SCALING_LEGEND)
     name = run.meta.get("published")
     if name:
         try:
@@ -339,15 +374,34 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
     """``attnbench report``, in order: the run's tables; against the baseline the
     speed and memory tables of the reported passes (when there is more than one
     variant); scaling, crossovers and the published table; the failed cases."""
-    out: list = list(run_tables(frame))
+    out: list = [report_header(run, frame), *run_tables(frame), run_legend(frame)]
     if baseline is not None and len(set(frame["label"])) > 1:
-        for pass_name in [p for p in REPORTED_PASSES if p in set(frame["pass"])]:
+        for pass_name in measured_passes(frame):
             out.extend(comparison_tables(frame, baseline, pass_name))
+        out.append(RELATIVE_LEGEND)
     out.extend(report_sections(run, baseline, frame))
     failed = failures_table(frame)
     if failed is not None:
         out.append(failed)
     return out
+
+
+def report_header(run, frame: pd.DataFrame) -> str:
+    """The report's first lines: run id, suite, date, machine, and the setting
+    when there is one (the tables' titles then leave it out)."""
+    meta, env = run.meta, run.meta.get("environment") or {}
+    gpus = env.get("gpus") or []
+    gpu = ", ".join(g.get("name", "?") if isinstance(g, dict) else str(g) for g in gpus) if gpus else ""
+    cores = env.get("cpu_cores_logical")
+    machine = ", ".join(x for x in (gpu, env.get("cpu_model"), f"{cores} cores" if cores else "",
+                                    f"torch {env['torch']}" if env.get("torch") else "") if x)
+    started = str(meta.get("started_at") or "")[:16].replace("T", " ")
+    lines = [f"run {run.run_id} · suite {meta.get('suite_name') or EMPTY} · {started or EMPTY} · "
+             f"{meta.get('status') or EMPTY}", f"machine: {machine or EMPTY}"]
+    groups = settings_groups(frame)
+    if len(groups) == 1:
+        lines.append(f"setting: {describe_setting(groups[0][0])}")
+    return "\n".join(lines)
 
 
 def report_baseline(frame: pd.DataFrame, run, chosen: str | None) -> str | None:
@@ -395,7 +449,7 @@ def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: s
     table = Table(title=f"{name_b} against {name_a}: ratio of medians B/A",
                   caption=f"+ slower, - faster (significant: Mann-Whitney p < {alpha:g} and a change of at least "
                           f"{min_effect:.0%}), ~ no significant change, x failed or missing in either run")
-    for col in ("", "model", "N", "heads", "pass", "A ms", "B ms", "B/A", "p"):
+    for col in ("", "variant", "N", "heads", "pass", "A ms", "B ms", "B/A", "p"):
         table.add_column(col, justify="right" if col in ("N", "heads", "A ms", "B ms", "B/A", "p") else "left",
                          no_wrap=True)
     styles = {"+": "red", "-": "green", "x": "yellow"}
@@ -414,8 +468,8 @@ def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: s
         table.add_row(f"[{style}]{mark}[/]" if style else mark, r["label"], str(r["seq_len"]), str(r["heads"]),
                       PASS_SHORT.get(r["pass"], r["pass"]), *cells)
     totals = Table(title="per variant: geometric mean of B/A over the cases measured in both runs")
-    for col in ("model", "pass", "cases", "geomean B/A", "+", "-", "~", "x"):
-        totals.add_column(col, justify="left" if col in ("model", "pass") else "right", no_wrap=True)
+    for col in ("variant", "pass", "cases", "geomean B/A", "+", "-", "~", "x"):
+        totals.add_column(col, justify="left" if col in ("variant", "pass") else "right", no_wrap=True)
     for r in summary.to_dict("records"):
         g = r["geomean_ratio"]
         totals.add_row(r["label"], PASS_SHORT.get(r["pass"], r["pass"]), str(r["cases"]),
