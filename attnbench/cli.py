@@ -9,40 +9,34 @@ or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from attnbench.cli_results import (
+    PASS_NAMES_HELP,
+    check_outputs,
+    compare_json,
+    compare_two_runs,
+    csv_columns,
+    pass_option,
+    report_json,
+    write_report_files,
+)
+from attnbench.console import JSON_SCHEMA, err, fit_output, out, print_json, user_errors, warn  # noqa: F401
 from attnbench.errors import AttnbenchError
 from attnbench.stats import MIN_EFFECT
 
-JSON_SCHEMA = 1
 BUG_EXIT_CODE = 1
 
-out = Console()
-PIPED_WIDTH = 200
 
-
-def _fit_output() -> None:
-    """COLUMNS, when set, is the width; else the terminal's. Piped output gets a
-    wide fixed width so that tables are never cut at 80 columns."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        out.width = int(columns)
-    elif not out.is_terminal:
-        out.width = PIPED_WIDTH
-err = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-path
 
 
 def save_traceback(exc: BaseException) -> str:
@@ -105,19 +99,10 @@ def _options(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=_show_version)] = False,
 ) -> None:
-    _fit_output()
+    fit_output()
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Print the project's own errors as one message and exit with their code
-    (the boundary does the same; this keeps what a command prints after an
-    error, such as warnings, from running)."""
-    try:
-        yield
-    except AttnbenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        raise typer.Exit(exc.exit_code) from None
+
 
 
 def _command_line(ctx: typer.Context) -> list[str]:
@@ -126,40 +111,7 @@ def _command_line(ctx: typer.Context) -> list[str]:
     return ["attnbench", *(sys.argv[1:] if args is None else args)]
 
 
-def _print_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"schema": JSON_SCHEMA, **payload}, indent=2, default=str) + "\n")
 
-
-COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "device", "causal", "heads",
-                        "seq_len", "pass", "status", "median_ms", "iqr_ms", "noisy", "baseline_ms", "speedup",
-                        "peak_mem_mib", "baseline_mem_mib", "mem_ratio", "flops", "flops_source", "tflops",
-                        "tokens_per_s", "error"]
-
-
-def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) -> None:
-    """``compare --json``: one row per variant, case and pass, with speed-up and memory ratio."""
-    from attnbench.analysis import with_baseline
-    from attnbench.report import report_baseline
-    from attnbench.results import frame_records, load_run
-
-    with _user_errors():
-        run_data = load_run(run_dir)
-        frame = run_data.frame()
-        base = report_baseline(frame, run_data, baseline)
-        if base is None:
-            raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        data = with_baseline(frame, base)
-        if pass_name:
-            data = data[data["pass"] == pass_name]
-    _warn(run_data.warnings)
-    _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
-                 "baseline": base, "passes": list(dict.fromkeys(data["pass"])),
-                 "rows": frame_records(data, COMPARE_JSON_COLUMNS)})
-
-
-def _warn(messages: list[str]) -> None:
-    for message in messages:
-        err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
 
 
 @app.command()
@@ -184,14 +136,14 @@ def run(
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite
     from attnbench.report import failures_table, run_legend, run_tables
 
-    with _user_errors():
+    with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
         if device:
             suite = suite.with_device(device)
         options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet,
                              command=_command_line(ctx))
         summary = run_suite(suite, options)
-    _warn(summary.warnings)
+    warn(summary.warnings)
     from attnbench.results import records_frame
 
     frame = records_frame(summary.records, summary.run_dir.name)
@@ -210,33 +162,6 @@ def run(
         err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  {escape(command)}",
                   markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
-
-
-PASS_NAMES_HELP = "forward, backward or forward_backward (or fwd, bwd, f+b)"
-
-
-def _pass_option(value: str | None) -> str | None:
-    """--pass: a pass by its full or short name (fwd, bwd, f+b)."""
-    from attnbench.model import PASSES
-    from attnbench.report import PASS_SHORT
-
-    if value is None:
-        return None
-    names = {**{p: p for p in PASSES}, **{short: p for p, short in PASS_SHORT.items()}}
-    if value not in names:
-        raise AttnbenchError(f"--pass {value!r}: not a pass; use {PASS_NAMES_HELP}")
-    return names[value]
-
-
-def _check_outputs(plot: Path | None, csv: str | None, as_json: bool) -> None:
-    """Refuse what cannot be written before anything is printed."""
-    if plot is not None:
-        from attnbench.plots import FORMATS
-
-        if plot.suffix.lower() not in FORMATS:
-            raise AttnbenchError(f"--plot {plot}: the plot must be a {' or '.join(FORMATS)} file")
-    if csv == "-" and as_json:
-        raise AttnbenchError("--csv - and --json both write to stdout: choose one")
 
 
 @app.command()
@@ -270,9 +195,9 @@ def report(
     from attnbench.report import failures_table, nothing_measured, report_baseline
     from attnbench.results import load_run
 
-    with _user_errors():
-        _check_outputs(plot, csv, as_json)
-        only_pass = _pass_option(pass_name)
+    with user_errors():
+        check_outputs(plot, csv, as_json)
+        only_pass = pass_option(pass_name)
         run_data = load_run(run_dir)
         frame = select_rows(run_data.frame(), variants, ns, only_pass)
         why = nothing_measured(run_data, frame)
@@ -282,62 +207,18 @@ def report(
                 out.print(failed)
             raise ResultsError(why)
         base = report_baseline(frame, run_data, baseline)
-    _warn(run_data.warnings)
+    warn(run_data.warnings)
     if as_json:
-        _report_json(run_data, frame, base)
+        report_json(run_data, frame, base)
     elif csv == "-":
-        frame.to_csv(sys.stdout, index=False, columns=_csv_columns(frame))
+        frame.to_csv(sys.stdout, index=False, columns=csv_columns(frame))
     else:
         from attnbench.report import terminal_report
 
         for item in terminal_report(run_data, frame, base):
             out.print(item, highlight=False)
-    with _user_errors():
-        _write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot)
-
-
-def _csv_columns(frame: Any) -> list[str]:
-    from attnbench.results import CSV_COLUMNS
-
-    return [c for c in CSV_COLUMNS if c in frame.columns]
-
-
-def _report_json(run_data: Any, frame: Any, base: str | None) -> None:
-    """``report --json``: the tidy rows (the results.csv columns), the rows
-    against the baseline, and per pass the scaling exponents and crossovers."""
-    from attnbench.analysis import scaling_summary, with_baseline
-    from attnbench.report import measured_passes
-    from attnbench.results import CSV_COLUMNS, frame_records
-
-    relative = with_baseline(frame, base) if base is not None else frame.iloc[0:0]
-    scaling = {p: frame_records(scaling_summary(frame, base, p)) for p in measured_passes(frame)}
-    _print_json({"run_id": run_data.run_id, "run_dir": str(run_data.path),
-                 "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
-                 "baseline": base, "warnings": run_data.warnings, "columns": CSV_COLUMNS,
-                 "rows": frame_records(frame, CSV_COLUMNS),
-                 "against_baseline": frame_records(relative, COMPARE_JSON_COLUMNS),
-                 "scaling": scaling})
-
-
-def _write_report_files(run_data: Any, frame: Any, base: str | None, csv: str | None, markdown: Path | None,
-                        plot: Path | None) -> None:
-    from attnbench.markdown import markdown_report, write_text
-    from attnbench.results import write_csv
-
-    if csv is not None:
-        write_csv(frame, Path(csv))
-        err.print(f"wrote {csv}", highlight=False)
-    if plot is not None:
-        from attnbench.plots import plot_run
-
-        plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
-        err.print(f"wrote {plot}", highlight=False)
-    if markdown is not None:
-        import os
-
-        link = os.path.relpath(plot.resolve(), markdown.resolve().parent) if plot is not None else None
-        write_text(markdown, markdown_report(run_data, base, plot=link, frame=frame))
-        err.print(f"wrote {markdown}", highlight=False)
+    with user_errors():
+        write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot)
 
 
 @app.command()
@@ -375,8 +256,8 @@ def compare(
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
     Example: [bold]attnbench compare results/before results/after --fail-above 1.10[/]
     """
-    with _user_errors():
-        only_pass = _pass_option(pass_name)
+    with user_errors():
+        only_pass = pass_option(pass_name)
         if run_b is not None:
             if baseline is not None:
                 raise AttnbenchError("--baseline applies to one run (each variant against it); comparing "
@@ -384,17 +265,17 @@ def compare(
         elif fail_above is not None:
             raise AttnbenchError("--fail-above needs two runs: compare RUN_A RUN_B --fail-above RATIO")
     if run_b is not None:
-        return _compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
+        return compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
     if as_json:
-        return _compare_json(run_dir, baseline, only_pass)
+        return compare_json(run_dir, baseline, only_pass)
     from attnbench.report import RELATIVE_LEGEND, comparison_tables, report_baseline
     from attnbench.results import load_run
     from attnbench.suite import PASSES
 
-    with _user_errors():
+    with user_errors():
         run_data = load_run(run_dir)
         frame = run_data.frame()
-        _warn(run_data.warnings)
+        warn(run_data.warnings)
         base = report_baseline(frame, run_data, baseline)
         if base is None:
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
@@ -403,58 +284,6 @@ def compare(
             for table in comparison_tables(frame, base, p):
                 out.print(table)
         out.print(RELATIVE_LEGEND, highlight=False)
-
-
-def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,
-                      min_effect: float, as_json: bool) -> None:
-    """``compare RUN_A RUN_B``: B against A, case by case; exit 1 on a regression past
-    --fail-above or on a case of A that B lost."""
-    from attnbench.analysis import compare_runs, compare_summary, lost_cases, regressions
-    from attnbench.report import compare_runs_tables, lost_case_lines
-    from attnbench.results import frame_records, load_run
-
-    with _user_errors():
-        if fail_above is not None and not fail_above > 0:
-            raise AttnbenchError(f"--fail-above must be a positive ratio such as 1.10, got {fail_above}")
-        if not 0 <= min_effect < 1:
-            raise AttnbenchError(f"--min-effect must be a fraction in [0, 1), got {min_effect}")
-        a, b = load_run(run_a), load_run(run_b)
-        compared = compare_runs(a.records, b.records, min_effect=min_effect)
-        if pass_name:
-            compared = compared[compared["pass"] == pass_name]
-        if compared.empty:
-            raise AttnbenchError(f"{run_a} and {run_b}: no cases to compare")
-    same = run_a.resolve() == run_b.resolve()
-    if same:
-        err.print(f"note: {run_a} and {run_b} are the same run: every ratio is 1", highlight=False)
-    _warn(a.warnings + b.warnings)
-    summary = compare_summary(compared)
-    bad = regressions(compared, fail_above) if fail_above is not None else compared.iloc[0:0]
-    lost = lost_cases(compared)
-    if as_json:
-        _print_json({"run_a": str(run_a), "run_b": str(run_b), "same_run": same, "min_effect": min_effect,
-                     "fail_above": fail_above, "regressions": len(bad), "lost": len(lost),
-                     "rows": frame_records(compared), "summary": frame_records(summary)})
-    else:
-        for table in compare_runs_tables(compared, summary, a.run_id, b.run_id, min_effect=min_effect):
-            out.print(table)
-    others = int((compared["mark"] == "x").sum()) - len(lost)
-    if others:
-        _warn([f"{others} case(s) not measured in RUN_A (marked x): nothing to compare them with"])
-    failed_gate = False
-    if len(lost):
-        level = "[bold red]not compared:[/]" if fail_above is not None else "[yellow]warning:[/]"
-        err.print(f"{level} {len(lost)} case(s) measured in RUN_A are missing or failed in RUN_B:\n  "
-                  + "\n  ".join(lost_case_lines(lost)), markup=True, highlight=False)
-        failed_gate = fail_above is not None
-    if len(bad):
-        worst = bad.sort_values("ratio").iloc[-1]
-        err.print(f"[bold red]regression:[/] {len(bad)} case(s) significantly slower than {fail_above}x; worst "
-                  f"{worst['label']} N={worst['seq_len']} {worst['pass']}: {worst['ratio']:.2f}x",
-                  markup=True, highlight=False)
-        failed_gate = True
-    if failed_gate:
-        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -476,11 +305,11 @@ def list_variants(
     from attnbench.catalog import parameter_rows, variant_detail, variants_table
     from attnbench.variants import variant_info, variant_names
 
-    with _user_errors():
+    with user_errors():
         infos = [variant_info(name) for name in names or []]
     if as_json:
         shown = infos or [variant_info(n) for n in variant_names()]
-        _print_json({"variants": [{**asdict(i), "parameters": parameter_rows(i.name)} for i in shown]})
+        print_json({"variants": [{**asdict(i), "parameters": parameter_rows(i.name)} for i in shown]})
         return
     if not names:
         out.print(variants_table(variant_names()))
@@ -504,13 +333,13 @@ def validate(
     from attnbench import suite as suite_mod
     from attnbench.bench.skip import device_unavailable
 
-    with _user_errors():
+    with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
     cases = suite.cases()
     for device in dict.fromkeys(c.device for c in cases):
         reason = device_unavailable(device)
         if reason:  # a suite for another machine may still be valid
-            _warn([f"{reason}: its {sum(c.device == device for c in cases)} case(s) on {device} would be "
+            warn([f"{reason}: its {sum(c.device == device for c in cases)} case(s) on {device} would be "
                    "skipped here"])
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
               f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
@@ -543,7 +372,7 @@ def env(
 
     data = collect_environment()
     if as_json:
-        _print_json({"environment": data})
+        print_json({"environment": data})
         return
     from rich.table import Table
 
@@ -553,7 +382,7 @@ def env(
     for key, value in environment_rows(data):
         table.add_row(key, value)
     out.print(table)
-    _warn(data["warnings"])
+    warn(data["warnings"])
 
 
 def main(argv: list[str] | None = None) -> Callable[..., Any]:  # pragma: no cover - console entry

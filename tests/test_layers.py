@@ -37,6 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("attnbench.analysis",),
     ("attnbench.tables", "attnbench.plots"),
     ("attnbench.report", "attnbench.markdown", "attnbench.catalog"),
+    ("attnbench.console",),
+    ("attnbench.cli_results",),
     ("attnbench.cli", "attnbench.__main__"),
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
