@@ -138,6 +138,8 @@ def run(
 
     with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
+        if quick and "quick" not in suite.raw:
+            warn([f"{suite_path} has no quick: section; --quick runs the full suite"])
         if device:
             suite = suite.with_device(device)
         options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet,
@@ -323,26 +325,78 @@ def list_variants(
 
 @app.command()
 def validate(
-    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to check.")],
-    quick: Annotated[bool, typer.Option("--quick", help="Check the quick setting.")] = False,
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE", help="The suite file (YAML) to check.",
+                                               show_default=False)],
+    quick: Annotated[bool, typer.Option("--quick", help="Check the suite's quick: setting.")] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs", metavar="DIR", help="Where earlier runs are, for the "
+                                           "time estimate.")] = Path("results"),
 ) -> None:
-    """Check a suite and run nothing.
+    """Check a suite and run nothing: every error with its line, then what would run.
 
     Example: [bold]attnbench validate suites/quick.yaml[/]
     """
     from attnbench import suite as suite_mod
     from attnbench.bench.skip import device_unavailable
+    from attnbench.results import estimate_from_runs
 
     with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
+    if quick and "quick" not in suite.raw:
+        warn([f"{suite_path} has no quick: section; --quick checks (and runs) the full suite"])
     cases = suite.cases()
     for device in dict.fromkeys(c.device for c in cases):
         reason = device_unavailable(device)
         if reason:  # a suite for another machine may still be valid
             warn([f"{reason}: its {sum(c.device == device for c in cases)} case(s) on {device} would be "
-                   "skipped here"])
-    out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
-              f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
+                  "skipped here"])
+    variants = len(suite.variants)
+    out.print(f"{suite_path}: ok — {variants} variant{'s' * (variants != 1)}, {_count(len(cases), 'case')}, "
+              f"{_count(sum(len(c.passes) for c in cases), 'timed pass', 'timed passes')}", highlight=False)
+    estimate = estimate_from_runs(runs_dir, suite.name, [c.case_id for c in cases])
+    if estimate is not None:
+        seconds, known, run_id = estimate
+        share = "" if known == len(cases) else f" for the {known} of its cases measured there"
+        out.print(f"estimated time: about {_duration(seconds)}{share} (from {run_id})", highlight=False)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(metavar="[DIR]", help="Where the runs are.")] = Path("results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The runs in DIR: suite, date, status, cases done, machine.
+
+    Example: [bold]attnbench runs results[/]
+    """
+    from rich.table import Table
+
+    from attnbench.results import run_summaries
+
+    rows = run_summaries(root)
+    if as_json:
+        print_json({"runs": rows})
+        return
+    if not rows:
+        with user_errors():
+            raise AttnbenchError(f"{root}: no runs there (a run is a directory with a run.json)")
+    table = Table(title=f"runs in {root}", caption="attnbench report RUN_DIR: one run's tables",
+                  caption_justify="left")
+    for col in ("run", "suite", "started", "status", "cases", "machine"):
+        table.add_column(col, no_wrap=col in ("run", "started"), style="bold" if col == "run" else None)
+    for r in rows:
+        cases = f"{r['cases_done']}/{r['cases_total']}" if r["cases_total"] is not None else "-"
+        started = str(r["started_at"] or "-")[:16].replace("T", " ")
+        table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", started, r["status"] or "-", cases,
+                      r["machine"] or "-")
+    out.print(table)
 
 
 @app.command()
