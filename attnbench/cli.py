@@ -9,6 +9,7 @@ or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import traceback
@@ -63,6 +64,10 @@ class _ErrorBoundary(TyperGroup):
         except AttnbenchError as exc:
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # the reader went away (| head): not a bug; say nothing more
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, TyperException, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: report the bug, never a bare traceback
@@ -74,6 +79,30 @@ class _ErrorBoundary(TyperGroup):
                       f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n"
                       f"{where}", markup=True, highlight=False)
             raise typer.Exit(BUG_EXIT_CODE) from None
+
+
+def _value_type(param: Any, ctx: Any) -> str | None:
+    """The type column of --help: nothing for a flag (it takes no value) or an
+    argument (its name says what it is); an option's metavar (FILE, DIR, N)."""
+    if isinstance(param, typer.core.TyperArgument) or getattr(param, "is_bool_flag", False):
+        return None
+    return param.metavar or _TYPED_HELP(param, ctx)
+
+
+# typer prints <bool> beside every flag and <path>, <str> beside values; it has no
+# setting for it, so the method that renders that column is replaced here.
+_TYPED_HELP = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _value_type  # type: ignore[method-assign]
+typer.core.TyperArgument.display_type_rich = _value_type  # type: ignore[method-assign]
+
+
+def _usage_name(param: Any) -> str:
+    """An argument in the usage line: SUITE when required, [RUN_B] when not (typer writes {SUITE})."""
+    name = param.display_name_raw if param.required else f"[{param.display_name_raw}]"
+    return name + ("..." if param.nargs != 1 else "")
+
+
+typer.core.TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 
 
 app = typer.Typer(
@@ -117,13 +146,16 @@ def _command_line(ctx: typer.Context) -> list[str]:
 @app.command()
 def run(
     ctx: typer.Context,
-    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to run.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where run directories are created.")] = Path("results"),
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE", help="The suite file (YAML) to run.",
+                                               show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where run directories are created.")
+                       ] = Path("results"),
     resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run: only its missing cases run.",
-                                                metavar="RUN_DIR")] = None,
+                                                metavar="RUN_DIR", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="Run every case on this device (cpu, cuda, cuda:N, "
-                                                    "auto).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="The suite's smaller 'quick' setting.")] = False,
+                                                    "auto) \\[default: the suite's devices].", metavar="DEVICE",
+                                               show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="The suite's smaller quick: setting.")] = False,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run cases in this process (for "
                                              "debugging: a crash or hang then stops the sweep).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -176,7 +208,7 @@ def report(
                                                   metavar="FILE", show_default=False)] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Plot time and memory vs N (log-log) to a .png or "
                                                              ".svg file.", metavar="FILE", show_default=False)] = None,
-    baseline: Annotated[str | None, typer.Option(help="Variant to compare against [default: the suite's "
+    baseline: Annotated[str | None, typer.Option(help="Variant to compare against \\[default: the suite's "
                                                       "baseline, else softmax].", metavar="VARIANT",
                                                  show_default=False)] = None,
     variants: Annotated[list[str] | None, typer.Option("--variant", metavar="LABEL", help="Only this variant "
@@ -235,10 +267,10 @@ def compare(
     min_effect: Annotated[float, typer.Option("--min-effect", metavar="FRACTION", help="With RUN_B: changes "
                                               "smaller than this fraction are never significant.")] = MIN_EFFECT,
     baseline: Annotated[str | None, typer.Option(help="With one run: the variant to compare against "
-                                                      "[default: the suite's baseline, else softmax].",
+                                                      "\\[default: the suite's baseline, else softmax].",
                                                  metavar="VARIANT", show_default=False)] = None,
     pass_name: Annotated[str | None, typer.Option("--pass", metavar="PASS", help=f"Only this pass: "
-                                                  f"{PASS_NAMES_HELP} [default: all measured].",
+                                                  f"{PASS_NAMES_HELP} \\[default: all measured].",
                                                   show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON on stdout.")] = False,
 ) -> None:
@@ -291,7 +323,7 @@ def compare(
 @app.command("list")
 def list_variants(
     names: Annotated[list[str] | None, typer.Argument(
-        metavar="[NAME]...", help="Show these variants in full: a registered name, or an import path "
+        metavar="NAME", help="Show these variants in full: a registered name, or an import path "
                                   "MODULE:CLASS such as examples.my_attention:MyAttention.",
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -369,7 +401,7 @@ def _duration(seconds: float) -> str:
 
 @app.command()
 def runs(
-    root: Annotated[Path, typer.Argument(metavar="[DIR]", help="Where the runs are.")] = Path("results"),
+    root: Annotated[Path, typer.Argument(metavar="DIR", help="Where the runs are.")] = Path("results"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The runs in DIR: suite, date, status, cases done, machine.
@@ -397,6 +429,32 @@ def runs(
         table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", started, r["status"] or "-", cases,
                       r["machine"] or "-")
     out.print(table)
+
+
+@app.command("help")
+def help_command(
+    ctx: typer.Context,
+    command: Annotated[str | None, typer.Argument(metavar="COMMAND", help="A command, e.g. run.",
+                                                  show_default=False)] = None,
+) -> None:
+    """The help of attnbench, or of one COMMAND (as COMMAND --help).
+
+    Example: [bold]attnbench help run[/]
+    """
+    root = ctx.parent
+    assert root is not None  # a subcommand always has its group's context
+    if command is None:
+        typer.echo(root.get_help(), nl=False)
+        return
+    sub = root.command.get_command(root, command)  # type: ignore[attr-defined]
+    if sub is None:
+        from attnbench.errors import did_you_mean
+
+        names = root.command.list_commands(root)  # type: ignore[attr-defined]
+        with user_errors():
+            raise AttnbenchError(f"no command {command!r}.{did_you_mean(command, names)} Commands: "
+                                 f"{', '.join(names)}")
+    typer.echo(sub.get_help(typer.Context(sub, info_name=command, parent=root)), nl=False)
 
 
 @app.command()
