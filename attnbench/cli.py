@@ -166,7 +166,7 @@ def run(
     """
     from attnbench import suite as suite_mod
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite
-    from attnbench.report import failures_table, run_legend, run_tables
+    from attnbench.report import failures_table, run_legend, run_tables, traceback_note
 
     with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
@@ -188,6 +188,9 @@ def run(
     failed = failures_table(frame)
     if failed is not None:
         out.print(failed)
+        note = traceback_note(summary.records, summary.run_dir)
+        if note:
+            err.print(note, highlight=False)
     err.print(f"results: {summary.run_dir}", highlight=False)
     if summary.interrupted:
         from rich.markup import escape

@@ -383,6 +383,9 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
     failed = failures_table(frame)
     if failed is not None:
         out.append(failed)
+        note = traceback_note(run.records, run.path)
+        if note:
+            out.append(note)
     return out
 
 
@@ -410,6 +413,14 @@ def report_baseline(frame: pd.DataFrame, run, chosen: str | None) -> str | None:
     if chosen is not None and not frame.empty and chosen not in set(frame["label"]):
         raise DataError(f"--baseline {chosen!r} is not in this run; its variants: {', '.join(label_order(frame))}")
     return default_baseline(frame, chosen or run.meta.get("baseline"))
+
+
+def traceback_note(records: list[dict], run_dir) -> str | None:
+    """Where the full tracebacks are, when some failed case kept one (custom layers do)."""
+    failed = [r for r in records if r.get("status") != Status.OK]
+    if any(r.get("traceback") or any(p.get("traceback") for p in r.get("passes", [])) for r in failed):
+        return f"full tracebacks of the failed cases: {run_dir}/cases.jsonl (key 'traceback')"
+    return None
 
 
 def nothing_measured(run, frame: pd.DataFrame) -> str | None:

@@ -70,3 +70,24 @@ def test_quick_without_a_quick_section_says_so(tmp_path: Path):
     assert result.exit_code == 0 and "no quick: section" in result.output
     result = runner.invoke(app, ["validate", str(suite)])
     assert "no quick: section" not in result.output
+
+
+def test_failures_are_shown_once_without_internal_paths(tmp_path: Path):
+    # issue 18, item 10
+    import re
+
+    import faulty_variants
+
+    faulty_variants.register_all()
+    try:
+        suite = tmp_path / "f.yaml"
+        suite.write_text(SUITE.replace("variants: [softmax]", "variants: [softmax, faulty-raise]"))
+        result = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "res"), "--in-process"],
+                               env={"COLUMNS": "200"})
+    finally:
+        faulty_variants.unregister_all()
+    assert result.exit_code == 3, result.output
+    out = result.output
+    assert out.count(faulty_variants.RAISE_MESSAGE) == 2  # one row per failed case (N=64, N=128), nothing else
+    assert not re.search(r"\w+\.py:\d+", out), out
+    assert "cases.jsonl (key 'traceback')" in out
