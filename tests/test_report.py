@@ -186,3 +186,22 @@ def test_report_reads_at_80_columns_and_shows_every_pass(tmp_path: Path):
     assert max(len(line) for line in out.splitlines()) <= 80
     for title in ("forward: steps/s (speed-up) vs softmax", "backward: peak MiB (ratio) vs softmax"):
         assert title in out  # on one line
+
+
+def test_a_log_axis_within_a_decade_still_has_tick_labels():
+    # issue 18, item 11: between 1.1 and 1.9 matplotlib labels no tick at all
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from attnbench.plots import readable_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1.1, 1.4, 1.9])
+    ax.set_yscale("log")
+    readable_log_ticks(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert len(labels) >= 2 and all(1.0 <= float(x) <= 2.0 for x in labels), labels
