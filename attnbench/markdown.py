@@ -24,6 +24,7 @@ from attnbench.report import (
     NOISY_MARK,
     RELATIVE_KINDS,
     SCALING_COLUMNS,
+    SCALING_LEGEND,
     SIDE_BY_SIDE_KINDS,
     agreement_text,
     cell_time,
@@ -113,8 +114,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
             for part in _relative_md(with_baseline(data, baseline), baseline, pass_name):
                 lines += [part, ""]
         rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
-        lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log; "
-                  "k, upper half: fitted on the larger half of the N only)", "",
+        lines += [f"**scaling in N and crossover vs {baseline}** ({SCALING_LEGEND})", "",
                   md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
     name = meta.get("published")
     if name:
