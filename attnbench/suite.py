@@ -275,11 +275,12 @@ class _Sections:
 
 def _grid(v: _Validator, raw: dict, sections: _Sections) -> dict[str, list]:
     grid = sections.values("grid", GRID_FIELDS, {"devices": ["cpu"]}, "grid.")
-    for key in REQUIRED_GRID_KEYS:
-        if key not in grid:
-            # The line of the grid when there is one; no line (not "line 1") when it is missing.
-            v.fail("is required: the grid needs at least one value", key=f"grid.{key}",
-                   line=v.line_of(raw, "grid") if "grid" in raw else None)
+    # Every required key at once; the line of the grid when there is one, none (not "line 1") when not.
+    missing = [SuiteError("is required: the grid needs at least one value", file=v.path, key=f"grid.{key}",
+                          line=v.line_of(raw, "grid") if "grid" in raw else None)
+               for key in REQUIRED_GRID_KEYS if key not in grid]
+    if missing:
+        raise missing[0] if len(missing) == 1 else SuiteErrors(missing)
     return grid
 
 

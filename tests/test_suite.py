@@ -101,3 +101,10 @@ def test_a_constructor_check_fails_when_the_suite_is_loaded():
     with pytest.raises(SuiteError) as info:
         parse(text, "suite.yaml")
     assert info.value.line == 3 and "window" in str(info.value)
+
+
+def test_every_missing_grid_key_is_reported_at_once():
+    with pytest.raises(SuiteError) as info:
+        parse("grid: {devices: [cpu]}\nvariants: [softmax]\n", "suite.yaml")
+    shown = str(info.value)
+    assert "suite.yaml:1: grid.seq_lens: is required" in shown and "suite.yaml:1: grid.heads: is required" in shown
