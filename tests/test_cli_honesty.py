@@ -251,3 +251,24 @@ def test_a_bad_plot_extension_is_refused_before_anything_is_printed(tiny_run: Pa
     result = runner.invoke(app, ["report", str(tiny_run), "--plot", str(tmp_path / "x.jpg")])
     assert result.exit_code == 2 and ".png" in result.output
     assert "softmax" not in result.stdout
+
+
+# --- 14. report filters, CSV to stdout, JSON with the analysis ---------------------------
+
+def test_report_filters_csv_to_stdout_and_json_analysis(tiny_run: Path):
+    import csv
+    import io
+
+    result = runner.invoke(app, ["report", str(tiny_run), "--variant", "sdpa", "--n", "128", "--pass", "f+b",
+                                 "--csv", "-"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["label"], r["seq_len"], r["pass"]) for r in rows] == [("sdpa", "128", "forward_backward")]
+    result = runner.invoke(app, ["report", str(tiny_run), "--n", "100"])
+    assert result.exit_code == 2 and "64, 128" in result.output
+    payload = json.loads(runner.invoke(app, ["report", str(tiny_run), "--json"]).stdout)
+    assert payload["baseline"] == "softmax"
+    assert {r["label"] for r in payload["against_baseline"]} == {"softmax", "sdpa"}
+    assert all(r["speedup"] is not None for r in payload["against_baseline"] if r["status"] == "ok")
+    assert set(payload["scaling"]) == {"forward", "forward_backward"}
+    assert {"time_exponent", "crossover"} <= set(payload["scaling"]["forward"][0])
