@@ -60,16 +60,21 @@ def docstring(name: str) -> str:
 
 
 def variants_table(names: list[str]) -> Table:
-    """One row per variant: name, family, complexity, causal support (80 columns)."""
+    """One row per variant: name, family, complexity, causal support (80 columns);
+    and the origin when some variant is not built in."""
     table = Table(title="attnbench variants", caption="attnbench list NAME: one variant in full",
                   caption_justify="left")
     table.add_column("variant", no_wrap=True, style="bold")
     table.add_column("family", no_wrap=True)
     table.add_column("complexity")
     table.add_column("causal", no_wrap=True)
-    for name in names:
-        info = variant_info(name)
-        table.add_row(info.name, info.family, info.complexity, "yes" if info.causal else "no")
+    infos = [variant_info(name) for name in names]
+    others = any(i.origin != "built-in" for i in infos)  # plugins, import paths: say where each is from
+    if others:
+        table.add_column("origin")
+    for info in infos:
+        table.add_row(info.name, info.family, info.complexity, "yes" if info.causal else "no",
+                      *([info.origin] if others else []))
     return table
 
 
