@@ -174,7 +174,7 @@ class Crossover:
             if self.extrapolated is not None:
                 text += f", ≈{self.extrapolated:,.0f} extrapolated"
             return text
-        return "—"
+        return "-"
 
 
 def crossover(ns: Sequence[float], times: Sequence[float], base_times: Sequence[float]) -> Crossover:
@@ -466,3 +466,32 @@ def _isnan(value: Any) -> bool:
         return value is None or value is pd.NA or math.isnan(float(value))
     except (TypeError, ValueError):
         return True
+
+
+def lost_cases(compared: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``compare_runs`` measured in run A (ok) but missing or failed in
+    run B: a gate cannot pass on them, as nothing was compared."""
+    return compared[(compared["status_a"] == Status.OK) & (compared["status_b"] != Status.OK)]
+
+
+def select_rows(frame: pd.DataFrame, labels: Sequence[str] | None = None, seq_lens: Sequence[int] | None = None,
+                pass_name: str | None = None) -> pd.DataFrame:
+    """The rows of ``frame`` of the given variants (labels), sequence lengths and
+    pass; None keeps all. A label or N the run does not have is an error naming
+    what it has."""
+    if labels:
+        known = label_order(frame)
+        unknown = [x for x in labels if x not in known]
+        if unknown:
+            raise DataError(f"--variant {', '.join(unknown)}: not in this run; its variants: {', '.join(known)}")
+        frame = frame[frame["label"].isin(list(labels))]
+    if seq_lens:
+        known_n = sorted(set(frame["seq_len"]))
+        unknown_n = [n for n in seq_lens if n not in known_n]
+        if unknown_n:
+            raise DataError(f"--n {', '.join(map(str, unknown_n))}: not in this run; its N: "
+                            f"{', '.join(map(str, known_n))}")
+        frame = frame[frame["seq_len"].isin(list(seq_lens))]
+    if pass_name:
+        frame = frame[frame["pass"] == pass_name]
+    return frame

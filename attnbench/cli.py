@@ -9,29 +9,46 @@ or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from attnbench import cli_help  # noqa: F401 - plain option types and usage names in --help
+from attnbench.cli_results import (
+    PASS_NAMES_HELP,
+    check_outputs,
+    compare_json,
+    compare_two_runs,
+    csv_columns,
+    pass_option,
+    report_json,
+    write_report_files,
+)
+from attnbench.console import (  # noqa: F401
+    JSON_SCHEMA,
+    count_of,
+    duration_text,
+    err,
+    fit_output,
+    out,
+    print_json,
+    user_errors,
+    warn,
+)
 from attnbench.errors import AttnbenchError
 from attnbench.stats import MIN_EFFECT
 
-JSON_SCHEMA = 1
 BUG_EXIT_CODE = 1
 
-# Piped output gets a wide fixed width so that tables are never cut at 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-path
+
 
 
 def save_traceback(exc: BaseException) -> str:
@@ -48,12 +65,20 @@ class _ErrorBoundary(TyperGroup):
     user's to fix (a message, their exit code); anything else is a bug in
     attnbench (exit 1, one line, and where the full traceback was saved)."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["attnbench.argv"] = list(args)  # the command as typed, for run.json
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except AttnbenchError as exc:
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # the reader went away (| head): not a bug; say nothing more
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, TyperException, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: report the bug, never a bare traceback
@@ -65,6 +90,7 @@ class _ErrorBoundary(TyperGroup):
                       f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n"
                       f"{where}", markup=True, highlight=False)
             raise typer.Exit(BUG_EXIT_CODE) from None
+
 
 
 app = typer.Typer(
@@ -90,81 +116,34 @@ def _options(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=_show_version)] = False,
 ) -> None:
-    pass
+    fit_output()
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Print the project's own errors as one message and exit with their code
-    (the boundary does the same; this keeps what a command prints after an
-    error, such as warnings, from running)."""
-    try:
-        yield
-    except AttnbenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        raise typer.Exit(exc.exit_code) from None
 
 
-def _print_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"schema": JSON_SCHEMA, **payload}, indent=2, default=str) + "\n")
+
+def _command_line(ctx: typer.Context) -> list[str]:
+    """The command being run, as typed (``attnbench run ...``), for run.json."""
+    args = ctx.meta.get("attnbench.argv")
+    return ["attnbench", *(sys.argv[1:] if args is None else args)]
 
 
-COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "device", "causal", "heads",
-                        "seq_len", "pass", "status", "median_ms", "iqr_ms", "noisy", "rounds", "round_spread",
-                        "baseline_ms", "speedup", "speedup_low", "speedup_high", "speedup_method", "peak_mem_mib",
-                        "baseline_mem_mib", "mem_ratio", "mem_ratio_low", "mem_ratio_high", "flops", "flops_source",
-                        "tflops", "tokens_per_s", "error"]
 
-
-def _report_json(run_dir: Path) -> None:
-    """``report --json``: the run's tidy rows (the results.csv columns)."""
-    from attnbench.quality.tables import quality_json
-    from attnbench.results import CSV_COLUMNS, frame_records, load_run
-
-    with _user_errors():
-        run_data = load_run(run_dir)
-        frame = run_data.frame()
-    _warn(run_data.warnings)
-    _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
-                 "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
-                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS),
-                 "quality": quality_json(run_data.quality)})
-
-
-def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) -> None:
-    """``compare --json``: one row per variant, case and pass, with speed-up and memory ratio."""
-    from attnbench.analysis import default_baseline, with_baseline
-    from attnbench.results import frame_records, load_run
-
-    with _user_errors():
-        run_data = load_run(run_dir)
-        frame = run_data.frame()
-        base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
-        if base is None:
-            raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        data = with_baseline(frame, base, run_data.records)
-        if pass_name:
-            data = data[data["pass"] == pass_name]
-    _warn(run_data.warnings)
-    _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
-                 "baseline": base, "passes": list(dict.fromkeys(data["pass"])),
-                 "rows": frame_records(data, COMPARE_JSON_COLUMNS)})
-
-
-def _warn(messages: list[str]) -> None:
-    for message in messages:
-        err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
 
 
 @app.command()
 def run(
-    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to run.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where run directories are created.")] = Path("results"),
+    ctx: typer.Context,
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE", help="The suite file (YAML) to run.",
+                                               show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where run directories are created.")
+                       ] = Path("results"),
     resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run: only its missing cases run.",
-                                                metavar="RUN_DIR")] = None,
+                                                metavar="RUN_DIR", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="Run every case on this device (cpu, cuda, cuda:N, "
-                                                    "auto).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="The suite's smaller 'quick' setting.")] = False,
+                                                    "auto) \\[default: the suite's devices].", metavar="DEVICE",
+                                               show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="The suite's smaller quick: setting.")] = False,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run cases in this process (for "
                                              "debugging: a crash or hang then stops the sweep).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -176,25 +155,33 @@ def run(
     from attnbench import suite as suite_mod
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite
     from attnbench.quality.tables import quality_tables
-    from attnbench.report import failures_table, run_tables
+    from attnbench.report import failures_table, run_legend, run_tables, traceback_note
 
-    with _user_errors():
+    with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
+        if quick and "quick" not in suite.raw:
+            warn([f"{suite_path} has no quick: section; --quick runs the full suite"])
         if device:
             suite = suite.with_device(device)
-        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet)
+        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet,
+                             command=_command_line(ctx))
         summary = run_suite(suite, options)
-    _warn(summary.warnings)
+    warn(summary.warnings)
     from attnbench.results import records_frame
 
     frame = records_frame(summary.records, summary.run_dir.name)
     for table in run_tables(frame):
         out.print(table)
+    if not frame.empty:
+        out.print(run_legend(frame), highlight=False)
     for table in quality_tables(summary.quality):
         out.print(table)
     failed = failures_table(frame)
     if failed is not None:
         out.print(failed)
+        note = traceback_note(summary.records, summary.run_dir)
+        if note:
+            err.print(note, highlight=False)
     err.print(f"results: {summary.run_dir}", highlight=False)
     if summary.interrupted:
         from rich.markup import escape
@@ -207,215 +194,190 @@ def run(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
-    csv: Annotated[Path | None, typer.Option("--csv", help="Write the tidy CSV here.")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory (see attnbench runs).",
+                                            show_default=False)],
+    csv: Annotated[str | None, typer.Option("--csv", metavar="FILE", help="Write the tidy CSV here ('-': to "
+                                            "stdout, instead of the tables).", show_default=False)] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the whole report as markdown here.",
-                                                  metavar="FILE")] = None,
+                                                  metavar="FILE", show_default=False)] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Plot time and memory vs N (log-log) to a .png or "
-                                                             ".svg file.", metavar="FILE")] = None,
-    baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default: the suite's "
-                                                      "baseline, else softmax).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the tidy rows as JSON on stdout.")] = False,
+                                                             ".svg file.", metavar="FILE", show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(help="Variant to compare against \\[default: the suite's "
+                                                      "baseline, else softmax].", metavar="VARIANT",
+                                                 show_default=False)] = None,
+    variants: Annotated[list[str] | None, typer.Option("--variant", metavar="LABEL", help="Only this variant "
+                                                       "(repeat for more).", show_default=False)] = None,
+    ns: Annotated[list[int] | None, typer.Option("--n", metavar="N", help="Only this sequence length (repeat "
+                                                 "for more).", show_default=False)] = None,
+    pass_name: Annotated[str | None, typer.Option("--pass", metavar="PASS", help=f"Only this pass: "
+                                                  f"{PASS_NAMES_HELP}.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows, speed-ups, scaling exponents and "
+                                          "crossovers as JSON on stdout.")] = False,
 ) -> None:
-    """Print a run's tables again from disk.
+    """Print a run's tables again from disk; write its CSV, markdown and plot.
 
     Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
     """
-    if as_json:
-        return _report_json(run_dir)
-    from attnbench.markdown import markdown_report, write_text
-    from attnbench.report import report_baseline, terminal_report
-    from attnbench.results import load_run, write_csv
+    from attnbench.analysis import select_rows
+    from attnbench.errors import ResultsError
+    from attnbench.report import failures_table, nothing_measured, report_baseline
+    from attnbench.results import load_run
 
-    with _user_errors():
+    with user_errors():
+        check_outputs(plot, csv, as_json)
+        only_pass = pass_option(pass_name)
         run_data = load_run(run_dir)
-        frame = run_data.frame()
-        _warn(run_data.warnings)
+        frame = select_rows(run_data.frame(), variants, ns, only_pass)
+        why = nothing_measured(run_data, frame)
+        if why:
+            failed = failures_table(frame) if not frame.empty else None
+            if failed is not None:
+                out.print(failed)
+            raise ResultsError(why)
         base = report_baseline(frame, run_data, baseline)
+    warn(run_data.warnings)
+    if as_json:
+        report_json(run_data, frame, base)
+    elif csv == "-":
+        frame.to_csv(sys.stdout, index=False, columns=csv_columns(frame))
+    else:
+        from attnbench.report import terminal_report
+
         for item in terminal_report(run_data, frame, base):
-            out.print(item)
-        if csv is not None:  # with the paired speed-ups, their intervals and the roofline fraction
-            from attnbench.analysis import with_baseline
-            from attnbench.roofline import with_peak_fraction
-
-            tidy = with_baseline(frame, base, run_data.records) if base is not None else frame
-            write_csv(with_peak_fraction(tidy, run_data.meta), csv)
-            err.print(f"wrote {csv}", highlight=False)
-        if plot is not None:
-            from attnbench.plots import plot_run
-
-            plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
-            err.print(f"wrote {plot}", highlight=False)
-        if markdown is not None:
-            link = None
-            if plot is not None:
-                import os
-
-                link = os.path.relpath(plot.resolve(), markdown.resolve().parent)
-            write_text(markdown, markdown_report(run_data, base, plot=link, frame=frame))
-            err.print(f"wrote {markdown}", highlight=False)
+            out.print(item, highlight=False)
+    with user_errors():
+        write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot)
 
 
 @app.command()
 def compare(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A results directory.")],
-    run_b: Annotated[Path | None, typer.Argument(metavar="[RUN_B]", help="A second run: compare it against "
-                                                 "RUN_DIR case by case (B/A).")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_A", help="A results directory.", show_default=False)],
+    run_b: Annotated[Path | None, typer.Argument(metavar="RUN_B", help="A second run: compare it against "
+                                                 "RUN_A case by case (B/A).", show_default=False)] = None,
     fail_above: Annotated[float | None, typer.Option("--fail-above", help="With RUN_B: exit 1 when a "
-                                                     "significant slowdown B/A exceeds this ratio (e.g. 1.10).",
-                                                     metavar="R")] = None,
-    min_effect: Annotated[float, typer.Option("--min-effect", help="With RUN_B: changes smaller than this "
-                                              "fraction are never significant.")] = MIN_EFFECT,
-    baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default softmax).")] = None,
-    pass_name: Annotated[str | None, typer.Option("--pass", help="forward, backward or forward_backward "
-                                                                 "(default: all measured).")] = None,
+                                                     "significant slowdown B/A exceeds this ratio (e.g. 1.10), "
+                                                     "or when a case measured in RUN_A is missing or failed "
+                                                     "in RUN_B.", metavar="RATIO", show_default=False)] = None,
+    min_effect: Annotated[float, typer.Option("--min-effect", metavar="FRACTION", help="With RUN_B: changes "
+                                              "smaller than this fraction are never significant.")] = MIN_EFFECT,
+    baseline: Annotated[str | None, typer.Option(help="With one run: the variant to compare against "
+                                                      "\\[default: the suite's baseline, else softmax].",
+                                                 metavar="VARIANT", show_default=False)] = None,
+    pass_name: Annotated[str | None, typer.Option("--pass", metavar="PASS", help=f"Only this pass: "
+                                                  f"{PASS_NAMES_HELP} \\[default: all measured].",
+                                                  show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON on stdout.")] = False,
 ) -> None:
-    """Each variant's speed-up and memory ratio against a baseline, laid out like
-    Long Range Arena's Table 2 (rows models, columns N, cells "steps/s (speed-up)").
+    """One run: each variant against a baseline. Two runs: RUN_B against RUN_A, case by case.
 
-    With a second run, RUN_B against RUN_DIR: per case and pass the ratio of
-    visit medians B/A, a test with the visit (one case in one round) as the unit,
-    beyond the drift all cases share and the minimum effect, and marks as asv
-    prints them: + slower, - faster, ~ no change, ? too few rounds, x failed or
-    missing; the two runs' calibrations side by side.
+    With one run: each variant's speed-up and memory ratio against a baseline,
+    laid out like Long Range Arena's Table 2 (rows variants, columns N, cells
+    "steps/s (speed-up)").
+
+    With RUN_B: per case and pass the ratio of visit medians B/A, a test with
+    the visit (one case in one round) as the unit, beyond the drift all cases
+    share and the minimum effect, and marks as asv prints them: + slower,
+    - faster, ~ no change, ? too few rounds, x failed or missing; the two runs'
+    calibrations side by side. With --fail-above the exit
+    code is 1 on a significant slowdown past the ratio, and also when a case
+    measured in RUN_A is missing or failed in RUN_B (a gate must not pass on
+    what it could not compare).
 
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
     Example: [bold]attnbench compare results/before results/after --fail-above 1.10[/]
     """
+    with user_errors():
+        only_pass = pass_option(pass_name)
+        if run_b is not None:
+            if baseline is not None:
+                raise AttnbenchError("--baseline applies to one run (each variant against it); comparing "
+                                     "RUN_B against RUN_A has no baseline: drop --baseline")
+        elif fail_above is not None:
+            raise AttnbenchError("--fail-above needs two runs: compare RUN_A RUN_B --fail-above RATIO")
     if run_b is not None:
-        return _compare_two_runs(run_dir, run_b, pass_name, fail_above, min_effect, as_json)
-    if fail_above is not None:
-        err.print("[bold red]error:[/] --fail-above needs two runs: compare RUN_A RUN_B --fail-above R",
-                  markup=True, highlight=False)
-        raise typer.Exit(2)
+        return compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
     if as_json:
-        return _compare_json(run_dir, baseline, pass_name)
-    from attnbench.analysis import default_baseline
-    from attnbench.report import comparison_tables
+        return compare_json(run_dir, baseline, only_pass)
+    from attnbench.report import RELATIVE_LEGEND, comparison_tables, report_baseline
     from attnbench.results import load_run
     from attnbench.suite import PASSES
 
-    with _user_errors():
+    with user_errors():
         run_data = load_run(run_dir)
         frame = run_data.frame()
-        _warn(run_data.warnings)
-        base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
+        warn(run_data.warnings)
+        base = report_baseline(frame, run_data, baseline)
         if base is None:
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        passes = [pass_name] if pass_name else [p for p in PASSES if p in set(frame["pass"])]
+        passes = [only_pass] if only_pass else [p for p in PASSES if p in set(frame["pass"])]
         for p in passes:
             for table in comparison_tables(frame, base, p, run_data.records):
                 out.print(table)
-
-
-def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,
-                      min_effect: float, as_json: bool) -> None:
-    """``compare RUN_A RUN_B``: B against A, case by case; exit 1 on a regression past --fail-above."""
-    from dataclasses import asdict
-
-    from attnbench.analysis import compare_run_visits, compare_summary, regressions
-    from attnbench.report import compare_runs_tables
-    from attnbench.results import frame_records, load_run
-    from attnbench.roofline import calibration_table
-
-    with _user_errors():
-        if fail_above is not None and not fail_above > 0:
-            raise AttnbenchError(f"--fail-above must be a positive ratio such as 1.10, got {fail_above}")
-        if not 0 <= min_effect < 1:
-            raise AttnbenchError(f"--min-effect must be a fraction in [0, 1), got {min_effect}")
-        a, b = load_run(run_a), load_run(run_b)
-        compared, shift = compare_run_visits(a.records, b.records, min_effect=min_effect)
-        if pass_name:
-            compared = compared[compared["pass"] == pass_name]
-        if compared.empty:
-            raise AttnbenchError(f"{run_a} and {run_b}: no cases to compare")
-    _warn(a.warnings + b.warnings)
-    summary = compare_summary(compared)
-    bad = regressions(compared, fail_above) if fail_above is not None else compared.iloc[0:0]
-    shifted = (fail_above is not None and shift is not None and shift.verdict == "slower"
-               and shift.ratio > fail_above)
-    if as_json:
-        _print_json({"run_a": str(run_a), "run_b": str(run_b), "min_effect": min_effect, "fail_above": fail_above,
-                     "regressions": len(bad) + int(shifted), "shift": asdict(shift) if shift else None,
-                     "calibration": {"a": a.meta.get("calibration"), "b": b.meta.get("calibration")},
-                     "rows": frame_records(compared), "summary": frame_records(summary)})
-    else:
-        for table in compare_runs_tables(compared, summary, a.run_id, b.run_id, min_effect=min_effect,
-                                         shift=shift):
-            out.print(table)
-        side_by_side = calibration_table([("A " + a.run_id, a.meta), ("B " + b.run_id, b.meta)])
-        if side_by_side is not None:
-            out.print(side_by_side)
-    missing = int((compared["mark"] == "x").sum())
-    if missing:
-        _warn([f"{missing} case(s) failed or are missing in one of the runs (marked x)"])
-    undecided = int((compared["mark"] == "?").sum())
-    if undecided:
-        _warn([f"{undecided} case(s) have too few rounds for a verdict (marked ?): a run needs timing.rounds >= 2 "
-               "to tell a change from the drift between visits"])
-    if shifted:
-        err.print(f"[bold red]regression:[/] every case is slower together: B/A = {shift.ratio:.3f} "
-                  f"[{shift.low:.3f}–{shift.high:.3f}], past {fail_above}x", markup=True, highlight=False)
-        if not len(bad):
-            raise typer.Exit(1)
-    if len(bad):
-        worst = bad.sort_values("ratio").iloc[-1]
-        err.print(f"[bold red]regression:[/] {len(bad)} case(s) significantly slower than {fail_above}x; worst "
-                  f"{worst['label']} N={worst['seq_len']} {worst['pass']}: {worst['ratio']:.2f}x",
-                  markup=True, highlight=False)
-        raise typer.Exit(1)
+        out.print(RELATIVE_LEGEND, highlight=False)
 
 
 @app.command("list")
 def list_variants(
-    import_paths: Annotated[list[str] | None, typer.Argument(
-        metavar="[MODULE:CLASS]...", help="Custom variants to import and list too, e.g. "
-                                          "examples.my_attention:MyAttention.", show_default=False)] = None,
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="NAME", help="Show these variants in full: a registered name, or an import path "
+                                  "MODULE:CLASS such as examples.my_attention:MyAttention.",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every registered variant (built in, plugins, and any import paths given):
-    family, paper, complexity, causal support, parameters, origin.
+    """Every registered variant (built in and plugins): family, complexity, causal
+    support; with NAME, one variant in full (description, paper, parameters with
+    type, default, choices and meaning).
 
-    Example: [bold]attnbench list examples.my_attention:MyAttention --json[/]
+    Example: [bold]attnbench list linformer[/]
     """
     from dataclasses import asdict
 
-    from rich.table import Table
-
+    from attnbench.catalog import parameter_rows, variant_detail, variants_table
     from attnbench.variants import variant_info, variant_names
 
-    with _user_errors():
-        for name in import_paths or []:
-            variant_info(name)
-    infos = [variant_info(n) for n in variant_names()]
+    with user_errors():
+        infos = [variant_info(name) for name in names or []]
     if as_json:
-        _print_json({"variants": [asdict(i) for i in infos]})
+        shown = infos or [variant_info(n) for n in variant_names()]
+        print_json({"variants": [{**asdict(i), "parameters": parameter_rows(i.name)} for i in shown]})
         return
-    table = Table(title="attnbench variants")
-    for col in ("variant", "family", "paper", "complexity", "causal", "defaults", "origin"):
-        table.add_column(col, no_wrap=col in ("variant", "family", "paper"))
-    for i in infos:
-        defaults = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
-        table.add_row(i.name, i.family, f"arXiv:{i.paper}" if i.paper else "", i.complexity,
-                      "yes" if i.causal else "no", defaults, i.origin)
-    out.print(table)
+    if not names:
+        out.print(variants_table(variant_names()))
+        return
+    for i, info in enumerate(infos):
+        if i:
+            out.print()
+        for item in variant_detail(info.name):
+            out.print(item)
 
 
 @app.command()
 def validate(
-    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to check.")],
-    quick: Annotated[bool, typer.Option("--quick", help="Check the quick setting.")] = False,
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE", help="The suite file (YAML) to check.",
+                                               show_default=False)],
+    quick: Annotated[bool, typer.Option("--quick", help="Check the suite's quick: setting.")] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs", metavar="DIR", help="Where earlier runs are, for the "
+                                           "time estimate.")] = Path("results"),
 ) -> None:
-    """Check a suite and run nothing.
+    """Check a suite and run nothing: every error with its line, then what would run.
 
     Example: [bold]attnbench validate suites/quick.yaml[/]
     """
     from attnbench import suite as suite_mod
+    from attnbench.bench.skip import device_unavailable
+    from attnbench.results import estimate_from_runs
 
-    with _user_errors():
+    with user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
+    if quick and "quick" not in suite.raw:
+        warn([f"{suite_path} has no quick: section; --quick checks (and runs) the full suite"])
     cases = suite.cases()
+    for device in dict.fromkeys(c.device for c in cases):
+        reason = device_unavailable(device)
+        if reason:  # a suite for another machine may still be valid
+            warn([f"{reason}: its {sum(c.device == device for c in cases)} case(s) on {device} would be "
+                  "skipped here"])
+    variants = len(suite.variants)
     quality = ""
     if suite.quality is not None:
         from attnbench.quality.plan import quality_tasks
@@ -425,9 +387,72 @@ def validate(
         kinds = [t.kind for t in tasks]
         quality = f", quality: {kinds.count('approx')} approx + {kinds.count('mqar')} mqar measurements"
     rounds = suite.timing.rounds
-    out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
-              f"{sum(len(c.passes) for c in cases)} timed passes, {rounds} round{'s' if rounds > 1 else ''} "
-              f"({len(cases) * rounds} visits){quality}", highlight=False)
+    out.print(f"{suite_path}: ok — {variants} variant{'s' * (variants != 1)}, {count_of(len(cases), 'case')}, "
+              f"{count_of(sum(len(c.passes) for c in cases), 'timed pass', 'timed passes')}, "
+              f"{count_of(rounds, 'round')} ({count_of(len(cases) * rounds, 'visit')}){quality}", highlight=False)
+    estimate = estimate_from_runs(runs_dir, suite.name, [c.case_id for c in cases])
+    if estimate is not None:
+        seconds, known, run_id = estimate
+        share = "" if known == len(cases) else f" for the {known} of its cases measured there"
+        out.print(f"estimated time: about {duration_text(seconds)}{share} (from {run_id})", highlight=False)
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(metavar="DIR", help="Where the runs are.")] = Path("results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The runs in DIR: suite, date, status, cases done, machine.
+
+    Example: [bold]attnbench runs results[/]
+    """
+    from rich.table import Table
+
+    from attnbench.results import run_summaries
+
+    rows = run_summaries(root)
+    if as_json:
+        print_json({"runs": rows})
+        return
+    if not rows:
+        with user_errors():
+            raise AttnbenchError(f"{root}: no runs there (a run is a directory with a run.json)")
+    table = Table(title=f"runs in {root}", caption="attnbench report RUN_DIR: one run's tables",
+                  caption_justify="left")
+    for col in ("run", "suite", "started", "status", "cases", "machine"):
+        table.add_column(col, no_wrap=col in ("run", "started"), style="bold" if col == "run" else None)
+    for r in rows:
+        cases = f"{r['cases_done']}/{r['cases_total']}" if r["cases_total"] is not None else "-"
+        started = str(r["started_at"] or "-")[:16].replace("T", " ")
+        table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", started, r["status"] or "-", cases,
+                      r["machine"] or "-")
+    out.print(table)
+
+
+@app.command("help")
+def help_command(
+    ctx: typer.Context,
+    command: Annotated[str | None, typer.Argument(metavar="COMMAND", help="A command, e.g. run.",
+                                                  show_default=False)] = None,
+) -> None:
+    """The help of attnbench, or of one COMMAND (as COMMAND --help).
+
+    Example: [bold]attnbench help run[/]
+    """
+    root = ctx.parent
+    assert root is not None  # a subcommand always has its group's context
+    if command is None:
+        typer.echo(root.get_help(), nl=False)
+        return
+    sub = root.command.get_command(root, command)  # type: ignore[attr-defined]
+    if sub is None:
+        from attnbench.errors import did_you_mean
+
+        names = root.command.list_commands(root)  # type: ignore[attr-defined]
+        with user_errors():
+            raise AttnbenchError(f"no command {command!r}.{did_you_mean(command, names)} Commands: "
+                                 f"{', '.join(names)}")
+    typer.echo(sub.get_help(typer.Context(sub, info_name=command, parent=root)), nl=False)
 
 
 @app.command()
@@ -457,7 +482,7 @@ def env(
 
     data = collect_environment()
     if as_json:
-        _print_json({"environment": data})
+        print_json({"environment": data})
         return
     from rich.table import Table
 
@@ -467,7 +492,7 @@ def env(
     for key, value in environment_rows(data):
         table.add_row(key, value)
     out.print(table)
-    _warn(data["warnings"])
+    warn(data["warnings"])
 
 
 def main(argv: list[str] | None = None) -> Callable[..., Any]:  # pragma: no cover - console entry

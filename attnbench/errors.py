@@ -37,6 +37,18 @@ class SuiteError(AttnbenchError):
         return f"{where}: {self.message}"
 
 
+class SuiteErrors(SuiteError):
+    """Several SuiteErrors of one file, reported together."""
+
+    def __init__(self, errors: list[SuiteError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, key=first.key)
+
+    def __str__(self) -> str:
+        return f"{self.file or '<suite>'}: {len(self.errors)} errors:\n  " + "\n  ".join(str(e) for e in self.errors)
+
+
 class ResultsError(AttnbenchError):
     """A results directory that is missing, unreadable or not an attnbench run."""
 

@@ -25,6 +25,7 @@ from attnbench.report import (
     NOISY_MARK,
     RELATIVE_KINDS,
     SCALING_COLUMNS,
+    SCALING_LEGEND,
     SIDE_BY_SIDE_KINDS,
     agreement_text,
     cell_time,
@@ -56,7 +57,7 @@ def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str) -> list[str]
     """The speed tables of every setting, then the memory tables."""
     groups = list(relative_rows(data, pass_name))
     return [f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
-            + md_table(["model", *[f"N={n}" for n in ns]], by_kind[kind])
+            + md_table(["variant", *[f"N={n}" for n in ns]], by_kind[kind])
             for kind, what in RELATIVE_KINDS for setting, heads, ns, by_kind in groups]
 
 
@@ -78,7 +79,7 @@ def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
                              else cell_time(r))
             rows.append([label, *cells])
         parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
-                     + md_table(["model", *[f"N={n}" for n in ns]], rows))
+                     + md_table(["variant", *[f"N={n}" for n in ns]], rows))
     return parts
 
 
@@ -116,8 +117,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
             for part in _relative_md(with_baseline(data, baseline, run.records), baseline, pass_name):
                 lines += [part, ""]
         rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
-        lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log; "
-                  "k, upper half: fitted on the larger half of the N only)", "",
+        lines += [f"**scaling in N and crossover vs {baseline}** ({SCALING_LEGEND})", "",
                   md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
     name = meta.get("published")
     if name:

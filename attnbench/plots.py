@@ -90,6 +90,8 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
                 ax.set_xticklabels([_n_label(n) for n in ns], rotation=45 if len(ns) > 6 else 0)
                 ax.xaxis.set_minor_locator(NullLocator())
         ax_t.set_title(PASS_TITLES.get(pass_name, pass_name))
+        for ax in (ax_t, ax_m):
+            readable_log_ticks(ax)
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), frameon=False)
     head = f"{title} — " if title else ""
@@ -107,3 +109,21 @@ def _n_label(n: int) -> str:
     if n >= 1024 and n % 1024 == 0:
         return f"{n // 1024}K"
     return str(n)
+
+
+def readable_log_ticks(ax: Any, ticks: int = 4) -> None:
+    """Give a log y axis that spans less than a decade labelled ticks: matplotlib
+    labels only powers of ten (and here 2s and 5s), so a panel between 1.1 and 1.9
+    would have none. Ticks are then spread evenly in log, to two significant digits."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    lo, hi = ax.get_ylim()
+    if not (lo > 0 and hi > lo) or hi / lo >= 10:
+        return
+    values = sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, ticks)} - {0.0})
+    values = [v for v in values if lo <= v <= hi] or [float(f"{math.sqrt(lo * hi):.2g}")]
+    ax.yaxis.set_major_locator(FixedLocator(values))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+

@@ -23,8 +23,7 @@ from attnbench.analysis import (
     with_baseline,
 )
 from attnbench.errors import DataError
-from attnbench.model import PASSES, REPORTED_PASSES, Status
-from attnbench.paired import MIN_EFFECT, CommonShift
+from attnbench.model import PASSES, Status
 from attnbench.quality.tables import quality_tables
 from attnbench.roofline import roofline_tables, run_notes
 
@@ -49,9 +48,12 @@ def fmt_mib(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
+EMPTY = "-"  # the one mark of a cell with nothing to show
+
+
 def cell_time(row: pd.Series | None) -> str:
     if row is None:
-        return "-"
+        return EMPTY
     if row["status"] != Status.OK:
         return STATUS_SHORT.get(row["status"], row["status"])
     return fmt_ms(row["median_ms"]) + (NOISY_MARK if row["noisy"] else "")
@@ -62,18 +64,29 @@ def lookup_rows(group: pd.DataFrame) -> dict[tuple, pd.Series]:
             for r in group.to_dict("records")}
 
 
+def _setting_title(setting: dict, several: bool) -> str:
+    """The setting in a table's title, only when the run has several (else the header says it)."""
+    return f" — {describe_setting(setting)}" if several else ""
+
+
+def run_legend(frame: pd.DataFrame) -> str:
+    """What a cell of ``run_tables`` holds, said once under them."""
+    shown = measured_passes(frame)
+    return (f"each cell: median ms of {', '.join(PASS_SHORT[p] for p in shown)} (a line each), then the peak "
+            f"MiB; {NOISY_MARK} noisy (IQR/median > 10%)")
+
+
 def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
     """The table printed after a run: rows variant × heads, columns N; each
-    cell the median forward and forward+backward time (ms) and the peak memory
-    (MiB) of the largest pass."""
+    cell the median time (ms) of every measured pass, one line each, and the
+    peak memory (MiB) of the largest pass (``run_legend`` says so)."""
     tables = []
-    for setting, group in settings_groups(frame):
+    groups = settings_groups(frame)
+    for setting, group in groups:
         lookup = lookup_rows(group)
         shown = measured_passes(group)
         ns = sorted(set(group["seq_len"]))
-        table = Table(title=f"{title}{describe_setting(setting)}",
-                      caption=f"median ms ({' / '.join(PASS_SHORT[p] for p in shown)}) · peak MiB; "
-                              f"{NOISY_MARK} = noisy (IQR/median > 10%)")
+        table = Table(title=f"{title}median ms, peak MiB{_setting_title(setting, len(groups) > 1)}")
         table.add_column("variant", no_wrap=True, style="bold")
         table.add_column("heads", justify="right")
         for n in ns:
@@ -84,12 +97,12 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
                 for n in ns:
                     rows = [lookup.get((label, heads, n, p)) for p in shown]
                     if all(r is None for r in rows):
-                        cells.append("")
+                        cells.append(EMPTY)
                         continue
-                    times = " / ".join(cell_time(r) for r in rows)
+                    times = "\n".join(cell_time(r) for r in rows)
                     mems = [r["peak_mem_mib"] for r in rows if r is not None and r["status"] == Status.OK
                             and r["peak_mem_mib"] is not None and not pd.isna(r["peak_mem_mib"])]
-                    cells.append(times + (f"\n{fmt_mib(max(mems))} MiB" if mems else ""))
+                    cells.append(times + (f"\n{fmt_mib(max(mems))}" if mems else ""))
                 table.add_row(label, str(heads), *cells)
         tables.append(table)
     return tables
@@ -98,7 +111,7 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
 def relative_cell(row: pd.Series | None, kind: str) -> str:
     """LRA Table 2 style: 'steps/s (speed-up x)' or 'MiB (ratio x)'."""
     if row is None:
-        return ""
+        return EMPTY
     if row["status"] != Status.OK:
         return STATUS_SHORT.get(row["status"], row["status"])
     noisy = NOISY_MARK if row["noisy"] and kind == "speed" else ""
@@ -154,18 +167,23 @@ def n_table(title: str, labels: list[str], ns: list[int], rows: list[list[str]],
     return table
 
 
+RELATIVE_LEGEND = "speed-up = baseline time / time; memory ratio = peak / baseline peak"
+PAIRED_LEGEND = "; paired within rounds: geometric mean [95% interval] over rounds"
+
+
 def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str,
                       records: list[dict] | None = None) -> list[Table]:
     """Speed and memory against ``baseline`` for one pass, one pair of tables per
-    setting and head count: rows variants, columns N. With the run's case
-    ``records``, the ratios are paired by round, with their 95% intervals."""
+    setting and head count: rows variants, columns N (RELATIVE_LEGEND, said once
+    by the caller, explains the ratios). With the run's case ``records``, the
+    ratios are paired by round, with their 95% intervals."""
     data = with_baseline(frame[frame["pass"] == pass_name], baseline, records)
-    paired = records is not None and (data["speedup_method"] == "t-rounds").any()
-    caption = ("speed-up = baseline time / time; memory ratio = peak / baseline peak"
-               + ("; paired within rounds: geometric mean [95% interval] over rounds" if paired else ""))
-    return [n_table(f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, {heads} heads",
-                    ["model"], ns, by_kind[kind], caption=caption)
-            for setting, heads, ns, by_kind in relative_rows(data, pass_name)
+    groups = list(relative_rows(data, pass_name))
+    several_settings = len({describe_setting(g[0]) for g in groups}) > 1
+    several_heads = len({g[1] for g in groups}) > 1
+    return [n_table(f"{pass_name}: {what} vs {baseline}" + (f", {heads} heads" if several_heads else "")
+                    + _setting_title(setting, several_settings), ["variant"], ns, by_kind[kind])
+            for setting, heads, ns, by_kind in groups
             for kind, what in RELATIVE_KINDS]
 
 
@@ -194,47 +212,61 @@ def failures_table(frame: pd.DataFrame) -> Table | None:
 # --- the full report: scaling, published table, agreement -----------------------
 
 def measured_passes(frame: pd.DataFrame) -> list[str]:
-    """Passes shown in a report: forward and forward_backward (the papers' inference
-    and training), or whatever the run measured when it has neither."""
-    present = [p for p in PASSES if p in set(frame["pass"])]
-    shown = [p for p in present if p in REPORTED_PASSES]
-    return shown or present
+    """Passes shown in a report: every pass the run measured, in PASSES order."""
+    return [p for p in PASSES if p in set(frame["pass"])]
 
 
 def _fmt_exp(value: float) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.2f}"
+    return EMPTY if value is None or pd.isna(value) else f"{value:.2f}"
 
 
 def _fmt_r2(value: float) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.3f}"
+    return EMPTY if value is None or pd.isna(value) else f"{value:.3f}"
 
 
-SCALING_COLUMNS = ("model", "heads", "N points", "time k", "R²", "k, upper half", "memory k", "R²", "crossover N")
+SCALING_COLUMNS = ("variant", "heads", "N's", "time k", "R²", "k top", "mem k", "R²", "x-over")
+SCALING_LEGEND = ("time ∝ N^k and memory ∝ N^k, fitted on log-log; R² from three N up; k top: fitted on "
+                  "the larger half of the N (small N carry fixed overheads); N's: how many N were fitted; "
+                  "x-over: the N where the variant becomes faster than the baseline and stays faster, "
+                  "interpolated in log-log (< below the N measured, > never within them; ≈ where the "
+                  "fitted power laws would cross)")
 
 
 def scaling_table(summary: pd.DataFrame, pass_name: str, baseline: str | None) -> Table:
     """Rich table of ``analysis.scaling_summary``: exponents of time and memory in
-    N with R², and the crossover N against the baseline."""
-    table = Table(title=f"{pass_name}: scaling in N (time ∝ N^k, fitted on log-log) and crossover vs "
-                        f"{baseline or '-'}",
-                  caption="R² shown from three N up; k, upper half: fitted on the larger half of the N only "
-                          "(small N carry fixed overheads); crossover: the N where the variant becomes faster "
-                          "than the baseline and stays faster, interpolated in log-log")
+    N with R², and the crossover N against the baseline (SCALING_LEGEND, said
+    once by the caller, explains the columns)."""
+    table = Table(title=f"{pass_name}: scaling in N, crossover vs {baseline or EMPTY}")
     multi = summary[SETTING].drop_duplicates().shape[0] > 1 if not summary.empty else False
     if multi:
         table.add_column("setting", no_wrap=True)
     for col in SCALING_COLUMNS:
-        table.add_column(col, justify="left" if col in ("model", "crossover N") else "right",
-                         no_wrap=col == "model", style="bold" if col == "model" else None)
+        table.add_column(col, justify="left" if col in ("variant", "x-over") else "right",
+                         no_wrap=col != "x-over", style="bold" if col == "variant" else None)
     for r, cells in zip(summary.to_dict("records"), scaling_rows(summary), strict=True):
         table.add_row(*([describe_setting(r)] if multi else []), *cells)
     return table
 
 
+def short_crossover(text: str) -> str:
+    """``analysis.Crossover``'s text, short enough for a narrow column:
+    ``< 128`` (below the range), ``> 4,096`` (never in it), ``> 4,096, ≈9,000 fit``."""
+    import re
+
+    below = re.fullmatch(r"below the range \(< ([\d,]+)\)", text)
+    if below:
+        return f"< {below.group(1)}"
+    never = re.fullmatch(r"never \(≤ ([\d,]+)\)(?:, ≈([\d,]+) extrapolated)?", text)
+    if never:
+        return f"> {never.group(1)}" + (f", ≈{never.group(2)} fit" if never.group(2) else "")
+    return text
+
+
 def scaling_rows(summary: pd.DataFrame) -> list[list[str]]:
     """The cells of ``analysis.scaling_summary`` per row, in SCALING_COLUMNS order."""
     return [[r["label"], str(r["heads"]), str(r["points"]), _fmt_exp(r["time_exponent"]), _fmt_r2(r["time_r2"]),
-             _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]), r["crossover"]]
+             _fmt_exp(r["time_exponent_top"]), _fmt_exp(r["mem_exponent"]), _fmt_r2(r["mem_r2"]),
+             short_crossover(r["crossover"])]
             for r in summary.to_dict("records")]
 
 
@@ -345,6 +377,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
         return out
     for pass_name in measured_passes(frame):
         out.append(scaling_table(scaling_summary(frame, baseline, pass_name), pass_name, baseline))
+    out.append(SCALING_LEGEND)
     name = run.meta.get("published")
     if name:
         try:
@@ -363,10 +396,12 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
     """``attnbench report``, in order: the run's tables; against the baseline the
     speed and memory tables of the reported passes (when there is more than one
     variant); scaling, crossovers and the published table; the failed cases."""
-    out: list = list(run_tables(frame))
+    out: list = [report_header(run, frame), *run_tables(frame), run_legend(frame)]
     if baseline is not None and len(set(frame["label"])) > 1:
-        for pass_name in [p for p in REPORTED_PASSES if p in set(frame["pass"])]:
+        for pass_name in measured_passes(frame):
             out.extend(comparison_tables(frame, baseline, pass_name, run.records))
+        paired = "speedup_method" in frame and (frame["speedup_method"] == "t-rounds").any()
+        out.append(RELATIVE_LEGEND + (PAIRED_LEGEND if paired else ""))
     out.extend(roofline_tables(frame, run.meta))
     out.extend(run_notes(run.meta, run.records))
     out.extend(report_sections(run, baseline, frame))
@@ -374,66 +409,59 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
     failed = failures_table(frame)
     if failed is not None:
         out.append(failed)
+        note = traceback_note(run.records, run.path)
+        if note:
+            out.append(note)
     return out
+
+
+def report_header(run, frame: pd.DataFrame) -> str:
+    """The report's first lines: run id, suite, date, machine, and the setting
+    when there is one (the tables' titles then leave it out)."""
+    meta, env = run.meta, run.meta.get("environment") or {}
+    gpus = env.get("gpus") or []
+    gpu = ", ".join(g.get("name", "?") if isinstance(g, dict) else str(g) for g in gpus) if gpus else ""
+    cores = env.get("cpu_cores_logical")
+    machine = ", ".join(x for x in (gpu, env.get("cpu_model"), f"{cores} cores" if cores else "",
+                                    f"torch {env['torch']}" if env.get("torch") else "") if x)
+    started = str(meta.get("started_at") or "")[:16].replace("T", " ")
+    lines = [f"run {run.run_id} · suite {meta.get('suite_name') or EMPTY} · {started or EMPTY} · "
+             f"{meta.get('status') or EMPTY}", f"machine: {machine or EMPTY}"]
+    groups = settings_groups(frame)
+    if len(groups) == 1:
+        lines.append(f"setting: {describe_setting(groups[0][0])}")
+    return "\n".join(lines)
 
 
 def report_baseline(frame: pd.DataFrame, run, chosen: str | None) -> str | None:
-    """The variant a report compares against: the one asked for, else the suite's, else softmax."""
+    """The variant a report compares against: the one asked for (which must be
+    in the run), else the suite's, else softmax."""
+    if chosen is not None and not frame.empty and chosen not in set(frame["label"]):
+        raise DataError(f"--baseline {chosen!r} is not in this run; its variants: {', '.join(label_order(frame))}")
     return default_baseline(frame, chosen or run.meta.get("baseline"))
 
 
-# --- two runs -------------------------------------------------------------------------
-
-def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: str, name_b: str,
-                        only_changed: bool = False, min_effect: float = MIN_EFFECT,
-                        shift: CommonShift | None = None) -> list:
-    """asv-style: per case and pass the mark, the medians of A's and B's visits,
-    their ratio, and the change beyond the runs' common drift with its 90%
-    interval; the common shift; then per variant the geometric mean of the ratios."""
-    table = Table(title=f"{name_b} against {name_a}: the middle visit's median (ms), B/A the geometric mean "
-                        "over visits",
-                  caption=f"+ slower, - faster: the 90% interval of the change (beyond the drift all cases share, "
-                          f"up to {min_effect:.0%}) lies wholly beyond ±{min_effect:.0%}; ~ no change that large; "
-                          "? too few rounds for a verdict (2 visits a side at least); x failed or missing")
-    for col in ("", "model", "N", "heads", "pass", "visits", "A ms", "B ms", "B/A", "change [90%]"):
-        table.add_column(col, justify="left" if col in ("", "model", "pass") else "right", no_wrap=True)
-    styles = {"+": "red", "-": "green", "x": "yellow", "?": "yellow"}
-    for r in compared.to_dict("records"):
-        if only_changed and r["mark"] == "~":
-            continue
-        mark = r["mark"]
-        if mark == "x":
-            cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['status_a']} / {r['status_b']}", ""]
-        else:
-            change = "" if pd.isna(r["low"]) else (f"{r['relative'] - 1:+.1%} [{r['low'] - 1:+.1%}, "
-                                                   f"{r['high'] - 1:+.1%}]")
-            cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['ratio']:.3f}",
-                     change or "too few rounds"]
-        style = styles.get(mark)
-        table.add_row(f"[{style}]{mark}[/]" if style else mark, r["label"], str(r["seq_len"]), str(r["heads"]),
-                      PASS_SHORT.get(r["pass"], r["pass"]), f"{r['n_a']}/{r['n_b']}", *cells)
-    out: list = [table, shift_text(shift, min_effect)]
-    totals = Table(title="per variant: geometric mean of B/A over the cases measured in both runs")
-    for col in ("model", "pass", "cases", "geomean B/A", "+", "-", "~", "?", "x"):
-        totals.add_column(col, justify="left" if col in ("model", "pass") else "right", no_wrap=True)
-    for r in summary.to_dict("records"):
-        g = r["geomean_ratio"]
-        totals.add_row(r["label"], PASS_SHORT.get(r["pass"], r["pass"]), str(r["cases"]),
-                       "-" if pd.isna(g) else f"{g:.3f}", str(r["slower"]), str(r["faster"]), str(r["same"]),
-                       str(r["undecided"]), str(r["failed"]))
-    out.append(totals)
-    return out
+def traceback_note(records: list[dict], run_dir) -> str | None:
+    """Where the full tracebacks are, when some failed case kept one (custom layers do)."""
+    failed = [r for r in records if r.get("status") != Status.OK]
+    if any(r.get("traceback") or any(p.get("traceback") for p in r.get("passes", [])) for r in failed):
+        return f"full tracebacks of the failed cases: {run_dir}/cases.jsonl (key 'traceback')"
+    return None
 
 
-def shift_text(shift: CommonShift | None, min_effect: float = MIN_EFFECT) -> str:
-    """One line on how much every case moved together between the two runs."""
-    if shift is None:
-        return ("common shift: too few cases in both runs to tell the machine's drift from a change "
-                "(each case is judged as measured)")
-    verdict = {"same": f"within ±{min_effect:.0%}: the machine's drift between runs, discounted from every case",
-               "slower": "every case slower: a change under all of them (a library, the machine: see the "
-                         "calibrations)",
-               "faster": "every case faster: a change under all of them (a library, the machine: see the "
-                         "calibrations)"}[shift.verdict]
-    return (f"common shift over {shift.cases} cases: B/A = {shift.ratio:.3f} [{shift.low:.3f}–{shift.high:.3f}], "
-            f"{verdict}; up to {min_effect:.0%} of it is discounted")
+def nothing_measured(run, frame: pd.DataFrame) -> str | None:
+    """Why a run (or its rows ``frame``) has nothing to report, and how to go on; None when it has."""
+    if not frame.empty and (frame["status"] == Status.OK).any():
+        return None
+    status = run.meta.get("status", "unknown")
+    if not run.records:
+        what = "no case was measured"
+    elif frame.empty:
+        what = "no case matches the filters given"
+    else:
+        what = f"no case was measured: all {len(run.records)} failed or were skipped"
+    message = f"{run.path}: {what} (run.json: status {status})"
+    suite_path = run.meta.get("suite_path")
+    if suite_path and status in ("interrupted", "running") and frame.empty:
+        message += f"; resume it with: attnbench run {suite_path} --resume {run.path}"
+    return message

@@ -185,6 +185,8 @@ def load_run(path: str | Path) -> Run:
         raise ResultsError(f"{p}: is a file, not a results directory")
     meta_path = p / "run.json"
     if not meta_path.exists():
+        if run_dirs(p):
+            raise ResultsError(f"{p}: a directory of runs, not a run; list them with: attnbench runs {p}")
         raise ResultsError(f"{p}: not an attnbench results directory (no run.json)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -278,3 +280,52 @@ def frame_records(frame: pd.DataFrame, columns: list[str] | None = None) -> list
             clean[key] = value
         rows.append(clean)
     return rows
+
+
+def run_dirs(root: str | Path) -> list[Path]:
+    """The run directories (those with a run.json) directly under ``root``, oldest first."""
+    p = Path(root)
+    if not p.is_dir():
+        return []
+    return sorted((d for d in p.iterdir() if d.is_dir() and (d / "run.json").is_file()), key=lambda d: d.name)
+
+
+def run_summaries(root: str | Path) -> list[dict[str, Any]]:
+    """Per run under ``root``: id, suite, start, status, cases done and total,
+    machine; from run.json only (a run.json that does not read is listed as such)."""
+    out = []
+    for d in run_dirs(root):
+        try:
+            meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {"status": "unreadable run.json"}
+        if not isinstance(meta, dict):
+            meta = {"status": "unreadable run.json"}
+        env = meta.get("environment") if isinstance(meta.get("environment"), dict) else {}
+        gpus = env.get("gpus") or []
+        gpu = ", ".join(g.get("name", "?") if isinstance(g, dict) else str(g) for g in gpus) if gpus else ""
+        out.append({"run_dir": str(d), "run_id": meta.get("run_id", d.name), "suite": meta.get("suite_name"),
+                    "started_at": meta.get("started_at"), "status": meta.get("status"),
+                    "cases_done": meta.get("cases_done"), "cases_total": meta.get("cases_total"),
+                    "machine": gpu or env.get("cpu_model") or ""})
+    return out
+
+
+def estimate_from_runs(root: str | Path, suite_name: str, case_ids: list[str]) -> tuple[float, int, str] | None:
+    """From the latest run under ``root`` of the suite named ``suite_name``: the
+    seconds its cases among ``case_ids`` took, how many of them it has, and its
+    id; None when no run of that suite measured any of them."""
+    wanted = set(case_ids)
+    for d in reversed(run_dirs(root)):
+        try:
+            meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or meta.get("suite_name") != suite_name:
+                continue
+            records, _ = read_records(d / "cases.jsonl")
+        except (OSError, ValueError, ResultsError):
+            continue
+        seen = {r["case_id"]: float(r.get("wall_s") or 0.0) for r in records if r["case_id"] in wanted}
+        if seen:
+            return sum(seen.values()), len(seen), str(meta.get("run_id", d.name))
+    return None
+

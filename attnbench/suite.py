@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import yaml
-
-from attnbench.errors import SuiteError, VariantError, did_you_mean
+from attnbench.buildcheck import check_builds
+from attnbench.errors import SuiteError, SuiteErrors, VariantError, did_you_mean
 from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as before
     DTYPES,
     PASSES,
@@ -47,73 +47,11 @@ from attnbench.schema import (  # noqa: F401 - the key tables, re-exported as be
     Field,
 )
 from attnbench.suite_quality import parse_quality
+from attnbench.yamlfile import LineDict as _LineDict
+from attnbench.yamlfile import plain as _plain
+from attnbench.yamlfile import read_yaml as _read_yaml
 
-# --- YAML with line numbers -------------------------------------------------
-
-class _LineDict(dict):
-    line: int = 0
-    lines: dict[Any, int]
-
-
-class _LineList(list):
-    line: int = 0
-    lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        """A scalar the safe constructors cannot read (``!!int x``, the date
-        2001-02-30, a 5000-digit integer) raises ValueError & co. without a
-        line; make it a YAML error at the node."""
-        try:
-            return super().construct_object(node, deep=deep)
-        except (yaml.YAMLError, SuiteError, RecursionError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any constructor failure is the file's fault
-            shown = node.value if isinstance(node, yaml.ScalarNode) else node.id
-            shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            tag = str(node.tag).rsplit(":", 1)[-1]
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {shown!r} as {tag} ({type(exc).__name__}: {str(exc)[:80]})",
-                node.start_mark) from None
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
-    loader.flatten_mapping(node)
-    data = _LineDict()
-    data.line = node.start_mark.line + 1
-    data.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, (str, int, float, bool)) or key is None:
-            raise SuiteError(f"a key must be a plain name, got {key!r}", line=line)
-        if key in data:
-            raise SuiteError("duplicate key", line=line, key=str(key))
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.lines[key] = line
-    return data
-
-
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _LineList:
-    data = _LineList(loader.construct_object(child, deep=True) for child in node.value)
-    data.line = node.start_mark.line + 1
-    data.lines = [child.start_mark.line + 1 for child in node.value]
-    return data
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
-def _plain(value: Any) -> Any:
-    """Strip the line bookkeeping: plain dicts and lists for the rest of the code."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
+T = TypeVar("T")
 
 # --- the validated suite ----------------------------------------------------
 
@@ -303,22 +241,6 @@ def _check_device(device: Any, path: str, line: int | None, key: str) -> None:
 
 # --- one function per part of the file -------------------------------------------
 
-def _read_yaml(text: str, path: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except SuiteError as exc:
-        exc.file = path
-        raise
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        kind = "value" if isinstance(exc, yaml.constructor.ConstructorError) else "syntax"
-        raise SuiteError(f"YAML {kind} error: {problem}", file=path,
-                         line=mark.line + 1 if mark else None) from None
-    except RecursionError:
-        raise SuiteError("the YAML is nested too deeply to be a suite", file=path) from None
-
-
 def _header(v: _Validator, raw: Any, path: str) -> tuple[str, str]:
     """The top-level keys, the version, the name and the description."""
     if raw is None:
@@ -361,10 +283,12 @@ class _Sections:
 
 def _grid(v: _Validator, raw: dict, sections: _Sections) -> dict[str, list]:
     grid = sections.values("grid", GRID_FIELDS, {"devices": ["cpu"]}, "grid.")
-    for key in REQUIRED_GRID_KEYS:
-        if key not in grid:
-            v.fail("is required: the grid needs at least one value", key=f"grid.{key}",
-                   line=getattr(raw.get("grid"), "line", v.line_of(raw, "grid")))
+    # Every required key at once; the line of the grid when there is one, none (not "line 1") when not.
+    missing = [SuiteError("is required: the grid needs at least one value", file=v.path, key=f"grid.{key}",
+                          line=v.line_of(raw, "grid") if "grid" in raw else None)
+               for key in REQUIRED_GRID_KEYS if key not in grid]
+    if missing:
+        raise missing[0] if len(missing) == 1 else SuiteErrors(missing)
     return grid
 
 
@@ -379,7 +303,7 @@ def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, de
              known: list[str], labels: dict[str, int]) -> VariantSpec:
     """One entry of ``variants``: a name, or a mapping with name, label, params and own settings."""
     from attnbench.variants import variant_info
-    from attnbench.variants.factory import unknown_parameter
+    from attnbench.variants.factory import parameter_problem, unknown_parameter
 
     key = f"variants[{i}]"
     if isinstance(item, str):
@@ -402,8 +326,8 @@ def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, de
     params = item.get("params") or {}
     if not isinstance(params, dict):
         v.fail("must be a mapping of parameter: value", key=f"{key}.params", line=v.line_of(item, "params"))
-    for p in params:
-        message = unknown_parameter(vname, str(p), list(info.defaults))
+    for p, value in params.items():
+        message = unknown_parameter(vname, str(p), list(info.defaults)) or parameter_problem(vname, str(p), value)
         if message:
             v.fail(message, key=f"{key}.params.{p}", line=v.line_of(params, p))
     label = item.get("label", vname)
@@ -426,14 +350,20 @@ def _variants(v: _Validator, raw: dict, defaults: dict[str, Any]) -> list[Varian
     from attnbench.variants import variant_names
 
     if "variants" not in raw:
-        v.fail("is required: list the variants to measure", key="variants", line=1)
+        v.fail("is required: list the variants to measure", key="variants")
     items = v.nonempty_list(raw["variants"], "variants", v.line_of(raw, "variants"))
     specs: list[VariantSpec] = []
     labels: dict[str, int] = {}  # label -> line, filled by _variant
     known = variant_names()
+    errors: list[SuiteError] = []
     for i, item in enumerate(items):
         line = _item_line(items, i, v.line_of(raw, "variants"))
-        specs.append(_variant(v, item, i, line, items, defaults, known, labels))
+        try:
+            specs.append(_variant(v, item, i, line, items, defaults, known, labels))
+        except SuiteError as exc:  # each entry stands alone: report every one that is wrong
+            errors.append(exc)
+    if errors:
+        raise SuiteErrors(errors)
     return specs
 
 
@@ -466,22 +396,44 @@ def _check_heads(suite: Suite, v: _Validator, raw: dict) -> None:
                        line=spec.line if where == "heads" else v.line_of(raw.get("grid") or {}, "heads"))
 
 
+def _collect(errors: list[SuiteError], check: Callable[[], T], fallback: T) -> T:
+    """``check()``, or ``fallback`` with its errors noted, so that one wrong
+    section does not hide the errors of the next."""
+    try:
+        return check()
+    except SuiteErrors as exc:
+        errors.extend(exc.errors)
+    except SuiteError as exc:
+        errors.append(exc)
+    return fallback
+
+
 def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
-    """Validate suite text; raise SuiteError naming file, line and key."""
+    """Validate suite text; raise SuiteError naming file, line and key (SuiteErrors
+    when there are several: every section is checked)."""
     raw = _read_yaml(text, path)
     v = _Validator(path)
     name, description = _header(v, raw, path)
+    errors: list[SuiteError] = []
     sections = _Sections(v, raw, quick)
-    defaults = sections.values("defaults", SETTING_FIELDS, dict(DEFAULTS), "defaults.")
-    grid = _grid(v, raw, sections)
-    timing = _timing(sections)
-    limits = Limits(**sections.values("limits", LIMIT_FIELDS, {}, "limits."))
-    specs = _variants(v, raw, defaults)
+    defaults = _collect(errors, lambda: sections.values("defaults", SETTING_FIELDS, dict(DEFAULTS), "defaults."),
+                        dict(DEFAULTS))
+    grid = _collect(errors, lambda: _grid(v, raw, sections), {})
+    timing = _collect(errors, lambda: _timing(sections), TimingSettings())
+    limits = _collect(errors, lambda: Limits(**sections.values("limits", LIMIT_FIELDS, {}, "limits.")), Limits())
+    specs = _collect(errors, lambda: _variants(v, raw, defaults), [])
     suite = Suite(name=name, description=description, path=path, defaults=defaults, grid=grid,
                   variants=specs, timing=timing, limits=limits, raw=_plain(raw))
-    _references(v, raw, suite)
-    _check_heads(suite, v, raw)
-    suite.quality = parse_quality(v, sections, specs)
+    _collect(errors, lambda: _references(v, raw, suite), None)
+    if not errors:
+        _collect(errors, lambda: _check_heads(suite, v, raw), None)
+    suite.quality = _collect(errors, lambda: parse_quality(v, sections, specs), None)
+    if not errors:
+        _collect(errors, lambda: check_builds(suite), None)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise SuiteErrors(errors)
     return suite
 
 

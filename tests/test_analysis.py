@@ -96,7 +96,7 @@ def test_scaling_summary_per_variant():
     assert summary.loc["linear", "time_exponent"] == pytest.approx(1.0)
     assert summary.loc["linear", "time_r2"] == pytest.approx(1.0)
     assert summary.loc["linear", "crossover_n"] == pytest.approx(1000)
-    assert summary.loc["softmax", "crossover"] == "—"
+    assert summary.loc["softmax", "crossover"] == "-"
     assert summary.loc["tiny", "crossover_kind"] == "below"
     # a failed case is left out of the fit
     frame = frame_of(times, mem=mem)
@@ -196,4 +196,4 @@ def test_upper_half_exponent_ignores_fixed_overheads_at_small_n():
     times = {"softmax": [5 + (n / 256) ** 2 for n in NS], "linear": [5 + n / 256 for n in NS]}
     s = scaling_summary(frame_of(times), None, "forward_backward").set_index("label")
     assert s.loc["softmax", "time_exponent"] < 1.5 and s.loc["softmax", "time_exponent_top"] > 1.75
-    assert s.loc["softmax", "crossover"] == "—" and s.loc["linear", "crossover"] == "—"  # no baseline
+    assert s.loc["softmax", "crossover"] == "-" and s.loc["linear", "crossover"] == "-"  # no baseline

@@ -216,12 +216,26 @@ def test_cli_json_and_bad_usage(runs):
     assert runner.invoke(app, ["compare", str(a), str(a.parent / "nope")]).exit_code == 2
 
 
-def test_cli_failed_case_is_x_and_does_not_gate(tmp_path: Path):
+def test_cli_a_case_failed_in_b_is_x_and_fails_the_gate(tmp_path: Path):
+    # A gate must not pass on what it could not compare (issue 18): a case
+    # measured in A that failed in B fails --fail-above; without the option it
+    # is a warning naming the case.
     rng = np.random.default_rng(4)
     a = write_run(tmp_path / "a", visits(rng, "softmax", 64, {"forward": 1.0}))
     b = write_run(tmp_path / "b", visits(rng, "softmax", 64, {"forward": "oom"}))
     result = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "1.1"])
-    assert result.exit_code == 0 and "oom" in result.stdout and "marked x" in result.output
+    assert result.exit_code == 1 and "oom" in result.stdout and "softmax N=64" in result.output
+    result = runner.invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0 and "missing or failed in RUN_B" in result.output
+
+
+def test_cli_a_case_new_in_b_does_not_fail_the_gate(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    a = write_run(tmp_path / "a", [record("softmax", 64, {"forward": draw(rng, 1.0)})])
+    b = write_run(tmp_path / "b", [record("softmax", 64, {"forward": draw(rng, 1.0)}),
+                                   record("linear", 64, {"forward": draw(rng, 1.0)})])
+    result = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "1.5"])
+    assert result.exit_code == 0, result.output
 
 
 def test_cli_says_when_runs_have_too_few_rounds(tmp_path: Path):

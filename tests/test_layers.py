@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("attnbench.quality.approx", "attnbench.quality.mqar", "attnbench.quality.plan", "attnbench.quality"),
     ("attnbench.visits",),
     ("attnbench.published", "attnbench.results", "attnbench.env", "attnbench.suite", "attnbench.schema",
-     "attnbench.suite_quality"),
+     "attnbench.suite_quality", "attnbench.buildcheck", "attnbench.yamlfile"),
     ("attnbench.bench.timing", "attnbench.bench.memory", "attnbench.bench.messages", "attnbench.bench.checks",
      "attnbench.bench.flops", "attnbench.bench.signals", "attnbench.bench.progress", "attnbench.bench.skip",
      "attnbench.bench.calibration", "attnbench.bench.noise"),
@@ -39,7 +39,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("attnbench.bench.sweep", "attnbench.bench"),
     ("attnbench.analysis", "attnbench.quality.summary"),
     ("attnbench.tables", "attnbench.plots", "attnbench.roofline", "attnbench.quality.tables"),
-    ("attnbench.report", "attnbench.markdown"),
+    ("attnbench.report", "attnbench.markdown", "attnbench.catalog"),
+    ("attnbench.compare_report",),
+    ("attnbench.console", "attnbench.cli_help"),
+    ("attnbench.cli_results",),
     ("attnbench.cli", "attnbench.__main__"),
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}

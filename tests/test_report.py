@@ -78,8 +78,8 @@ def test_report_prints_lra_tables_scaling_and_the_published_table(run_dir: Path)
     # scaling exponents and crossovers
     assert "scaling in N" in out and "2.00" in out and "1.00" in out
     assert "1,536" in out  # linear overtakes softmax at N = 1.5 · 1024
-    assert "below the range" in out  # performer: faster from the first N
-    assert "never" in out  # synthesizer: always slower, same slope
+    assert "< 1,024" in out  # performer: faster from the first N (below the range)
+    assert "> 4,096" in out  # synthesizer: always slower, same slope (never within the range)
     # the published table beside it, with its citation, and the rank agreement
     assert "Long Range Arena" in out and "Performer" in out and "8.0 (5.7x)" in out and "9.48" in out
     assert "2011.04006" in out
@@ -105,7 +105,7 @@ def test_markdown_and_png_plot_are_written(run_dir: Path, tmp_path: Path):
     assert "![time and memory vs N](fig.png)" in text
     assert "## forward_backward" in text and "## forward" in text
     assert "| linear | 66.7 (0.67x) |" in text
-    assert "| model | N=1024 | N=2048 | N=3072 | N=4096 |" in text
+    assert "| variant | N=1024 | N=2048 | N=3072 | N=4096 |" in text
     assert "## published: Long Range Arena" in text and "| Performer | performer |" in text
     assert "Spearman rank correlation" in text and "measured / published" in text
     assert "~" in text  # the noisy performer figure is marked
@@ -165,3 +165,43 @@ def test_shipped_suites_validate(name: str):
                                                    "fastformer"}
         ns = full.grid["seq_lens"]
         assert all(b == 2 * a for a, b in zip(ns, ns[1:], strict=False))
+
+
+def test_report_reads_at_80_columns_and_shows_every_pass(tmp_path: Path):
+    # issue 18, item 9: a header, every measured pass in the final table and a
+    # scaling table per pass, each legend once, one empty-cell mark, titles unbroken
+    records = [_record(v, n, {p: {"status": "ok", "samples_ms": samples(m * n / 1024), "peak_mem_mib": 1.0}
+                              for p in ("forward", "backward")})
+               for v, m in (("softmax", 4.0), ("linear", 2.0)) for n in (1024, 2048, 4096)]
+    run_dir = write_run(tmp_path / "run-fb", records, published=None)
+    result = runner.invoke(app, ["report", str(run_dir)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("run run-fb · suite lra")
+    assert "setting: batch 1, dim 256, float32, cpu" in out
+    assert "each cell: median ms of fwd, bwd" in out
+    assert "backward: scaling in N" in out and "forward: scaling in N" in out
+    assert out.count("speed-up = baseline time / time") == 1
+    assert "—" not in out and "…" not in out and "model" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for title in ("forward: steps/s (speed-up) vs softmax", "backward: peak MiB (ratio) vs softmax"):
+        assert title in out  # on one line
+
+
+def test_a_log_axis_within_a_decade_still_has_tick_labels():
+    # issue 18, item 11: between 1.1 and 1.9 matplotlib labels no tick at all
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from attnbench.plots import readable_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1.1, 1.4, 1.9])
+    ax.set_yscale("log")
+    readable_log_ticks(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert len(labels) >= 2 and all(1.0 <= float(x) <= 2.0 for x in labels), labels

@@ -49,9 +49,10 @@ def test_cases_expand_the_grid_with_variant_overrides():
     (BASE.replace("  heads: [2, 4]", "  heads: [2, 4]\n  devices: [tpu]"), 7, "grid.devices[0]", "unknown device"),
     (BASE.replace("label: lin16", "label: softmax"), 9, "variants[1].label", "used twice"),
     (BASE + "  - name: fastformer\n    causal: true\n", 15, "variants[2].causal", "does not support causal"),
-    ("grid: {seq_lens: [64], heads: [2]}\n", 1, "variants", "is required"),
+    ("grid: {seq_lens: [64], heads: [2]}\n", None, "variants", "is required"),
     ("variants: [softmax]\n", None, "grid.seq_lens", "is required"),
-    ("defaults:\n  batch: 1\n  batch: 2\n", 3, "batch", "duplicate key"),
+    ("defaults:\n  batch: 1\n  batch: 2\n", 3, "defaults.batch", "duplicate key"),
+    ("variants:\n  - name: linformer\n    params: {k: 8, k: 9}\n", 3, "variants[0].params.k", "duplicate key"),
 ])
 def test_mistakes_name_file_line_and_key(text, line, key, message):
     with pytest.raises(SuiteError) as info:
@@ -59,8 +60,7 @@ def test_mistakes_name_file_line_and_key(text, line, key, message):
     err = info.value
     assert err.file == "suite.yaml"
     assert message in err.message
-    if line is not None:
-        assert err.line == line
+    assert err.line == line  # None: a key that is missing has no line
     assert err.key == key
     assert str(err).startswith("suite.yaml")
 
@@ -83,3 +83,28 @@ def test_shipped_suites_validate(path: Path):
     suite = load(path)
     assert suite.cases()
     load(path, quick=True)
+
+
+def test_every_error_of_a_suite_is_reported_not_only_the_first():
+    text = ("grid: {seq_lens: [64], heads: [2]}\ndefaults: {batch: 0}\nvariants:\n  - nope\n"
+            "  - name: sdpa\n    params: {backend: flsh}\n")
+    with pytest.raises(SuiteError) as info:
+        parse(text, "suite.yaml")
+    shown = str(info.value)
+    assert shown.startswith("suite.yaml: 3 errors")
+    assert "suite.yaml:2: defaults.batch" in shown and "suite.yaml:4: variants[0].name" in shown
+    assert "suite.yaml:6: variants[1].params.backend" in shown and "Did you mean 'flash'" in shown
+
+
+def test_a_constructor_check_fails_when_the_suite_is_loaded():
+    text = "grid: {seq_lens: [64], heads: [2]}\nvariants:\n  - name: local\n    params: {window: 0}\n"
+    with pytest.raises(SuiteError) as info:
+        parse(text, "suite.yaml")
+    assert info.value.line == 3 and "window" in str(info.value)
+
+
+def test_every_missing_grid_key_is_reported_at_once():
+    with pytest.raises(SuiteError) as info:
+        parse("grid: {devices: [cpu]}\nvariants: [softmax]\n", "suite.yaml")
+    shown = str(info.value)
+    assert "suite.yaml:1: grid.seq_lens: is required" in shown and "suite.yaml:1: grid.heads: is required" in shown

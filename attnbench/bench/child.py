@@ -179,12 +179,32 @@ def import_modules(modules: list[str]) -> None:
         importlib.import_module(name)
 
 
-def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None = None) -> None:
+def _exit_with_parent(alive: Any) -> None:
+    """Exit once the sweep closes its end of ``alive`` (or dies). A forked
+    worker's parent is the fork server, which waits for its children (they
+    hold its liveness pipe), so PR_SET_PDEATHSIG alone would leave a worker
+    still importing a slow module running after the sweep ended."""
+    import threading
+
+    def watch() -> None:
+        try:
+            alive.poll(None)  # nothing is ever sent: this returns at end of file
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="attnbench-parent-watch", daemon=True).start()
+
+
+def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None = None,
+                  alive: Any = None) -> None:
     # The parent decides what Ctrl-C and SIGTERM mean (it kills this worker);
     # the terminal sends Ctrl-C to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    if alive is not None:
+        _exit_with_parent(alive)
     if environ is not None:  # a forked worker has the fork server's environment
         os.environ.clear()
         os.environ.update(environ)
@@ -213,6 +233,7 @@ class WorkerPool:
         self.preload = list(preload or [])
         self.process: Any = None
         self.conn: Any = None
+        self._alive: Any = None  # the worker's liveness pipe: closing it ends the worker
         self.pid: int | None = None
         self.ready = False
         self.started = 0  # workers started so far
@@ -234,13 +255,23 @@ class WorkerPool:
         if self._ctx.get_start_method() == "forkserver":
             _ensure_fork_server(self._ctx)
         parent, child = self._ctx.Pipe()
+        alive_r, alive_w = self._ctx.Pipe(duplex=False)  # the worker exits when alive_w closes
         # Not a daemon: a daemonic process may not have children, and
         # torch.compile starts compiler workers. close()/kill() end it.
-        self.process = self._ctx.Process(target=_worker_entry, args=(child, self.preload, dict(os.environ)),
-                                         daemon=False, name="attnbench-worker")
-        self.process.start()
+        process = self._ctx.Process(target=_worker_entry, args=(child, self.preload, dict(os.environ), alive_r),
+                                    daemon=False, name="attnbench-worker")
+        try:
+            # Blocks while the fork server still imports torch; a Ctrl-C here
+            # leaves no process to join, and a worker forked later exits as
+            # alive_w is closed (see _exit_with_parent).
+            process.start()
+        except BaseException:
+            for end in (parent, child, alive_r, alive_w):
+                end.close()
+            raise
         child.close()
-        self.conn = parent
+        alive_r.close()
+        self.process, self.conn, self._alive = process, parent, alive_w
         self.ready = False
         self.pid = self.process.pid
         self.started += 1
@@ -261,9 +292,10 @@ class WorkerPool:
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(5)
-        if self.conn is not None:
-            self.conn.close()
-        self.process = self.conn = None
+        for end in (self.conn, self._alive):
+            if end is not None:
+                end.close()
+        self.process = self.conn = self._alive = None
         self.ready = False
 
     def _wait_ready(self, outcome: Outcome) -> bool:
@@ -368,9 +400,13 @@ def _calibrate_entry(conn: Any, device: str, dtype: str, environ: dict[str, str]
     os.environ.clear()
     os.environ.update(environ)
     try:
-        conn.send(calibrate(device, dtype))
+        result = calibrate(device, dtype)
     except BaseException as exc:  # noqa: BLE001 - reported, the sweep goes on
-        conn.send({"device": device, "dtype": dtype, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        result = {"device": device, "dtype": dtype, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    try:
+        conn.send(result)
+    except OSError:  # the sweep was interrupted while this child was forked: nobody is listening
+        pass
 
 
 def calibrate_in_child(device: str, dtype: str) -> dict[str, Any]:
@@ -383,7 +419,12 @@ def calibrate_in_child(device: str, dtype: str) -> dict[str, Any]:
     parent, child = ctx.Pipe()
     process = ctx.Process(target=_calibrate_entry, args=(child, device, dtype, dict(os.environ)), daemon=True,
                           name="attnbench-calibration")
-    process.start()
+    try:
+        process.start()  # blocks while the fork server still imports torch
+    except BaseException:  # a Ctrl-C here leaves no process to join
+        parent.close()
+        child.close()
+        raise
     child.close()
     try:
         if parent.poll(CALIBRATION_TIMEOUT_S):

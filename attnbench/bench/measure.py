@@ -26,6 +26,7 @@ from attnbench.bench import memory, timing
 from attnbench.bench.checks import TRUSTED_ORIGINS, LayerCheckError, check_layer
 from attnbench.bench.flops import PASS_FLOPS_FACTOR, forward_flops
 from attnbench.bench.messages import Emit, Failure, Meta, PassResult
+from attnbench.errors import AttnbenchError
 from attnbench.model import SDPA_KERNELS, Case, Status, resolve_device
 from attnbench.variants import build, variant_info
 from attnbench.variants.layer import AttentionLayer
@@ -108,9 +109,12 @@ def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Te
 
 
 def short_error(exc: BaseException) -> str:
+    """The first line of the error; prefixed with the exception's type (RuntimeError: ...)
+    unless it is attnbench's own (CaseSkipped, a variant's parameter error): those speak for themselves."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:500]
+    own = isinstance(exc, CaseSkipped | AttnbenchError) and first
+    return (first if own else f"{type(exc).__name__}: {first}")[:500]
 
 
 def torch_device(name: str) -> torch.device:
@@ -213,6 +217,8 @@ def run_case(case: Case, emit: Emit) -> None:
                 result.samples_ms = timing.sample(sample_once, case.timing)
         except Exception as exc:  # noqa: BLE001
             result.status, result.error = classify(exc), short_error(exc)
+            if result.status == Status.ERROR:
+                result.traceback = traceback.format_exc()
         finally:
             _clear_grads(layer, x)
             memory_region = sample_once = None  # drop the retained graph before the next pass

@@ -68,11 +68,14 @@ class PassResult:
     peak_mem_mib: float | None = None
     peak_reserved_mib: float | None = None
     memory_measured: bool = False  # the memory run finished: the record then carries its figures
+    traceback: str | None = None  # of an error (not an OOM or a skip): kept in cases.jsonl only
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pass": self.pass_name, "status": self.status, "error": self.error,
                                "samples_ms": self.samples_ms, "flops": self.flops,
                                "flops_source": self.flops_source}
+        if self.traceback:
+            out["traceback"] = self.traceback
         if self.memory_measured:
             out.update(peak_mem_mib=self.peak_mem_mib, peak_reserved_mib=self.peak_reserved_mib)
         return out

@@ -46,9 +46,10 @@ class Progress:
         from rich.markup import escape
 
         if record["status"] != Status.OK:
+            # One line as it happens (a long sweep shows its failures at once); the
+            # reason is printed once, in the table of failed cases at the end.
             case = record["case"]
             colour = "yellow" if record["status"] == Status.SKIPPED else "red"
-            self.progress.console.log(f"[{colour}]{record['status']}[/] {escape(str(case['label']))} "
-                                      f"N={case['seq_len']} H={case['heads']}: {escape(record.get('error') or '')}",
-                                      markup=True)
+            self.progress.console.print(f"[{colour}]{record['status']}[/] {escape(str(case['label']))} "
+                                        f"N={case['seq_len']} H={case['heads']}", markup=True, highlight=False)
         self.progress.advance(self.task)

@@ -135,8 +135,18 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
                                  + "\nStart a new run instead (drop --resume).")
         _check_writable(run.path)
         meta = run.meta
-        meta.setdefault("resumed_at", []).append(dt.datetime.now().astimezone().isoformat())
-        meta["status"] = "running"
+        now = dt.datetime.now().astimezone().isoformat()
+        meta.setdefault("resumed_at", []).append(now)
+        # run.json describes what the run now is: the suite it was resumed with (which
+        # may have grown), and in `history` each command that added cases to it.
+        done_ids = {r["case_id"] for r in run.records}
+        history = meta.setdefault("history", [{"command": meta.get("command"), "started": meta.get("started_at"),
+                                               "cases_added": len(done_ids)}])
+        history.append({"command": options.command, "started": now,
+                        "cases_added": sum(c.case_id not in done_ids for c in suite.cases())})
+        meta.update(suite_name=suite.name, suite_path=str(suite.path), suite=suite.raw,
+                    fingerprint=suite.fingerprint(), baseline=suite.baseline, published=suite.published,
+                    status="running")
         return run.path, meta, run.visits, run.warnings
     _check_out_dir(options.out_dir)
     run_dir = _new_run_dir(options.out_dir, suite.name)
@@ -154,6 +164,8 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         "command": options.command,
         "started_at": dt.datetime.now().astimezone().isoformat(),
         "status": "running",
+        "history": [{"command": options.command, "started": dt.datetime.now().astimezone().isoformat(),
+                     "cases_added": len(suite.cases())}],
         "in_process": options.in_process,
         "environment": environment,
     }

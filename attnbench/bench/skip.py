@@ -38,11 +38,28 @@ def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | No
     return m1 * (case.seq_len / n1) ** exponent * 1.2
 
 
+def device_unavailable(device: str) -> str | None:
+    """Why cases on ``device`` cannot run on this machine (no CUDA, no such GPU); None when they can."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    index = device.partition(":")[2]
+    if index and int(index) >= torch.cuda.device_count():
+        return f"{device} does not exist (this machine has {torch.cuda.device_count()} GPUs)"
+    return None
+
+
 def skip_reason(case: Case, done: list[dict[str, Any]]) -> str | None:
     """Why ``case`` should not run, given the finished records ``done`` (one per
     visit); None to run it. A later visit follows the case's earlier ones: it
     runs when they all succeeded, and is skipped when one did not (a failure
     repeats, and a timeout would cost its limit in every round)."""
+    unavailable = device_unavailable(case.device)
+    if unavailable:
+        return f"skipped: {unavailable}"
     earlier = [r for r in done if r.get("case_id") == case.case_id and r.get("round", 0) != case.round]
     if earlier:
         failed = [r for r in earlier if r["status"] not in (Status.OK, Status.SKIPPED)]

@@ -33,7 +33,8 @@ from attnbench.bench.quality import QUALITY_FAILURES, run_quality
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
 from attnbench.bench.signals import Interrupted, SignalGuard
-from attnbench.bench.skip import skip_reason
+from attnbench.bench.skip import device_unavailable, skip_reason
+from attnbench.errors import AttnbenchError
 from attnbench.model import HARMLESS, Case, Status
 from attnbench.results import append_record, records_frame, rewrite_records, write_csv
 from attnbench.suite import Suite
@@ -124,12 +125,16 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     SIGINT/SIGTERM stop the case in flight (its worker is killed), then
     results.csv and run.json are written from what finished and the summary
     says ``interrupted``; ``--resume`` runs the rest, in the same order."""
+    all_cases = suite.cases()
+    unrunnable = unrunnable_warnings(all_cases)
     executor = executor or make_executor(suite, options)
     try:
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
+        warnings = warnings + unrunnable
         meta.setdefault("order_seed", random.SystemRandom().randrange(2**32))
         write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
+        jsonl.touch()  # a run directory always has its (maybe empty) list of cases
         if done and warnings:
             # Drop a truncated last line now so that appends start on a fresh line.
             rewrite_records(jsonl, done)
@@ -137,7 +142,6 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         executor.close(interrupted=True)
         raise
     done_visits = {(r["case_id"], visit_round(r)) for r in done}
-    all_cases = suite.cases()
     units = [WorkUnit(tuple(c for c in unit.cases if (c.case_id, c.round) not in done_visits), unit.round)
              for unit in plan_units(all_cases, suite.timing.rounds, meta["order_seed"])]
     units = [unit for unit in units if unit.cases]
@@ -197,7 +201,8 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
             write_csv(records_frame(records, run_dir.name), run_dir / "results.csv")
             meta["status"] = "interrupted" if summary.interrupted else "finished"
             meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
-            meta["cases_total"] = len(all_cases)
+            # Done and planned together: a resumed run may hold cases its suite no longer lists.
+            meta["cases_total"] = len({c.case_id for c in all_cases} | {r["case_id"] for r in records})
             meta["cases_done"] = len({r["case_id"] for r in records})
             meta["visits_total"] = len(all_cases) * suite.timing.rounds
             meta["visits_done"] = len({(r["case_id"], visit_round(r)) for r in records})
@@ -224,6 +229,20 @@ def run_warnings(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[st
     if meta.get("noise"):
         out += noise_warnings(meta["noise"], threads, usable)
     return out
+
+
+def unrunnable_warnings(cases: list[Case]) -> list[str]:
+    """A warning per device this machine does not have; an error, before any
+    run directory exists, when no case can run here (nothing would be measured)."""
+    reasons = {d: device_unavailable(d) for d in dict.fromkeys(c.device for c in cases)}
+    lost = {d: r for d, r in reasons.items() if r}
+    if not lost:
+        return []
+    if len(lost) == len(reasons):
+        devices = ", ".join(lost)
+        raise AttnbenchError(f"{'; '.join(dict.fromkeys(lost.values()))}: no case of this suite can run here "
+                             f"(it asks for {devices}); run it with --device cpu, or on a machine with a GPU")
+    return [f"{sum(c.device == d for c in cases)} case(s) on {d} are skipped: {r}" for d, r in lost.items()]
 
 
 def preload_modules(suite: Suite) -> list[str]:

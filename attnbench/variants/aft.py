@@ -30,6 +30,8 @@ computed in float32.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -43,7 +45,8 @@ from attnbench.variants.layer import (
 )
 from attnbench.variants.registry import register
 
-MODES = ("simple", "full", "local")
+AftMode = Literal["simple", "full", "local"]
+MODES: tuple[str, ...] = get_args(AftMode)  # the hint is the one source of the choices
 
 
 def full_to_band(w: torch.Tensor, window: int, causal: bool = False) -> torch.Tensor:
@@ -174,10 +177,15 @@ def _simple_inference(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
           complexity="O(N·d) simple, O(N·s·d) local, O(N²·d) full", causal=True)
 class AFT(AttentionLayer):
     """Attention Free Transformer: sigmoid-gated, position-biased weighted mean
-    of the values with weights exp(K + w); simple, local or full bias."""
+    of the values with weights exp(K + w); simple, local or full bias.
+
+    Parameters:
+        mode: simple: no position bias; local: a bias within the window; full: an N×N bias
+        window: s: width of the local bias (mode local)
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
-                 mode: str = "simple", window: int = 64) -> None:
+                 mode: AftMode = "simple", window: int = 64) -> None:
         super().__init__(dim, heads, seq_len, causal)
         if mode not in MODES:
             raise ValueError(f"aft mode must be one of {', '.join(MODES)}, got {mode!r}")

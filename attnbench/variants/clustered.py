@@ -113,6 +113,11 @@ class ReformerAttention(AttentionCore):
     Pairs met in several rounds are not de-duplicated (the paper's default).
     Hashing into N/c buckets costs n·N·(N/c)·d FLOPs, quadratic but small against
     the attention's 8·n·N·c·d while N ≪ 8·c² (32768 at c = 64); flops() counts it.
+
+    Parameters:
+        bucket_size: c: chunk length (N/c hash buckets)
+        n_hashes: n: hash rounds
+        seed: seed of the random rotations R
     """
 
     approximates_softmax = True
@@ -247,6 +252,9 @@ class RoutingAttention(AttentionCore):
     drawn from a generator with a fixed seed, and updated by an exponential moving
     average (decay 0.999) of their assigned normalised q and k, in training mode
     only (``module.eval()`` freezes them). Routing is not differentiated.
+
+    Parameters:
+        clusters: k: k-means centroids; None: ⌈√seq_len⌉
     """
 
     approximates_softmax = True
@@ -358,6 +366,11 @@ class SinkhornAttention(AttentionCore):
     dense soft sort's O(N²·d/b)); the backward pass gives the chosen P_ij the
     gradient it has in the soft sort Σ_j P_ij X_j (straight-through). No Gumbel noise,
     so the layer is deterministic. Causal Sinkhorn is not implemented.
+
+    Parameters:
+        block: b: the block size
+        iters: Sinkhorn iterations (in log space)
+        temperature: temperature of the sort matrix
     """
 
     approximates_softmax = True

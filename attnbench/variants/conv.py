@@ -135,7 +135,11 @@ class _ConvLayer(AttentionLayer):
 @register("lightconv", family="conv", paper="1901.10430", complexity="O(N·K·d)", causal=True)
 class LightConv(_ConvLayer):
     """Lightweight convolution: depthwise, softmax-normalised kernel of K taps
-    shared by the channels of each head, between a GLU and an output projection."""
+    shared by the channels of each head, between a GLU and an output projection.
+
+    Parameters:
+        kernel_size: K: taps of each head's kernel
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  kernel_size: int = 31) -> None:
@@ -164,7 +168,11 @@ class LightConv(_ConvLayer):
           causal=True)
 class DynamicConv(_ConvLayer):
     """Dynamic convolution: as lightconv, but each position's (H, K) kernel is
-    predicted from its input by a linear layer and softmax-normalised."""
+    predicted from its input by a linear layer and softmax-normalised.
+
+    Parameters:
+        kernel_size: K: taps of each position's predicted kernel
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  kernel_size: int = 31) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,10 @@ class SoftmaxAttention(AttentionCore):
 
 # The kernels a suite may pin (model.SDPA_KERNELS names each one's SDPBackend member).
 _PINNABLE = {kernel.name: kernel.sdp_backend for kernel in SDPA_KERNELS if kernel.sdp_backend}
-SDPA_BACKENDS = ("auto", *_PINNABLE)
+# One source of the choices: the constructor's Literal hint (which `validate` reads) is built
+# from model.SDPA_KERNELS, and the runtime check reads the hint's arguments.
+SdpaBackend = Literal[("auto", *_PINNABLE)]  # type: ignore[valid-type]
+SDPA_BACKENDS: tuple[str, ...] = get_args(SdpaBackend)
 
 
 def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
@@ -58,14 +62,18 @@ def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
 @register("sdpa", family="exact", paper="2205.14135", complexity="O(N²·d), O(N) memory when fused",
           causal=True)
 class SDPAttention(AttentionCore):
-    """torch.nn.functional.scaled_dot_product_attention; ``backend`` pins one kernel."""
+    """torch.nn.functional.scaled_dot_product_attention; ``backend`` pins one kernel.
+
+    Parameters:
+        backend: the SDPA kernel to pin; auto lets torch choose
+    """
 
     approximates_softmax = True
     linear_in_values = True
     uses_fused_sdpa = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: SdpaBackend = "auto") -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         if backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa backend must be one of {', '.join(SDPA_BACKENDS)}, got {backend!r}")

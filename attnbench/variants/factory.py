@@ -36,6 +36,8 @@ import inspect
 import os
 import sys
 import traceback
+import types
+import typing
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +116,91 @@ def check_params(name: str, params: dict[str, Any]) -> None:
         message = unknown_parameter(name, str(key), known)
         if message:
             raise VariantError(message)
+
+
+# --- parameter values, from the constructor's type hints ------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a variant as its signature declares it."""
+
+    name: str
+    default: Any
+    hint: Any  # the evaluated type hint, or None when there is none (or it cannot be evaluated)
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        """The values of a ``Literal[...]`` hint (also inside ``Optional``); () otherwise."""
+        return tuple(a for h in _alternatives(self.hint) if typing.get_origin(h) is typing.Literal
+                     for a in typing.get_args(h))
+
+    @property
+    def type_text(self) -> str:
+        """The hint as a user reads it: ``int``, ``int or None``, ``one of 'a', 'b'``."""
+        if self.hint is None:
+            return ""
+        parts = []
+        for h in _alternatives(self.hint):
+            if typing.get_origin(h) is typing.Literal:
+                parts.append("one of " + ", ".join(repr(a) for a in typing.get_args(h)))
+            else:
+                parts.append("None" if h is type(None) else getattr(h, "__name__", str(h)))
+        return " or ".join(parts)
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,) if hint is not None else ()
+
+
+def parameter_specs(name: str) -> list[ParamSpec]:
+    """The parameters of variant ``name`` with their defaults and type hints."""
+    entry = resolve(name)
+    target = entry.target.__init__ if inspect.isclass(entry.target) else entry.target
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - a custom variant's hints may not evaluate: then nothing is checked
+        hints = {}
+    return [ParamSpec(p, default, hints.get(p)) for p, default in entry.info.defaults.items()]
+
+
+_SIMPLE_TYPES = {bool: "a boolean (true or false)", int: "an int", float: "a number", str: "a string"}
+
+
+def _matches(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits ``hint``; None when the hint is not one we check."""
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))  # 1 is not True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return None
+
+
+def parameter_problem(name: str, param: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for parameter ``param`` of variant ``name``
+    (its type or, for a ``Literal`` hint, its choices), or None."""
+    spec = next((s for s in parameter_specs(name) if s.name == param), None)
+    if spec is None or spec.hint is None:
+        return None
+    verdicts = [_matches(value, h) for h in _alternatives(spec.hint)]
+    if any(v is None for v in verdicts) or any(verdicts):
+        return None
+    if spec.choices:
+        hint = did_you_mean(value, [str(c) for c in spec.choices]) if isinstance(value, str) else ""
+        return f"must be {spec.type_text}, got {value!r}" + (f".{hint}" if hint else "")
+    wanted = " or ".join(_SIMPLE_TYPES.get(h, "None" if h is type(None) else getattr(h, "__name__", str(h)))
+                         for h in _alternatives(spec.hint))
+    got = f"{value!r} (a string: write it without quotes)" if isinstance(value, str) else repr(value)
+    return f"must be {wanted}, got {got}"
 
 
 def build(name: str, dim: int = 512, heads: int = 8, seq_len: int = 1024,

@@ -19,7 +19,11 @@ from attnbench.variants.registry import register
 @register("fastformer", family="fastformer", paper="2108.09084", complexity="O(N·d)", causal=False)
 class Fastformer(AttentionLayer):
     """Fastformer additive attention: global query and key vectors pooled by
-    learned per-head scores, combined element-wise; linear in N."""
+    learned per-head scores, combined element-wise; linear in N.
+
+    Parameters:
+        share_qv: the values reuse the query projection, as in the paper
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  share_qv: bool = True) -> None:

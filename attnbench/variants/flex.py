@@ -91,7 +91,11 @@ class _FlexMixin:
 
 @register("flex_local", family="sparse", paper="1802.05751", complexity="O(N·w·d)", causal=True)
 class FlexLocalAttention(_FlexMixin, LocalAttention):
-    """``local``'s band |i − j| ≤ window as a FlexAttention block mask."""
+    """``local``'s band |i − j| ≤ window as a FlexAttention block mask.
+
+    Parameters:
+        window: w: keys within w of the query are seen; queries run in blocks of w
+    """
 
     def mask_mod(self, n: int, device: torch.device) -> Callable:
         w = self.window
@@ -100,7 +104,11 @@ class FlexLocalAttention(_FlexMixin, LocalAttention):
 
 @register("flex_strided", family="sparse", paper="1904.10509", complexity="O(N·√N·d)", causal=True)
 class FlexStridedAttention(_FlexMixin, StridedAttention):
-    """``strided``'s local and strided heads as one FlexAttention block mask."""
+    """``strided``'s local and strided heads as one FlexAttention block mask.
+
+    Parameters:
+        stride: l: the strided heads' stride and the local heads' width; None: ⌈√N⌉
+    """
 
     per_head = True
 
@@ -117,7 +125,12 @@ class FlexStridedAttention(_FlexMixin, StridedAttention):
 
 @register("flex_longformer", family="sparse", paper="2004.05150", complexity="O(N·(w+g)·d)", causal=True)
 class FlexLongformerAttention(_FlexMixin, LongformerAttention):
-    """``longformer``'s band plus global tokens as a FlexAttention block mask."""
+    """``longformer``'s band plus global tokens as a FlexAttention block mask.
+
+    Parameters:
+        window: w: the band, keys within ⌊w/2⌋ of the query
+        global_tokens: g: the first g tokens see, and are seen by, every token
+    """
 
     def mask_mod(self, n: int, device: torch.device) -> Callable:
         half, g = self.window // 2, self.global_tokens
@@ -126,7 +139,13 @@ class FlexLongformerAttention(_FlexMixin, LongformerAttention):
 
 @register("flex_bigbird", family="sparse", paper="2007.14062", complexity="O(N·b·(5+r)·d)", causal=False)
 class FlexBigBirdAttention(_FlexMixin, BigBirdAttention):
-    """``bigbird``'s sliding, global and seeded random blocks as a FlexAttention block mask."""
+    """``bigbird``'s sliding, global and seeded random blocks as a FlexAttention block mask.
+
+    Parameters:
+        block: b: the block size
+        random_blocks: r: random key blocks per query block
+        seed: seed of the random blocks
+    """
 
     per_head = True
 

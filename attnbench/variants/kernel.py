@@ -350,7 +350,11 @@ def _weight_heads(weight: torch.Tensor, h: int, d: int) -> torch.Tensor:
 @register("linear", family="kernel", paper="2006.16236", complexity="O(N·d²)", causal=True)
 class LinearAttention(AttentionCore):
     """Linear attention (Transformers are RNNs): φ = elu + 1 and the products reordered,
-    φ(Q)(φ(K)ᵀV) normalised by φ(Q)φ(K)ᵀ1; causal by chunked prefix sums."""
+    φ(Q)(φ(K)ᵀV) normalised by φ(Q)φ(K)ᵀ1; causal by chunked prefix sums.
+
+    Parameters:
+        chunk: chunk length of the causal prefix sums
+    """
 
     approximates_softmax = True
     linear_in_values = True
@@ -434,6 +438,11 @@ class PerformerAttention(AttentionCore):
     On CPU, heads run in groups whose (batch × N × m) feature tensors fit the
     workspace budget of :func:`in_head_groups` (page faults on larger blocks made the
     time grow 2.4× from N = 4096 to 8192 instead of 2×).
+
+    Parameters:
+        features: m: the random features
+        chunk: chunk length of the causal prefix sums
+        seed: seed of the random features W
     """
 
     approximates_softmax = True

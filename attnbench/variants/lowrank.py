@@ -19,7 +19,11 @@ from attnbench.variants.registry import register
 @register("linformer", family="lowrank", paper="2006.04768", complexity="O(N·k·d)", causal=False)
 class LinformerAttention(AttentionCore):
     """Linformer: keys and values projected along the sequence, K' = E k, V' = F v,
-    with learned E, F ∈ R^{k×N} shared across heads; softmax(q K'ᵀ/√d) V'."""
+    with learned E, F ∈ R^{k×N} shared across heads; softmax(q K'ᵀ/√d) V'.
+
+    Parameters:
+        k: the projected length: rows of E and F
+    """
 
     approximates_softmax = True
     linear_in_values = True
@@ -101,7 +105,13 @@ class NystromAttention(AttentionCore):
     least, half-precision inputs included). With m = N and an exact pseudo-inverse it is
     exact attention. ``conv`` > 0 adds the depthwise convolution of v over the sequence
     (kernel ``conv`` per head) of the paper's code; 0 leaves it out. If N < m at run
-    time, m = N landmarks are used."""
+    time, m = N landmarks are used.
+
+    Parameters:
+        landmarks: m: the landmarks
+        pinv_iters: Newton iterations of the pseudo-inverse
+        conv: kernel of the depthwise convolution of v per head; 0: none
+    """
 
     approximates_softmax = True
     linear_in_values = True

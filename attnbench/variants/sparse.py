@@ -164,7 +164,11 @@ def _band_flops(batch_heads: int, n: int, block: int, lo: int, hi: int, d: int,
 @register("local", family="sparse", paper="1802.05751", complexity="O(N·w·d)", causal=True)
 class LocalAttention(_SparseCore):
     """Blocked sliding window: query i sees keys |i − j| ≤ window (j ≤ i when causal),
-    computed block by block, each block of w queries against 3 (causal: 2) key blocks."""
+    computed block by block, each block of w queries against 3 (causal: 2) key blocks.
+
+    Parameters:
+        window: w: keys within w of the query are seen; queries run in blocks of w
+    """
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 256) -> None:
@@ -195,6 +199,9 @@ class StridedAttention(_SparseCore):
     l ≥ N makes the local heads full attention (strided heads then see only
     themselves); l = 1 makes the strided heads full attention. With one head
     the layer is local only.
+
+    Parameters:
+        stride: l: the strided heads' stride and the local heads' width; None: ⌈√N⌉
     """
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
@@ -268,6 +275,10 @@ class LongformerAttention(_SparseCore):
     g global keys appended to every block's keys so one softmax normalises band and
     global columns together; the g global rows are computed apart, (g × N).
     Causal: the same pattern with j ≤ i. Full attention once ⌊w/2⌋ ≥ N − 1.
+
+    Parameters:
+        window: w: the band, keys within ⌊w/2⌋ of the query
+        global_tokens: g: the first g tokens see, and are seen by, every token
     """
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
@@ -312,6 +323,11 @@ class BigBirdAttention(_SparseCore):
     blocks seen twice (block 1's left neighbour is the global block 0) counted
     once. As in the reference code, N ≤ (5 + 2r)·b is plain full attention
     (at most (5 + 2r)·b keys per query, so the cost bound holds). Not causal.
+
+    Parameters:
+        block: b: the block size
+        random_blocks: r: random key blocks per query block
+        seed: seed of the random blocks
     """
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,

@@ -19,6 +19,8 @@ softmax runs in float32 for half-precision inputs.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -33,16 +35,22 @@ from attnbench.variants.layer import (
 )
 from attnbench.variants.registry import register
 
-MODES = ("dense", "random", "factorized")
+SynthesizerMode = Literal["dense", "random", "factorized"]
+MODES: tuple[str, ...] = get_args(SynthesizerMode)  # the hint is the one source of the choices
 
 
 @register("synthesizer", family="synthesizer", paper="2005.00743", complexity="O(N²·d)", causal=True)
 class Synthesizer(AttentionLayer):
     """Synthesizer: softmax of synthetic logits (dense per-token MLP, random
-    learned matrix or its rank-k factorisation) applied to projected values."""
+    learned matrix or its rank-k factorisation) applied to projected values.
+
+    Parameters:
+        mode: dense: per-token MLP logits; random: a learned N×N matrix; factorized: rank k
+        k: rank of the factorized mode (unused otherwise)
+    """
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
-                 mode: str = "dense", k: int = 32) -> None:
+                 mode: SynthesizerMode = "dense", k: int = 32) -> None:
         super().__init__(dim, heads, seq_len, causal)
         if mode not in MODES:
             raise ValueError(f"synthesizer mode must be one of {', '.join(MODES)}, got {mode!r}")
