@@ -1,4 +1,5 @@
-"""Fewer keys: project or summarise the N keys into k ≪ N (Linformer, Nyström)."""
+"""Fewer keys: project, compress or summarise the N keys into k ≪ N (Linformer,
+memory-compressed attention, Nyström)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from attnbench.variants.layer import (
     acc_dtype,
     attend_flops,
     check_int,
+    in_cpu_runs,
+    in_head_groups,
+    linear_flops,
     matmul_flops,
     softmax_flops,
 )
@@ -46,6 +50,75 @@ class LinformerAttention(AttentionCore):
         project = 2 * bh * matmul_flops(k, d, n)
         attend = bh * attend_flops(n, k, d)
         return project + attend
+
+
+@register("compressed", family="lowrank", paper="1801.10198", complexity="O(N·(N/f)·d)", causal=True)
+class CompressedAttention(AttentionCore):
+    """Memory-compressed attention (Liu et al., "Generating Wikipedia by Summarizing Long
+    Sequences", arXiv 1801.10198, §4.2.2): after the k and v projections a strided
+    convolution, kernel = stride = f, dim → dim, shortens keys and values to ⌈N/f⌉
+    slots; softmax(q K'ᵀ/√d) V' over the slots and one null slot.
+
+    The convolution has no overlap, so it is one product of the (⌈N/f⌉, f·dim) view of
+    the (zero-padded) keys by a (f·dim → dim) weight, with bias; it mixes the heads, as
+    a convolution over dim channels does. f = 3 is tensor2tensor's
+    ``attention_red_factor`` default. The null slot is a learned key and value per head,
+    zero at start, prepended to the slots: the first queries of the causal form would
+    otherwise have nothing to see. Causal: query i sees the slots whose every position
+    is ≤ i (slot s covers f·s … f·s + f − 1), and the null slot. Quadratic, N·N/f
+    scores; on CPU they are computed a run of queries at a time (:func:`in_head_groups`).
+    """
+
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
+                 factor: int = 3) -> None:
+        super().__init__(heads, head_dim, seq_len, causal)
+        self.factor = check_int("compressed factor", factor)
+        dim = heads * head_dim
+        self.compress_k = nn.Linear(factor * dim, dim)
+        self.compress_v = nn.Linear(factor * dim, dim)
+        self.null_k = nn.Parameter(torch.zeros(heads, 1, head_dim))
+        self.null_v = nn.Parameter(torch.zeros(heads, 1, head_dim))
+
+    def slots(self, n: int) -> int:
+        return -(-n // self.factor)
+
+    def compress(self, t: torch.Tensor, conv: nn.Linear) -> torch.Tensor:
+        """(B, H, N, d) -> (B, H, 1 + ⌈N/f⌉, d): the null slot, then the strided convolution."""
+        b, h, n, d = t.shape
+        slots = self.slots(n)
+        merged = t.transpose(1, 2).reshape(b, n, h * d)
+        if slots * self.factor > n:
+            merged = torch.nn.functional.pad(merged, (0, 0, 0, slots * self.factor - n))
+        out = conv(merged.view(b, slots, self.factor * h * d)).view(b, slots, h, d).transpose(1, 2)
+        null = (self.null_k if conv is self.compress_k else self.null_v).to(out.dtype)
+        return torch.cat([null.expand(b, h, 1, d), out], dim=2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values = self.compress(k, self.compress_k), self.compress(v, self.compress_v)
+        n, width = q.shape[-2], keys.shape[-2]
+        blocked = None
+        if self.causal:  # slot s (column s + 1) is hidden from query i while f·s + f − 1 > i
+            last = torch.arange(width, device=q.device) * self.factor - 1  # slot's last position
+            blocked = last > torch.arange(n, device=q.device)[:, None]
+
+        def heads(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, _: slice) -> torch.Tensor:
+            def run(qs: torch.Tensor, r: slice) -> torch.Tensor:  # the queries r
+                scores = torch.matmul(qs * self.scale, keys.transpose(-1, -2))
+                if blocked is not None:
+                    scores = scores.masked_fill(blocked[r], torch.finfo(scores.dtype).min)
+                probs = torch.softmax(scores, dim=-1, dtype=acc_dtype(scores.dtype))
+                return torch.matmul(probs.to(values.dtype), values)
+
+            b, h = q.shape[:2]
+            return in_cpu_runs(run, (q,), 2, b * h * width * q.element_size())
+
+        return in_head_groups(heads, q, keys, values, width)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        slots, dim = self.slots(seq_len), self.heads * self.head_dim
+        conv = 2 * linear_flops(batch * slots, self.factor * dim, dim)
+        return conv + batch * self.heads * (seq_len * self.head_dim  # q · s
+                                            + attend_flops(seq_len, slots + 1, self.head_dim))
 
 
 def newton_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
