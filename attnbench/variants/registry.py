@@ -23,7 +23,7 @@ from attnbench.variants.layer import AttentionCore, ProjectedAttention, check_di
 _LAYER_ARGS = ("dim", "heads", "seq_len", "causal")
 _CORE_ARGS = ("heads", "head_dim", "seq_len", "causal")
 
-FAMILIES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer",
+FAMILIES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer", "mixer",
             "fastformer", "aft", "conv", "custom")
 
 
