@@ -1,7 +1,8 @@
 """Turning results into comparisons: relative speed and memory against a
 baseline, in the layout of the papers' efficiency tables; scaling exponents and
-crossovers; agreement with a published table; and the before/after comparison
-of two runs with a significance test."""
+crossovers; and the before/after comparison of two runs with a significance
+test. The published tables and the agreement with them are in published.py
+(their names are still importable from here)."""
 
 from __future__ import annotations
 
@@ -67,74 +68,6 @@ def default_baseline(frame: pd.DataFrame, preferred: str | None = None) -> str |
         if candidate and candidate in labels:
             return candidate
     return labels[0] if labels else None
-
-
-# --- published tables ---------------------------------------------------------
-
-DATA_PACKAGE = "attnbench"
-DATA_DIR = "data"
-
-
-@dataclass
-class PublishedTable:
-    """A paper's efficiency table shipped with attnbench (``attnbench/data/NAME.csv``
-    with its citation in ``NAME.yaml``): one row per model and N."""
-
-    name: str
-    meta: dict[str, Any]
-    frame: pd.DataFrame
-
-    @property
-    def title(self) -> str:
-        return str(self.meta.get("title", self.name))
-
-    @property
-    def citation(self) -> str:
-        return " ".join(str(self.meta.get("citation", "")).split())
-
-    @property
-    def pass_name(self) -> str:
-        return str(self.meta.get("pass", "forward_backward"))
-
-    @property
-    def baseline_variant(self) -> str | None:
-        model = self.meta.get("baseline_model")
-        rows = self.frame[self.frame["model"] == model]
-        return str(rows["variant"].iloc[0]) if not rows.empty else None
-
-    def models(self) -> list[str]:
-        return list(dict.fromkeys(self.frame["model"]))
-
-
-def _data_files():
-    from importlib.resources import files
-
-    return files(DATA_PACKAGE).joinpath(DATA_DIR)
-
-
-def published_names() -> list[str]:
-    """Names of the published tables shipped in the package (``published:`` in a suite)."""
-    folder = _data_files()
-    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
-    return sorted(n for n in names if folder.joinpath(n + ".csv").is_file())
-
-
-def load_published(name: str) -> PublishedTable:
-    """Load a shipped published table by name, e.g. ``"lra_table2"``."""
-    import io
-
-    import yaml
-
-    known = published_names()
-    if name not in known:
-        raise ValueError(f"unknown published table {name!r}; known: {', '.join(known) or 'none'}")
-    folder = _data_files()
-    meta = yaml.safe_load(folder.joinpath(name + ".yaml").read_text(encoding="utf-8")) or {}
-    text = folder.joinpath(name + ".csv").read_text(encoding="utf-8")
-    frame = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False,
-                        na_values={"steps_per_s": [""], "relative_speed": [""], "printed_speedup": [""],
-                                   "memory_gb": [""]})
-    return PublishedTable(name=name, meta=meta, frame=frame)
 
 
 # --- scaling exponents and crossovers -------------------------------------------
@@ -269,132 +202,6 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
                          "crossover": str(cross), "crossover_kind": cross.kind,
                          "crossover_n": cross.n if cross.kind == "at" else math.nan})
     return pd.DataFrame(rows, columns=columns)
-
-
-# --- agreement with a published table --------------------------------------------
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties); NaN with fewer than
-    two pairs or when either side is constant."""
-    if len(x) != len(y):
-        raise ValueError("spearman: the two sequences differ in length")
-    if len(x) < 2:
-        return math.nan
-    rx = pd.Series(list(x), dtype=float).rank(method="average").to_numpy()
-    ry = pd.Series(list(y), dtype=float).rank(method="average").to_numpy()
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    return float((dx * dy).sum() / denom) if denom > 0 else math.nan
-
-
-@dataclass
-class Agreement:
-    """How a run's relative speeds rank against a published table's at one N."""
-
-    table: str
-    pass_name: str
-    seq_len: int
-    rho: float
-    pairs: pd.DataFrame  # model, label, measured (speed-up), published (relative speed)
-
-    @property
-    def models(self) -> int:
-        return len(self.pairs)
-
-
-def _published_group(frame: pd.DataFrame, table: PublishedTable, pass_name: str
-                     ) -> tuple[pd.DataFrame, dict[str, str], str] | None:
-    """The run's rows (one setting and head count, the one that pairs the most
-    models) to set beside ``table``: (rows of that pass, table variant -> label,
-    the label of the table's baseline)."""
-    base_variant = table.baseline_variant
-    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
-    if data.empty or base_variant is None:
-        return None
-    best = None
-    for _setting, _heads, sub in table_groups(data):
-        mapping = _map_models(table, sub, label_order(sub))
-        if base_variant not in mapping:
-            continue
-        if best is None or len(mapping) > len(best[1]):
-            best = (sub, mapping, mapping[base_variant])
-    return best
-
-
-def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name: str | None = None
-                           ) -> pd.DataFrame:
-    """Measured and published relative figures of the models both have, at the N
-    both have: speed-up against the baseline model's variant and memory ratio
-    (peak / the baseline's peak), one row per model and N."""
-    columns = ["model", "label", "seq_len", "measured_speedup", "published_speedup", "measured_mem_ratio",
-               "published_mem_ratio"]
-    found = _published_group(frame, table, pass_name or table.pass_name)
-    if found is None:
-        return pd.DataFrame(columns=columns)
-    sub, mapping, base_label = found
-    pub = table.frame
-    base_model = table.meta.get("baseline_model")
-    rows = []
-    for n in sorted(set(sub["seq_len"]) & set(int(x) for x in pub["seq_len"])):
-        at_n = sub[sub["seq_len"] == n].set_index("label")
-        pub_n = pub[pub["seq_len"] == n].set_index("variant")
-        pub_base = pub[(pub["seq_len"] == n) & (pub["model"] == base_model)]
-        base_gb = float(pub_base["memory_gb"].iloc[0]) if not pub_base.empty else math.nan
-        for variant, label in mapping.items():
-            if label not in at_n.index or variant not in pub_n.index:
-                continue
-            has_base = base_label in at_n.index
-            mine, base = at_n.loc[label], at_n.loc[base_label] if has_base else None
-            rows.append({
-                "model": pub_n.loc[variant, "model"], "label": label, "seq_len": int(n),
-                "measured_speedup": float(base["median_ms"] / mine["median_ms"]) if has_base else math.nan,
-                "published_speedup": float(pub_n.loc[variant, "relative_speed"]),
-                "measured_mem_ratio": (float(mine["peak_mem_mib"] / base["peak_mem_mib"])
-                                       if has_base and not _isnan(mine["peak_mem_mib"])
-                                       and not _isnan(base["peak_mem_mib"]) and base["peak_mem_mib"] > 0
-                                       else math.nan),
-                "published_mem_ratio": float(pub_n.loc[variant, "memory_gb"]) / base_gb,
-            })
-    return pd.DataFrame(rows, columns=columns)
-
-
-def published_correlation(frame: pd.DataFrame, table: PublishedTable, seq_len: int | None = 4096,
-                          pass_name: str | None = None, both: pd.DataFrame | None = None) -> Agreement | None:
-    """Spearman rank correlation between the measured speed-ups (against the run's
-    variant that maps to the table's baseline model) and the table's relative
-    speeds, over the models both have, at ``seq_len`` (4096 by default; the
-    largest N both have when that one is missing). None when fewer than two
-    models can be paired. ``both``: ``published_side_by_side(frame, table, pass_name)``
-    when the caller already has it."""
-    pass_name = pass_name or table.pass_name
-    if both is None:
-        both = published_side_by_side(frame, table, pass_name)
-    both = both.dropna(subset=["measured_speedup", "published_speedup"])
-    if both.empty:
-        return None
-    ns = sorted(set(both["seq_len"]))
-    n = seq_len if seq_len in ns else ns[-1]
-    at_n = both[both["seq_len"] == n]
-    if len(at_n) < 2:
-        return None
-    pairs = at_n[["model", "label", "measured_speedup", "published_speedup"]].rename(
-        columns={"measured_speedup": "measured", "published_speedup": "published"}).reset_index(drop=True)
-    return Agreement(table=table.name, pass_name=pass_name, seq_len=int(n),
-                     rho=spearman(list(pairs["measured"]), list(pairs["published"])), pairs=pairs)
-
-
-def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str]) -> dict[str, str]:
-    """Table variant -> the run's label: a label equal to the variant name, else
-    the only label measuring that variant."""
-    out = {}
-    for variant in dict.fromkeys(table.frame["variant"]):
-        if variant in labels:
-            out[variant] = variant
-            continue
-        same = list(dict.fromkeys(frame[frame["variant"] == variant]["label"]))
-        if len(same) == 1:
-            out[variant] = same[0]
-    return out
 
 
 # --- quartiles from the raw samples (for bands in plots) ---------------------------
@@ -534,3 +341,16 @@ def _isnan(value: Any) -> bool:
         return value is None or value is pd.NA or math.isnan(float(value))
     except (TypeError, ValueError):
         return True
+
+
+_PUBLISHED_NAMES = ("DATA_PACKAGE", "DATA_DIR", "PublishedTable", "published_names", "load_published", "spearman",
+                    "Agreement", "published_side_by_side", "published_correlation", "alternative_choices")
+
+
+def __getattr__(name: str) -> Any:
+    """The published-table names, moved to published.py, still importable from here."""
+    if name in _PUBLISHED_NAMES:
+        from attnbench import published
+
+        return getattr(published, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

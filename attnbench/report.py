@@ -288,21 +288,12 @@ def side_by_side_tables(both: pd.DataFrame, published) -> list[Table]:
             for kind, what in SIDE_BY_SIDE_KINDS]
 
 
-def agreement_text(agreement) -> str:
-    """One line on the rank agreement between measured and published relative speeds."""
-    if agreement is None:
-        return "rank agreement with the published table: not enough models in common to compute it"
-    rho = "undefined" if pd.isna(agreement.rho) else f"{agreement.rho:+.2f}"
-    models = ", ".join(agreement.pairs["label"])
-    return (f"Spearman rank correlation of relative speed at N={agreement.seq_len} ({agreement.pass_name}) "
-            f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
-
-
 def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
     """Everything ``attnbench report`` prints after the run and comparison tables:
     per pass the scaling exponents and crossovers; the published table (when the
     suite names one) with the rank correlation of relative speeds."""
-    from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
+    from attnbench.analysis import scaling_summary
+    from attnbench.published import agreement_lines, load_published, published_side_by_side
 
     out: list = []
     if frame.empty:
@@ -319,7 +310,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
         both = published_side_by_side(frame, published)
         out.extend(published_tables(published))
         out.extend(side_by_side_tables(both, published))
-        out.append(agreement_text(published_correlation(frame, published, both=both)))
+        out.extend(agreement_lines(frame, published, both))
     return out
 
 
@@ -372,7 +363,8 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
     medians, the LRA-style speed and memory tables against the baseline and the
     scaling exponents with crossovers; the published table beside them with the
     rank correlation; the cases that failed."""
-    from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
+    from attnbench.analysis import scaling_summary
+    from attnbench.published import agreement_lines, load_published, published_side_by_side
 
     frame = run.frame() if frame is None else frame
     meta = run.meta
@@ -420,7 +412,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                 lines += [f"**{what}, measured / published ({published.pass_name}), against "
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [agreement_text(published_correlation(frame, published, both=both)), ""]
+            lines += [line for text in agreement_lines(frame, published, both) for line in (text, "")]
     failed = failure_rows(frame)
     if failed:
         lines += ["## cases that did not succeed", "",

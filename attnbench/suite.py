@@ -535,7 +535,7 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
                 v.fail("must be a string", key=key, line=v.line_of(raw, key))
             setattr(suite, key, value)
     if suite.published is not None:
-        from attnbench.analysis import published_names
+        from attnbench.published import published_names
 
         if suite.published not in published_names():
             v.fail(f"unknown published table {suite.published!r}; shipped: {', '.join(published_names())}",
