@@ -151,6 +151,9 @@ def report(
     baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default: the suite's "
                                                       "baseline, else softmax).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tidy rows as JSON on stdout.")] = False,
+    plot_tradeoff: Annotated[Path | None, typer.Option(
+        "--plot-tradeoff", metavar="FILE", help="Draw LRA's Figure 3 (speed, LRA score, memory) for the run "
+        "beside the paper's own, to a .png or .svg file.")] = None,
 ) -> None:
     """Print a run's tables again from disk.
 
@@ -188,6 +191,11 @@ def report(
 
             plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
             err.print(f"wrote {plot}", highlight=False)
+        if plot_tradeoff is not None:
+            from attnbench.plots import plot_tradeoff as draw_tradeoff
+
+            draw_tradeoff(frame, plot_tradeoff, title=str(run_data.meta.get("suite_name") or ""))
+            err.print(f"wrote {plot_tradeoff}", highlight=False)
         if markdown is not None:
             link = None
             if plot is not None:
