@@ -77,11 +77,14 @@ class GatedMLPMixing(AttentionLayer):
         if n != self.seq_len:
             raise ValueError(f"gmlp was built for seq_len {self.seq_len}, got {n}: "
                              "its spatial weight has one row and column per position")
+        b = x.shape[0]
         z1, z2 = F.gelu(self.proj_in(x)).chunk(2, dim=-1)
         weight = self.spatial_weight.tril() if self.causal else self.spatial_weight
-        gate = torch.baddbmm(self.spatial_bias.to(x.dtype), weight.to(x.dtype).expand(x.shape[0], n, n),
-                             self.norm(z2))
-        return self.proj_out(z1 * gate)
+        # One (N×N)·(N×B·dim) product: the batch rows side by side (a view at batch 1),
+        # not a batched product of an expanded W_s, whose backward sums B copies.
+        tokens_first = self.norm(z2).transpose(0, 1).reshape(n, b * self.dim)
+        gate = torch.addmm(self.spatial_bias.to(x.dtype), weight.to(x.dtype), tokens_first)
+        return self.proj_out(z1 * gate.view(n, b, self.dim).transpose(0, 1))
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens, dim = batch * seq_len, self.dim
