@@ -98,3 +98,25 @@ def test_flops_grow_quadratically_and_the_null_slot_starts_at_zero():
     assert torch.count_nonzero(layer.core.null_k) == 0 and torch.count_nonzero(layer.core.null_v) == 0
     # N·N/f scores dominate at large N: about 4x per doubling
     assert 3.5 < layer.flops(1, 16384) / layer.flops(1, 8192) <= 4.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("batch, n", [(2, 50), (1, 48)])
+def test_folded_layer_equals_projections_then_core(batch, n, causal, monkeypatch):
+    # whole_layer folds each convolution into its projection; the reference is the
+    # standard path (project, compress, attend, project), output and every gradient.
+    from attnbench.testing import training_step
+    from attnbench.variants.layer import AttentionCore
+
+    torch.manual_seed(0)
+    layer = attnbench.build("compressed", dim=24, heads=3, seq_len=n, causal=causal).to(F64)
+    with torch.no_grad():
+        layer.core.null_k.normal_()
+        layer.core.null_v.normal_()
+    x = torch.randn(batch, n, 24, dtype=F64, requires_grad=True)
+    up = torch.randn(batch, n, 24, dtype=F64)
+    folded = training_step(layer, x, up)
+    monkeypatch.setattr(CompressedAttention, "whole_layer", AttentionCore.whole_layer)
+    plain = training_step(layer, x, up)
+    for a, b in zip([folded[0], folded[1], *folded[2]], [plain[0], plain[1], *plain[2]], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

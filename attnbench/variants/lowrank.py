@@ -89,12 +89,39 @@ class CompressedAttention(AttentionCore):
         merged = t.transpose(1, 2).reshape(b, n, h * d)
         if slots * self.factor > n:
             merged = torch.nn.functional.pad(merged, (0, 0, 0, slots * self.factor - n))
-        out = conv(merged.view(b, slots, self.factor * h * d)).view(b, slots, h, d).transpose(1, 2)
+        out = conv(merged.reshape(b, slots, self.factor * h * d)).view(b, slots, h, d).transpose(1, 2)
         null = (self.null_k if conv is self.compress_k else self.null_v).to(out.dtype)
         return torch.cat([null.expand(b, h, 1, d), out], dim=2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        keys, values = self.compress(k, self.compress_k), self.compress(v, self.compress_v)
+        return self._attend(q, self.compress(k, self.compress_k), self.compress(v, self.compress_v))
+
+    def whole_layer(self, x: torch.Tensor, qkv: nn.Linear, out: nn.Linear) -> torch.Tensor | None:
+        """The layer with each convolution folded into its projection, by associativity:
+        conv(x W_kᵀ) is x's (⌈N/f⌉, f·dim) view times the product of the two weights
+        ((dim·f × dim)(dim × dim), once per call), so keys and values are never
+        projected at full length N. Without a q/k/v bias (the layer has none); None
+        otherwise. ``flops()`` counts the standard form."""
+        if qkv.bias is not None:
+            return None
+        b, n, dim = x.shape
+        h, d, f = self.heads, self.head_dim, self.factor
+        w_q, w_k, w_v = qkv.weight.split(dim)
+        q = torch.nn.functional.linear(x, w_q).view(b, n, h, d).transpose(1, 2)
+        slots = self.slots(n)
+        blocks = torch.nn.functional.pad(x, (0, 0, 0, slots * f - n)).reshape(b, slots, f * dim)
+
+        def compressed(conv: nn.Linear, weight: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+            folded = torch.matmul(conv.weight.view(dim * f, dim), weight).view(dim, f * dim)
+            t = torch.nn.functional.linear(blocks, folded, conv.bias).view(b, slots, h, d).transpose(1, 2)
+            return torch.cat([null.to(t.dtype).expand(b, h, 1, d), t], dim=2)
+
+        result = self._attend(q, compressed(self.compress_k, w_k, self.null_k),
+                              compressed(self.compress_v, w_v, self.null_v))
+        return out(result.transpose(1, 2).reshape(b, n, dim))
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """softmax(q K'ᵀ s) V' over the null slot and the slots (B, H, 1 + ⌈N/f⌉, d)."""
         n, width = q.shape[-2], keys.shape[-2]
         blocked = None
         if self.causal:  # slot s (column s + 1) is hidden from query i while f·s + f − 1 > i
