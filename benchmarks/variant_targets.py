@@ -1,4 +1,4 @@
-"""Issues 3 and 4's speed targets, measured side by side in one process.
+"""Issues 3, 4 and 15's speed targets, measured side by side in one process.
 
 For each N, every layer is timed in interleaved rounds (so drift in the
 machine's speed hits all alike): forward under torch.no_grad() and
@@ -26,13 +26,17 @@ from attnbench.bench.timing import timed
 DIM, HEADS = 512, 8
 
 DEFAULT_VARIANTS = ("softmax,local,strided,longformer,bigbird,reformer,routing,sinkhorn,"
-                    "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv")
+                    "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv,"
+                    "compressed,efficient,rfa,fnet,gmlp,mixer,poolingformer")
 BUILD = {"aft-local": ("aft", {"mode": "local", "window": 64}), "nystrom": ("nystrom", {"landmarks": 64}),
          "performer": ("performer", {"features": 256}), "aft": ("aft", {"mode": "simple"})}
-PEERS = {  # peer name -> the attnbench variant it is compared with
-    "local-attention(w=256)": "local", "reformer-pytorch(b=64,h=4)": "reformer",
-    "linear-attention-transformer": "linear", "performer-pytorch(m=256)": "performer",
-    "aft-pytorch simple": "aft", "nystrom-attention(m=64,no residual)": "nystrom",
+PEERS = {  # peer name -> the attnbench variants it is compared with
+    "local-attention(w=256)": ("local",), "reformer-pytorch(b=64,h=4)": ("reformer",),
+    # its non-causal attention is efficient attention (1812.01243); also the linear baseline
+    "linear-attention-transformer": ("linear", "efficient"), "performer-pytorch(m=256)": ("performer",),
+    "aft-pytorch simple": ("aft",), "nystrom-attention(m=64,no residual)": ("nystrom",),
+    "memory-compressed-attention(f=3)": ("compressed",), "g-mlp-pytorch(sgu)": ("gmlp",),
+    "mlp-mixer-pytorch(token,256)": ("mixer",), "torch.fft.fft2(fnet)": ("fnet",),
 }
 
 
@@ -84,7 +88,7 @@ def main() -> None:
             # Only the peers of the chosen variants: every other layer in the rounds
             # would churn the allocator for the layers compared.
             for peer, make in {**peer_makers(DIM, HEADS, n), **extra_peers(DIM, HEADS)}.items():
-                if PEERS.get(peer) in layers or (peer == "torch.sdpa" and "softmax" in layers):
+                if any(v in layers for v in PEERS.get(peer, ())) or (peer == "torch.sdpa" and "softmax" in layers):
                     layers[peer] = make()
         x = torch.randn(1, n, DIM)
         xg = x.clone().requires_grad_()
@@ -112,10 +116,11 @@ def main() -> None:
         if ("local", n, "fwd") in results and ("softmax", n, "fwd") in results:
             print(f"\nN={n} softmax / local: fwd {results[('softmax', n, 'fwd')] / results[('local', n, 'fwd')]:.2f}, "
                   f"fwd+bwd {results[('softmax', n, 'fwd+bwd')] / results[('local', n, 'fwd+bwd')]:.2f}")
-        for peer, label in PEERS.items():
-            if (peer, n, "fwd") in results and (label, n, "fwd") in results:
-                print(f"N={n} {label} / {peer}: fwd {results[(label, n, 'fwd')] / results[(peer, n, 'fwd')]:.2f}, "
-                      f"fwd+bwd {results[(label, n, 'fwd+bwd')] / results[(peer, n, 'fwd+bwd')]:.2f}")
+        for peer, variants in PEERS.items():
+            for label in variants:
+                if (peer, n, "fwd") in results and (label, n, "fwd") in results:
+                    print(f"N={n} {label} / {peer}: fwd {results[(label, n, 'fwd')] / results[(peer, n, 'fwd')]:.2f}, "
+                          f"fwd+bwd {results[(label, n, 'fwd+bwd')] / results[(peer, n, 'fwd+bwd')]:.2f}")
 
 
 if __name__ == "__main__":
