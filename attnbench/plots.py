@@ -233,7 +233,7 @@ def _bubbles(ax: Any, points: pd.DataFrame, unit: str) -> None:
     ax.set_ylim(float(points["score"].min()) - 0.25 * span, float(points["score"].max()) + 0.25 * span)
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     _labels(ax, points, sizes)
     ax.text(0.99, 0.01, f"largest circle: {largest:.3g} {unit}", transform=ax.transAxes, ha="right",
             va="bottom", fontsize=8)
