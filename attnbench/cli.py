@@ -213,6 +213,10 @@ def report(
                                                   f"{PASS_NAMES_HELP}.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows, speed-ups, scaling exponents and "
                                           "crossovers as JSON on stdout.")] = False,
+    plot_tradeoff: Annotated[Path | None, typer.Option(
+        "--plot-tradeoff", metavar="FILE", help="Draw LRA's Figure 3 (speed, quality, memory) for the run beside "
+        "the paper's own, to a .png or .svg file: quality is the run's MQAR accuracy when it measured it, else "
+        "LRA's published score.", show_default=False)] = None,
 ) -> None:
     """Print a run's tables again from disk; write its CSV, markdown and plot.
 
@@ -224,7 +228,7 @@ def report(
     from attnbench.results import load_run
 
     with user_errors():
-        check_outputs(plot, csv, as_json)
+        check_outputs(plot, csv, as_json, plot_tradeoff)
         only_pass = pass_option(pass_name)
         run_data = load_run(run_dir)
         frame = select_rows(run_data.frame(), variants, ns, only_pass)
@@ -246,7 +250,8 @@ def report(
         for item in terminal_report(run_data, frame, base):
             out.print(item, highlight=False)
     with user_errors():
-        write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot)
+        write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot,
+                           plot_tradeoff)
 
 
 @app.command()
@@ -406,8 +411,7 @@ def runs(
 
     Example: [bold]attnbench runs results[/]
     """
-    from rich.table import Table
-
+    from attnbench.report import runs_table
     from attnbench.results import run_summaries
 
     rows = run_summaries(root)
@@ -417,15 +421,7 @@ def runs(
     if not rows:
         with user_errors():
             raise AttnbenchError(f"{root}: no runs there (a run is a directory with a run.json)")
-    table = Table(title=f"runs in {root}", caption="attnbench report RUN_DIR: one run's tables",
-                  caption_justify="left")
-    for col in ("run", "suite", "started", "status", "cases", "machine"):
-        table.add_column(col, no_wrap=col in ("run", "started"), style="bold" if col == "run" else None)
-    for r in rows:
-        cases = f"{r['cases_done']}/{r['cases_total']}" if r["cases_total"] is not None else "-"
-        started = str(r["started_at"] or "-")[:16].replace("T", " ")
-        table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", started, r["status"] or "-", cases,
-                      r["machine"] or "-")
+    table = runs_table(rows, root)
     out.print(table)
 
 

@@ -28,13 +28,13 @@ def pass_option(value: str | None) -> str | None:
     return names[value]
 
 
-def check_outputs(plot: Path | None, csv: str | None, as_json: bool) -> None:
+def check_outputs(plot: Path | None, csv: str | None, as_json: bool, plot_tradeoff: Path | None = None) -> None:
     """Refuse what cannot be written before anything is printed."""
-    if plot is not None:
-        from attnbench.plots import FORMATS
+    from attnbench.plots import FORMATS
 
-        if plot.suffix.lower() not in FORMATS:
-            raise AttnbenchError(f"--plot {plot}: the plot must be a {' or '.join(FORMATS)} file")
+    for option, path in (("--plot", plot), ("--plot-tradeoff", plot_tradeoff)):
+        if path is not None and path.suffix.lower() not in FORMATS:
+            raise AttnbenchError(f"{option} {path}: the plot must be a {' or '.join(FORMATS)} file")
     if csv == "-" and as_json:
         raise AttnbenchError("--csv - and --json both write to stdout: choose one")
 
@@ -92,7 +92,7 @@ def report_json(run_data: Any, frame: Any, base: str | None) -> None:
 
 
 def write_report_files(run_data: Any, frame: Any, base: str | None, csv: str | None, markdown: Path | None,
-                        plot: Path | None) -> None:
+                       plot: Path | None, plot_tradeoff: Path | None = None) -> None:
     from attnbench.markdown import markdown_report, write_text
     from attnbench.results import write_csv
 
@@ -108,6 +108,14 @@ def write_report_files(run_data: Any, frame: Any, base: str | None, csv: str | N
 
         plot_run(frame, plot, run_data.records, title=str(run_data.meta.get("suite_name") or ""), baseline=base)
         err.print(f"wrote {plot}", highlight=False)
+    if plot_tradeoff is not None:
+        from attnbench.plots import plot_tradeoff as draw_tradeoff
+        from attnbench.quality.summary import measured_scores
+
+        measured = measured_scores(run_data.quality)
+        draw_tradeoff(frame, plot_tradeoff, title=str(run_data.meta.get("suite_name") or ""),
+                      quality=measured or None, quality_label="MQAR accuracy (measured, mean over seeds)")
+        err.print(f"wrote {plot_tradeoff}", highlight=False)
     if markdown is not None:
         import os
 

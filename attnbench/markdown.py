@@ -7,18 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnbench.agreement import published_side_by_side
 from attnbench.analysis import (
     describe_setting,
     label_order,
-    load_published,
-    published_correlation,
-    published_side_by_side,
     scaling_summary,
     table_groups,
     with_baseline,
 )
 from attnbench.errors import DataError
 from attnbench.model import Status
+from attnbench.published import load_published
 from attnbench.quality.tables import quality_markdown
 from attnbench.report import (
     FAILURE_COLUMNS,
@@ -27,7 +26,7 @@ from attnbench.report import (
     SCALING_COLUMNS,
     SCALING_LEGEND,
     SIDE_BY_SIDE_KINDS,
-    agreement_text,
+    agreement_lines,
     cell_time,
     failure_rows,
     fmt_ms,
@@ -135,7 +134,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                 lines += [f"**{what}, measured / published ({published.pass_name}), against "
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [agreement_text(published_correlation(frame, published, both=both), run.records), ""]
+            lines += [line for text in agreement_lines(frame, published, both, run.records) for line in (text, "")]
     lines += quality
     failed = failure_rows(frame)
     if failed:

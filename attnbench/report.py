@@ -8,15 +8,12 @@ import math
 import pandas as pd
 from rich.table import Table
 
+from attnbench.agreement import agreement_interval, alternative_choices, published_correlation, published_side_by_side
 from attnbench.analysis import (
     SETTING,
-    agreement_interval,
     default_baseline,
     describe_setting,
     label_order,
-    load_published,
-    published_correlation,
-    published_side_by_side,
     scaling_summary,
     settings_groups,
     table_groups,
@@ -24,6 +21,7 @@ from attnbench.analysis import (
 )
 from attnbench.errors import DataError
 from attnbench.model import PASSES, Status
+from attnbench.published import load_published
 from attnbench.quality.tables import quality_tables
 from attnbench.roofline import roofline_tables, run_notes
 
@@ -368,6 +366,17 @@ def agreement_text(agreement, records: list[dict] | None = None) -> str:
             f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
 
 
+def agreement_lines(frame: pd.DataFrame, table, both: pd.DataFrame | None = None,
+                    records: list[dict] | None = None) -> list[str]:
+    """The rank agreement, then the same with each other label of a model the run
+    measured twice (LRA's Reformer as LRA ran it and at the paper's defaults)."""
+    lines = [agreement_text(published_correlation(frame, table, both=both), records)]
+    for chosen in alternative_choices(frame, table):
+        which = ", ".join(f"{label} as {variant}" for variant, label in chosen.items())
+        lines.append(f"with {which}: " + agreement_text(published_correlation(frame, table, chosen=chosen), records))
+    return lines
+
+
 def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
     """Everything ``attnbench report`` prints after the run and comparison tables:
     per pass the scaling exponents and crossovers; the published table (when the
@@ -388,7 +397,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
         both = published_side_by_side(frame, published)
         out.extend(published_tables(published))
         out.extend(side_by_side_tables(both, published))
-        out.append(agreement_text(published_correlation(frame, published, both=both), run.records))
+        out.extend(agreement_lines(frame, published, both, run.records))
     return out
 
 
@@ -465,3 +474,19 @@ def nothing_measured(run, frame: pd.DataFrame) -> str | None:
     if suite_path and status in ("interrupted", "running") and frame.empty:
         message += f"; resume it with: attnbench run {suite_path} --resume {run.path}"
     return message
+
+
+def runs_table(rows: list[dict], root) -> Table:
+    """``attnbench runs``: one row per run directory (``results.run_summaries``)."""
+    from pathlib import Path
+
+    table = Table(title=f"runs in {root}", caption="attnbench report RUN_DIR: one run's tables",
+                  caption_justify="left")
+    for col in ("run", "suite", "started", "status", "cases", "machine"):
+        table.add_column(col, no_wrap=col in ("run", "started"), style="bold" if col == "run" else None)
+    for r in rows:
+        cases = f"{r['cases_done']}/{r['cases_total']}" if r["cases_total"] is not None else "-"
+        started = str(r["started_at"] or "-")[:16].replace("T", " ")
+        table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", started, r["status"] or "-", cases,
+                      r["machine"] or "-")
+    return table

@@ -1,8 +1,9 @@
-"""Issues 3 and 4's speed targets, measured side by side in one process.
+"""Issues 3, 4 and 15's speed targets, measured side by side in one process.
 
-For each N, every layer is timed in interleaved rounds (so drift in the
-machine's speed hits all alike): forward under torch.no_grad() and
-forward+backward, batch 1, dim 512, 8 heads, the variants' default settings.
+Every layer at every N is timed in interleaved rounds (so drift in the
+machine's speed hits all alike, the growth from one N to the next included):
+forward under torch.no_grad() and forward+backward, batch 1, dim 512, 8 heads,
+the variants' default settings.
 With ``--peers PATH`` (the shared tools' peers.py, run from a scratch venv
 that has the published packages installed) the published implementations are
 timed in the same rounds. Prints a CSV of medians, then the ratios the issues
@@ -26,13 +27,17 @@ from attnbench.bench.timing import timed
 DIM, HEADS = 512, 8
 
 DEFAULT_VARIANTS = ("softmax,local,strided,longformer,bigbird,reformer,routing,sinkhorn,"
-                    "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv")
+                    "nystrom,linear,performer,aft,aft-local,lightconv,dynamicconv,"
+                    "compressed,efficient,rfa,fnet,gmlp,mixer,poolingformer")
 BUILD = {"aft-local": ("aft", {"mode": "local", "window": 64}), "nystrom": ("nystrom", {"landmarks": 64}),
          "performer": ("performer", {"features": 256}), "aft": ("aft", {"mode": "simple"})}
-PEERS = {  # peer name -> the attnbench variant it is compared with
-    "local-attention(w=256)": "local", "reformer-pytorch(b=64,h=4)": "reformer",
-    "linear-attention-transformer": "linear", "performer-pytorch(m=256)": "performer",
-    "aft-pytorch simple": "aft", "nystrom-attention(m=64,no residual)": "nystrom",
+PEERS = {  # peer name -> the attnbench variants it is compared with
+    "local-attention(w=256)": ("local",), "reformer-pytorch(b=64,h=4)": ("reformer",),
+    # its non-causal attention is efficient attention (1812.01243); also the linear baseline
+    "linear-attention-transformer": ("linear", "efficient"), "performer-pytorch(m=256)": ("performer",),
+    "aft-pytorch simple": ("aft",), "nystrom-attention(m=64,no residual)": ("nystrom",),
+    "memory-compressed-attention(f=3)": ("compressed",), "g-mlp-pytorch(sgu)": ("gmlp",),
+    "mlp-mixer-pytorch(token,256)": ("mixer",), "torch.fft.fft2(fnet)": ("fnet",),
 }
 
 
@@ -74,30 +79,33 @@ def main() -> None:
         spec.loader.exec_module(peers_mod)
         peer_makers = peers_mod.peers
     results: dict[tuple[str, int, str], float] = {}
+    # Every N's layers in the same rounds: the growth from one N to the next is then
+    # measured side by side too, not across a drift of the machine between N phases.
+    layers: dict[tuple[str, int], torch.nn.Module] = {}
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for n in ns:
         torch.manual_seed(0)
-        layers = {}
         for label in labels:
             name, params = BUILD.get(label, (label, {}))
-            layers[label] = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n, **params)
+            layers[(label, n)] = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n, **params)
         if peer_makers is not None:
             # Only the peers of the chosen variants: every other layer in the rounds
             # would churn the allocator for the layers compared.
             for peer, make in {**peer_makers(DIM, HEADS, n), **extra_peers(DIM, HEADS)}.items():
-                if PEERS.get(peer) in layers or (peer == "torch.sdpa" and "softmax" in layers):
-                    layers[peer] = make()
+                if any(v in labels for v in PEERS.get(peer, ())) or (peer == "torch.sdpa" and "softmax" in labels):
+                    layers[(peer, n)] = make()
         x = torch.randn(1, n, DIM)
-        xg = x.clone().requires_grad_()
-        samples: dict[tuple[str, str], list[float]] = {}
-        for layer in layers.values():  # warm-up
-            time_forward(layer, x)
-            time_step(layer, xg)
-        for _ in range(a.rounds):
-            for label, layer in layers.items():
-                samples.setdefault((label, "fwd"), []).append(time_forward(layer, x))
-                samples.setdefault((label, "fwd+bwd"), []).append(time_step(layer, xg))
-        for (label, kind), s in samples.items():
-            results[(label, n, kind)] = statistics.median(s)
+        inputs[n] = (x, x.clone().requires_grad_())
+    samples: dict[tuple[str, int, str], list[float]] = {}
+    for (_label, n), layer in layers.items():  # warm-up
+        time_forward(layer, inputs[n][0])
+        time_step(layer, inputs[n][1])
+    for _ in range(a.rounds):
+        for (label, n), layer in layers.items():
+            samples.setdefault((label, n, "fwd"), []).append(time_forward(layer, inputs[n][0]))
+            samples.setdefault((label, n, "fwd+bwd"), []).append(time_step(layer, inputs[n][1]))
+    for key, s in samples.items():
+        results[key] = statistics.median(s)
     print(f"threads {torch.get_num_threads()}, rounds {a.rounds}")
     print("layer,N,pass,median_ms")
     for (label, n, kind), ms in results.items():
@@ -112,10 +120,11 @@ def main() -> None:
         if ("local", n, "fwd") in results and ("softmax", n, "fwd") in results:
             print(f"\nN={n} softmax / local: fwd {results[('softmax', n, 'fwd')] / results[('local', n, 'fwd')]:.2f}, "
                   f"fwd+bwd {results[('softmax', n, 'fwd+bwd')] / results[('local', n, 'fwd+bwd')]:.2f}")
-        for peer, label in PEERS.items():
-            if (peer, n, "fwd") in results and (label, n, "fwd") in results:
-                print(f"N={n} {label} / {peer}: fwd {results[(label, n, 'fwd')] / results[(peer, n, 'fwd')]:.2f}, "
-                      f"fwd+bwd {results[(label, n, 'fwd+bwd')] / results[(peer, n, 'fwd+bwd')]:.2f}")
+        for peer, variants in PEERS.items():
+            for label in variants:
+                if (peer, n, "fwd") in results and (label, n, "fwd") in results:
+                    print(f"N={n} {label} / {peer}: fwd {results[(label, n, 'fwd')] / results[(peer, n, 'fwd')]:.2f}, "
+                          f"fwd+bwd {results[(label, n, 'fwd+bwd')] / results[(peer, n, 'fwd+bwd')]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,17 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from attnbench.agreement import published_correlation, published_side_by_side, spearman
 from attnbench.analysis import (
     add_quartiles,
     crossover,
     fit_power_law,
-    load_published,
-    published_correlation,
-    published_names,
-    published_side_by_side,
     scaling_summary,
-    spearman,
 )
+from attnbench.published import load_published, published_names
 from attnbench.results import CSV_COLUMNS
 
 NS = [256, 512, 1024, 2048, 4096]

@@ -52,7 +52,8 @@ def _lsh_reference(core: ReformerAttention, q: torch.Tensor, v: torch.Tensor) ->
     """Dense LSH attention given the core's hashes: per round, each token sees the
     tokens of its chunk and of the previous chunk (cyclic) in (bucket, position)
     order; rounds combined with weights softmax over rounds of their logsumexp."""
-    n, c = q.shape[-2], core.bucket_size
+    n = q.shape[-2]
+    c = core.chunk(n)
     chunks, _, n_buckets = core._layout(n)
     keys = F.normalize(q, dim=-1)
     scores = (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(torch.eye(n, dtype=torch.bool), -5e4)
@@ -77,6 +78,36 @@ def test_reformer_equals_dense_lsh_reference(causal: bool, n: int) -> None:
     q, _, v = _qkv(n, batch=2)
     core = ReformerAttention(H, D, n, causal, bucket_size=16, n_hashes=3)
     torch.testing.assert_close(core(q, q, v), _lsh_reference(core, q, v), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("n", "n_buckets"), [(100, 6), (128, 10), (37, 4)])
+def test_reformer_with_a_fixed_bucket_count_equals_dense_lsh_reference(causal: bool, n: int, n_buckets: int) -> None:
+    # LRA's released setting: n_buckets buckets, chunks of ⌈N/n_buckets⌉ tokens.
+    q, _, v = _qkv(n, batch=2)
+    core = ReformerAttention(H, D, n, causal, n_hashes=2, n_buckets=n_buckets)
+    assert core.chunk(n) == -(-n // n_buckets) and core._layout(n)[2] == n_buckets
+    torch.testing.assert_close(core(q, q, v), _lsh_reference(core, q, v), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reformer_with_two_buckets_is_full_shared_qk(causal: bool) -> None:
+    q, _, v = _qkv(90)
+    core = ReformerAttention(H, D, 90, causal, n_hashes=1, n_buckets=2)
+    torch.testing.assert_close(core(q, q, v), _shared_qk_reference(q, v, causal), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n_buckets", [0, 3, 1.5, True])
+def test_reformer_n_buckets_must_be_even(n_buckets) -> None:
+    with pytest.raises(ValueError, match="reformer n_buckets"):
+        ReformerAttention(H, D, 64, n_buckets=n_buckets)
+
+
+def test_reformer_fixed_buckets_cost_grows_quadratically() -> None:
+    lra = ReformerAttention(4, 64, 1024, n_hashes=1, n_buckets=10)
+    assert 3.5 < lra.flops(1, 8192) / lra.flops(1, 4096) <= 4.1
+    paper = ReformerAttention(4, 64, 1024, n_hashes=1, bucket_size=128)
+    assert paper.flops(1, 8192) / paper.flops(1, 4096) < 2.3
 
 
 def test_reformer_hash_is_argmax_of_plus_minus_rotation() -> None:
@@ -285,7 +316,8 @@ def test_bfloat16_inputs(name: str, params: dict) -> None:
 
 
 def test_defaults_match_the_table() -> None:
-    assert attnbench.variant_info("reformer").defaults == {"bucket_size": 64, "n_hashes": 4, "seed": 0}
+    assert attnbench.variant_info("reformer").defaults == {"bucket_size": 64, "n_hashes": 4, "seed": 0,
+                                                           "n_buckets": None}
     assert attnbench.variant_info("routing").defaults == {"clusters": None}
     assert attnbench.variant_info("sinkhorn").defaults == {"block": 64, "iters": 5, "temperature": 0.75}
     assert attnbench.variant_info("reformer").causal and attnbench.variant_info("routing").causal

@@ -11,14 +11,13 @@ import attnbench
 from attnbench.testing import assert_no_square, dense_attention, training_step
 from attnbench.variants import layer as layer_module
 from attnbench.variants.kernel import (
-    PerformerAttention,
     _NonCausalKernelAttention,
     elu_feature_map,
     kernel_attention,
-    orthogonal_gaussian_matrix,
     recurrent_kernel_attention,
 )
 from attnbench.variants.lowrank import NystromAttention, newton_pinv, segment_means
+from attnbench.variants.random_features import PerformerAttention, orthogonal_gaussian_matrix
 
 F64 = torch.float64
 

@@ -50,6 +50,15 @@ def test_performer_error_falls_as_features_grow() -> None:
     assert sum(many) < 0.9 * sum(few)
 
 
+def test_rfa_error_falls_as_features_grow() -> None:
+    def error(features: int, seed: int) -> float:
+        return measure_approx("rfa", 256, "gaussian", seed=seed, dim=256, heads=4,
+                              params={"features": features, "seed": seed}).output_error
+
+    few, many = [error(8, s) for s in range(4)], [error(512, s) for s in range(4)]
+    assert sum(many) < 0.9 * sum(few)
+
+
 def test_nystrom_error_falls_as_landmarks_grow() -> None:
     def error(landmarks: int, **extra: int) -> float:
         return sum(measure_approx("nystrom", 256, "gaussian", seed=s, dim=64, heads=2,
@@ -91,8 +100,9 @@ def test_approximating_cores_are_declared() -> None:
                 if getattr(getattr(build(name, dim=64, heads=2, seq_len=64), "core", None),
                            "approximates_softmax", False)}
     assert {"softmax", "sdpa", "local", "strided", "longformer", "bigbird", "reformer", "routing",
-            "sinkhorn", "linformer", "nystrom", "linear", "performer"} <= declared
-    assert not declared & {"synthesizer", "fastformer", "aft", "lightconv", "dynamicconv"}
+            "sinkhorn", "linformer", "nystrom", "linear", "performer", "compressed", "rfa"} <= declared
+    assert not declared & {"synthesizer", "fastformer", "aft", "lightconv", "dynamicconv", "fnet", "gmlp",
+                           "mixer", "efficient", "poolingformer"}
 
 
 def test_reformer_is_measured_against_full_shared_qk_attention() -> None:

@@ -162,7 +162,7 @@ def test_shipped_suites_validate(name: str):
     else:
         assert full.defaults["dim"] == 256 and full.grid["heads"] == [16]
         assert {v.name for v in full.variants} == {"softmax", "longformer", "bigbird", "linformer", "linear",
-                                                   "fastformer"}
+                                                   "poolingformer", "fastformer"}
         ns = full.grid["seq_lens"]
         assert all(b == 2 * a for a, b in zip(ns, ns[1:], strict=False))
 

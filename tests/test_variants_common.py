@@ -14,8 +14,10 @@ N, DIM, HEADS = 128, 32, 2
 def test_all_documented_variants_are_registered():
     expected = {"softmax", "sdpa", "local", "strided", "longformer", "bigbird", "reformer", "routing",
                 "sinkhorn", "linformer", "nystrom", "linear", "performer", "synthesizer", "fastformer", "aft",
-                "lightconv", "dynamicconv"}
+                "lightconv", "dynamicconv", "compressed", "efficient", "rfa", "fnet", "gmlp", "mixer",
+                "poolingformer"}
     assert expected <= set(BUILTIN), f"missing: {sorted(expected - set(BUILTIN))}"
+    assert len([n for n in BUILTIN if not n.startswith("flex_")]) == 25
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from attnbench.analysis import spearman
+from attnbench.agreement import spearman
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ __all__ = ["AttentionCore", "AttentionLayer", "ProjectedAttention", "VariantInfo
            "register", "unregister", "variant_info", "variant_names", "load_plugins"]
 
 # One module per family; import order is the order of `attnbench list`.
-FAMILY_MODULES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer",
-                  "fastformer", "aft", "conv", "flex")
+FAMILY_MODULES = ("exact", "sparse", "pooling", "clustered", "lowrank", "kernel", "random_features",
+                  "synthesizer", "fastformer", "aft", "conv", "mixers", "flex")
 for _module in FAMILY_MODULES:
     importlib.import_module(f"attnbench.variants.{_module}")

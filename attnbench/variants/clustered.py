@@ -114,10 +114,16 @@ class ReformerAttention(AttentionCore):
     Hashing into N/c buckets costs n·N·(N/c)·d FLOPs, quadratic but small against
     the attention's 8·n·N·c·d while N ≪ 8·c² (32768 at c = 64); flops() counts it.
 
+    ``n_buckets`` (None: chunks of ``bucket_size``) fixes the number of buckets
+    instead, as Long Range Arena's released code does (n_buckets = 10,
+    lra_benchmarks/models/reformer/reformer_attention.py): chunks of c = ⌈N/n_buckets⌉
+    tokens, so the attention costs n·N·(2N/n_buckets)·d, quadratic in N.
+
     Parameters:
         bucket_size: c: chunk length (N/c hash buckets)
         n_hashes: n: hash rounds
         seed: seed of the random rotations R
+        n_buckets: a fixed number of buckets instead of chunks of bucket_size (None: bucket_size)
     """
 
     approximates_softmax = True
@@ -126,9 +132,13 @@ class ReformerAttention(AttentionCore):
     shared_qk = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
-                 bucket_size: int = 64, n_hashes: int = 4, seed: int = 0) -> None:
+                 bucket_size: int = 64, n_hashes: int = 4, seed: int = 0,
+                 n_buckets: int | None = None) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         self.bucket_size = check_int("reformer bucket_size", bucket_size)
+        if n_buckets is not None and (check_int("reformer n_buckets", n_buckets, 2) % 2):
+            raise ValueError(f"reformer n_buckets must be even (argmax over [xR; −xR]), got {n_buckets}")
+        self.n_buckets = n_buckets
         self.n_hashes = check_int("reformer n_hashes", n_hashes)
         self.seed = check_int("reformer seed", seed, None)
         self._rotations: dict[tuple, torch.Tensor] = {}
@@ -140,10 +150,15 @@ class ReformerAttention(AttentionCore):
         n = scores.shape[-1]
         return scores.masked_fill(torch.eye(n, dtype=torch.bool, device=q.device), SELF_LOGIT)
 
+    def chunk(self, n: int) -> int:
+        """Chunk length c at n tokens: bucket_size, or ⌈n / n_buckets⌉ with n_buckets."""
+        return self.bucket_size if self.n_buckets is None else -(-n // self.n_buckets)
+
     def _layout(self, n: int) -> tuple[int, int, int]:
         """(chunks, padded length, buckets) for a sequence of n tokens."""
-        chunks = -(-n // self.bucket_size)
-        return chunks, chunks * self.bucket_size, max(2, chunks + chunks % 2)
+        c = self.chunk(n)
+        chunks = -(-n // c)
+        return chunks, chunks * c, self.n_buckets or max(2, chunks + chunks % 2)
 
     def rotations(self, n_buckets: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """R of shape (d, n_hashes · n_buckets/2), the same for every call with this seed."""
@@ -166,13 +181,13 @@ class ReformerAttention(AttentionCore):
         return torch.where(hi >= -lo, hi_idx, lo_idx + half).transpose(-1, -2).contiguous()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        width = self.n_hashes * 2 * self.bucket_size  # keys scored per query, over all rounds
+        width = self.n_hashes * 2 * self.chunk(q.shape[-2])  # keys scored per query, over all rounds
         return in_head_groups(lambda q, k, v, _: self._heads(q, k, v), q, k, v, width)
 
     def _heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # k is q (shared_qk); hashing and keys use it normalised, queries keep their norm.
         b, h, n, d = q.shape
-        c, rounds = self.bucket_size, self.n_hashes
+        c, rounds = self.chunk(n), self.n_hashes
         chunks, npad, n_buckets = self._layout(n)
         keys = F.normalize(k, dim=-1)
         with torch.no_grad():
@@ -226,7 +241,7 @@ class ReformerAttention(AttentionCore):
         return out.view(b, h, rounds, npad, d), lse.view(b, h, rounds, npad)
 
     def flops(self, batch: int, seq_len: int) -> int:
-        n, d, c, rounds = seq_len, self.head_dim, self.bucket_size, self.n_hashes
+        n, d, c, rounds = seq_len, self.head_dim, self.chunk(seq_len), self.n_hashes
         chunks, npad, n_buckets = self._layout(n)
         width = 2 * c if chunks > 1 else c
         hashing = matmul_flops(n, rounds * (n_buckets // 2), d) + rounds * n * n_buckets

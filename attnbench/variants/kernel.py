@@ -1,4 +1,5 @@
-"""Change the order of the products: linear attention (elu+1) and Performer (FAVOR+).
+"""Change the order of the products: linear attention (elu+1) and efficient attention;
+the shared kernel-attention machinery of the random-feature kernels (random_features.py).
 
 softmax(q kᵀ s) v needs the N×N matrix because exp(q·k) does not factor. Replace
 it by a kernel φ(q)·φ(k) with an explicit feature map φ (f features) and the
@@ -6,12 +7,13 @@ products can be reordered: φ(Q) (φ(K)ᵀ V) costs O(N·f·d) instead of O(N²�
 
 * ``linear``: Katharopoulos et al., "Transformers are RNNs" (arXiv 2006.16236),
   φ(x) = elu(x) + 1, f = d.
-* ``performer``: Choromanski et al., "Rethinking Attention with Performers"
-  (arXiv 2009.14794), FAVOR+ positive orthogonal random features,
-  φ(x) = m^-1/2 exp(W x' − ‖x'‖²/2), x' = d^-1/4 x, so that
-  E[φ(q)·φ(k)] = exp(qᵀk/√d), the softmax kernel.
+* ``efficient``: Shen et al., "Efficient Attention: Attention with Linear
+  Complexities" (arXiv 1812.01243), ρ_q(q) (ρ_k(k)ᵀ v) with softmax over each
+  query's features and over the positions of each key feature: no normaliser.
+* ``performer`` (FAVOR+) and ``rfa`` (random feature attention) live in
+  random_features.py and run through the same :func:`kernel_attention`.
 
-Both run through :func:`kernel_attention`:
+Kernel attention, :func:`kernel_attention`:
 
     out_i = φ(q_i)ᵀ S_i / (φ(q_i)ᵀ z_i + eps),  S_i = Σ_j φ(k_j) v_jᵀ,  z_i = Σ_j φ(k_j)
 
@@ -32,8 +34,6 @@ projections into its d×d states (:class:`_LinearAttentionLayer`).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -42,7 +42,6 @@ from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
     check_int,
-    in_head_groups,
     matmul_flops,
     softmax_flops,
 )
@@ -191,7 +190,7 @@ def recurrent_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torc
     return torch.stack(outs, dim=-2)
 
 
-def _kernel_attention_flops(bh: int, n: int, f: int, d: int, causal: bool, chunk: int,
+def kernel_attention_flops(bh: int, n: int, f: int, d: int, causal: bool, chunk: int,
                             scaled: bool = False) -> int:
     """FLOPs of :func:`kernel_attention` for bh (batch × heads) sequences; ``scaled``:
     with a causal ``log_scale``."""
@@ -391,118 +390,38 @@ class LinearAttention(AttentionCore):
     def flops(self, batch: int, seq_len: int) -> int:
         bh, d = batch * self.heads, self.head_dim
         features = 2 * 2 * seq_len * d  # elu and +1 on q and k
-        return bh * features + _kernel_attention_flops(bh, seq_len, d, d, self.causal, self.chunk)
+        return bh * features + kernel_attention_flops(bh, seq_len, d, d, self.causal, self.chunk)
 
 
-def orthogonal_gaussian_matrix(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
-    """W ∈ R^{rows×cols} as in FAVOR+ (arXiv 2009.14794, §4): stacked blocks of cols
-    orthonormal rows (Q of the QR decomposition of a Gaussian cols×cols matrix; the
-    last block truncated), each row rescaled to the norm of an independent Gaussian
-    vector (chi distributed with cols degrees of freedom), so that every row is
-    marginally N(0, I) while rows within a block are exactly orthogonal."""
-    blocks = []
-    for _ in range(-(-rows // cols)):
-        gaussian = torch.randn(cols, cols, generator=generator, dtype=torch.float64)
-        q, r = torch.linalg.qr(gaussian)
-        # Fix the signs (diag(R) > 0) so that Q is Haar-distributed.
-        q = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)
-        blocks.append(q.T)
-    w = torch.cat(blocks)[:rows]
-    norms = torch.randn(rows, cols, generator=generator, dtype=torch.float64).norm(dim=1)
-    return (w * norms[:, None]).to(torch.float32)
+def efficient_feature_maps(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ρ_q(q), softmax over each query's d features, and ρ_k(k), softmax of each key
+    feature over the N positions (every column of ρ_k sums to 1)."""
+    return torch.softmax(q, dim=-1), torch.softmax(k, dim=-2)
 
 
-@register("performer", family="kernel", paper="2009.14794", complexity="O(N·m·d)", causal=True)
-class PerformerAttention(AttentionCore):
-    """Performer FAVOR+: positive orthogonal random features φ(x) = m^-1/2 exp(Wx' − ‖x'‖²/2)
-    estimating the softmax kernel, then linear attention (causal by chunked prefix sums).
+@register("efficient", family="kernel", paper="1812.01243", complexity="O(N·d²)", causal=False)
+class EfficientAttention(AttentionCore):
+    """Efficient attention (Shen et al., arXiv 1812.01243): ρ_q(q) (ρ_k(k)ᵀ v), ρ_q a
+    softmax over each query's features, ρ_k a softmax of each key feature over the
+    positions; a d×d context, no N×N matrix and no normaliser. Not causal.
 
-    Stabilisers (exp would overflow or underflow otherwise) are subtracted in the
-    exponent and detached; a stabiliser shared by every key a query may see is a
-    constant factor of both the numerator and the normaliser, so it cancels:
+    In float32 at least (the softmax over N and the sums over N), autocast off."""
 
-    * queries: a factor per query cancels, so the stabilised φ(q) is softmax over the
-      features of W q' (the max subtracted; ‖q'‖²/2 and m^-1/2 are per-query constants
-      too, and so is the softmax's own normalisation, which keeps φ(q) summing to 1).
-    * keys, not causal: the max over all keys and features (per batch item and head).
-    * keys, causal: a global max would let a later key change earlier outputs (through
-      eps, underflow and overflow), so key j is stabilised by the running max M_j over
-      keys <= j, and :func:`kernel_attention` works for query i in the frame M_i, weighting
-      key j <= i by exp(M_j − M_i) <= 1 (inside a chunk on the c×c block, between chunks on
-      the carried state). Output i depends on keys <= i only, for any chunk size.
-
-    ``eps`` is in units of the stabilised features (query features sum to 1, the
-    largest key feature is m^-1/2). W is drawn once from ``seed`` with a local
-    generator (the global RNG is left alone) and kept as a buffer.
-
-    On CPU, heads run in groups whose (batch × N × m) feature tensors fit the
-    workspace budget of :func:`in_head_groups` (page faults on larger blocks made the
-    time grow 2.4× from N = 4096 to 8192 instead of 2×).
-
-    Parameters:
-        features: m: the random features
-        chunk: chunk length of the causal prefix sums
-        seed: seed of the random features W
-    """
-
-    approximates_softmax = True
-    linear_in_values = True
-
-    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
-                 features: int = 256, chunk: int = 64, seed: int = 0) -> None:
+    def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
-        self.features = check_int("performer features", features)
-        self.chunk = check_int("performer chunk", chunk)
-        self.seed = check_int("performer seed", seed, None)
-        self.eps = DEFAULT_EPS
-        generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("projection", orthogonal_gaussian_matrix(features, head_dim, generator))
-
-    def _projected(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, H, N, d) -> W x' (B, H, N, m), x' = d^-1/4 x."""
-        w = self.projection.to(x.dtype) * self.head_dim ** -0.25
-        return torch.matmul(x, w.T)
-
-    def _half_sq_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """‖x'‖²/2: (B, H, N, 1)."""
-        return x.pow(2).sum(-1, keepdim=True) * (0.5 * self.head_dim ** -0.5)
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Unstabilised φ(x) = m^-1/2 exp(W x' − ‖x'‖²/2), so that φ(q)·φ(k) is an unbiased
-        estimate of exp(qᵀk/√d). Used by tests and for reference, not by forward()."""
-        return torch.exp(self._projected(x) - self._half_sq_norm(x) - 0.5 * math.log(self.features))
+        if causal:
+            raise ValueError("efficient does not support causal attention "
+                             "(ρ_k normalises each key feature over all N positions)")
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # Autocast off: the feature map's exponent needs float32, autocast would make
-        # its products half precision again.
+        dt = acc_dtype(q.dtype)
         with torch.autocast(q.device.type, enabled=False):
-            return in_head_groups(lambda q, k, v, _: self._attend(q, k, v), q, k, v, self.features)
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        in_dtype, dt = v.dtype, acc_dtype(q.dtype)
-        q, k, v = q.to(dt), k.to(dt), v.to(dt)
-        log_norm = 0.5 * math.log(self.features)  # the m^-1/2 factor, inside the exp
-
-        # Queries: any positive factor per query cancels, so softmax over the features
-        # (max-subtract, exp and a row scale in one fused pass) is a stabilised φ(q).
-        phi_q = torch.softmax(self._projected(q), dim=-1)
-
-        proj_k, half_sq = self._projected(k), self._half_sq_norm(k)
-        # Per-key max exponent over the features: (B, H, N).
-        key_max = (proj_k.detach().amax(-1, keepdim=True) - half_sq.detach()).squeeze(-1)
-        if self.causal:
-            stab = key_max.cummax(dim=-1).values  # running max: keys <= i only
-        else:
-            stab = key_max.amax(-1, keepdim=True)  # global max (per batch item and head)
-        phi_k = proj_k.sub_(half_sq + (stab.unsqueeze(-1) + log_norm)).exp_()
-
-        out = kernel_attention(phi_q, phi_k, v, causal=self.causal, chunk=self.chunk, eps=self.eps,
-                               log_scale=stab if self.causal else None)
-        return out.to(in_dtype)
+            rho_q, rho_k = efficient_feature_maps(q.to(dt), k.to(dt))
+            context = torch.matmul(rho_k.transpose(-1, -2), v.to(dt))  # (d, d)
+            out = torch.matmul(rho_q, context)
+        return out.to(v.dtype)
 
     def flops(self, batch: int, seq_len: int) -> int:
-        bh, n, d, m = batch * self.heads, seq_len, self.head_dim, self.features
-        # Per q and k: projection, squared norm (k), then softmax (q) or max, subtract, exp (k).
-        features = 2 * matmul_flops(n, m, d) + 2 * n * d + softmax_flops(n * m) + 3 * n * m
-        return bh * features + _kernel_attention_flops(bh, n, m, d, self.causal, self.chunk,
-                                                       scaled=self.causal)
+        bh, n, d = batch * self.heads, seq_len, self.head_dim
+        return bh * (softmax_flops(2 * n * d) + matmul_flops(d, d, n) + matmul_flops(n, d, d))
+

@@ -29,7 +29,7 @@ from attnbench.variants.layer import AttentionCore
 LAYER_ARGS = ("dim", "heads", "seq_len", "causal")
 CORE_ARGS = ("heads", "head_dim", "seq_len", "causal")
 
-FAMILIES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer",
+FAMILIES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer", "mixer",
             "fastformer", "aft", "conv", "custom")
 
 

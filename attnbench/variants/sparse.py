@@ -41,7 +41,7 @@ from attnbench.variants.registry import ceil_sqrt, register
 Tensor = torch.Tensor
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
+def attend_scores(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
     """softmax(q kᵀ) v with ``blocked`` (True = may not attend) masked; q is pre-scaled.
 
     Masked logits get the dtype's lowest finite value, not -inf, so that a row
@@ -58,7 +58,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
     return torch.matmul(probs.to(v.dtype), v)
 
 
-class _SparseCore(AttentionCore):
+class SparseCore(AttentionCore):
     """A core with a small cache of masks / patterns keyed by sequence length and device."""
 
     approximates_softmax = True
@@ -110,7 +110,7 @@ def _band_mask(n: int, block: int, lo: int, hi: int, n_global: int, causal: bool
     return blocked
 
 
-def _band_attention(core: _SparseCore, q: Tensor, k: Tensor, v: Tensor, block: int, lo: int,
+def band_attention(core: SparseCore, q: Tensor, k: Tensor, v: Tensor, block: int, lo: int,
                     hi: int, n_global: int = 0) -> Tensor:
     """Attention of (B, H, N, d) under the band i − lo ≤ j ≤ i + hi (plus the first
     ``n_global`` keys as extra columns of every block); q is pre-scaled."""
@@ -144,14 +144,14 @@ def _band_heads(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, block: int, n_
             glob = (b, h, ks.shape[2], n_global, d)
             ks = torch.cat([ks, k[:, :, None, :n_global].expand(glob)], dim=-2)
             vs = torch.cat([vs, v[:, :, None, :n_global].expand(glob)], dim=-2)
-        return _attend(qs, ks, vs, blocked[r])
+        return attend_scores(qs, ks, vs, blocked[r])
 
     # On CPU, a head too long for the workspace is cut into runs of query blocks.
     out = in_cpu_runs(run, (queries, keys, values), 2, b * h * block * (width + n_global) * q.element_size())
     return out.view(b, h, n_blocks * block, d)[:, :, :n]
 
 
-def _band_flops(batch_heads: int, n: int, block: int, lo: int, hi: int, d: int,
+def band_flops(batch_heads: int, n: int, block: int, lo: int, hi: int, d: int,
                 n_global: int = 0) -> int:
     n_blocks, back, ahead = _band_geometry(n, block, lo, hi)
     keys = (back + 1 + ahead) * block + n_global
@@ -162,7 +162,7 @@ def _band_flops(batch_heads: int, n: int, block: int, lo: int, hi: int, d: int,
 
 
 @register("local", family="sparse", paper="1802.05751", complexity="O(N·w·d)", causal=True)
-class LocalAttention(_SparseCore):
+class LocalAttention(SparseCore):
     """Blocked sliding window: query i sees keys |i − j| ≤ window (j ≤ i when causal),
     computed block by block, each block of w queries against 3 (causal: 2) key blocks.
 
@@ -179,14 +179,14 @@ class LocalAttention(_SparseCore):
         return min(self.window, n), self.window, 0 if self.causal else self.window
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return _band_attention(self, q * self.scale, k, v, *self._geometry(q.shape[-2]))
+        return band_attention(self, q * self.scale, k, v, *self._geometry(q.shape[-2]))
 
     def flops(self, batch: int, seq_len: int) -> int:
-        return _band_flops(batch * self.heads, seq_len, *self._geometry(seq_len), self.head_dim)
+        return band_flops(batch * self.heads, seq_len, *self._geometry(seq_len), self.head_dim)
 
 
 @register("strided", family="sparse", paper="1904.10509", complexity="O(N·√N·d)", causal=True)
-class StridedAttention(_SparseCore):
+class StridedAttention(SparseCore):
     """Sparse Transformer strided attention, stride l (⌈√N⌉ when None): the first ⌈H/2⌉
     heads local, the others strided.
 
@@ -244,30 +244,30 @@ class StridedAttention(_SparseCore):
         def regroup(t: Tensor) -> Tensor:  # (B, h, N, d) -> (B, h, l, N/l, d), one residue per row
             return pad_seq(t, groups * stride).view(b, h, groups, stride, d).transpose(2, 3)
 
-        out = _attend(regroup(q), regroup(k), regroup(v), blocked)
+        out = attend_scores(regroup(q), regroup(k), regroup(v), blocked)
         return out.transpose(2, 3).reshape(b, h, groups * stride, d)[:, :, :n]
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         geometry = self._local_geometry(q.shape[-2])
         q = q * self.scale
         if self.local_heads == self.heads:
-            return _band_attention(self, q, k, v, *geometry)
+            return band_attention(self, q, k, v, *geometry)
         # split, not slicing: its backward concatenates instead of zero-filling H heads per part
         sizes = [self.local_heads, self.heads - self.local_heads]
         (ql, qs), (kl, ks), (vl, vs) = (t.split(sizes, dim=1) for t in (q, k, v))
-        return torch.cat([_band_attention(self, ql, kl, vl, *geometry), self._strided(qs, ks, vs)], dim=1)
+        return torch.cat([band_attention(self, ql, kl, vl, *geometry), self._strided(qs, ks, vs)], dim=1)
 
     def flops(self, batch: int, seq_len: int) -> int:
         stride = self._stride(seq_len)
         groups = -(-seq_len // stride)
         strided_heads = self.heads - self.local_heads
-        return (_band_flops(batch * self.local_heads, seq_len, *self._local_geometry(seq_len),
+        return (band_flops(batch * self.local_heads, seq_len, *self._local_geometry(seq_len),
                             self.head_dim)
                 + batch * strided_heads * stride * attend_flops(groups, groups, self.head_dim))
 
 
 @register("longformer", family="sparse", paper="2004.05150", complexity="O(N·(w+g)·d)", causal=True)
-class LongformerAttention(_SparseCore):
+class LongformerAttention(SparseCore):
     """Longformer: a sliding band |i − j| ≤ ⌊w/2⌋ plus the first g tokens global
     (they attend to every token and every token attends to them).
 
@@ -295,25 +295,25 @@ class LongformerAttention(_SparseCore):
         n = q.shape[-2]
         g = min(self.global_tokens, n)
         q = q * self.scale
-        band = _band_attention(self, q, k, v, *self._geometry(n), n_global=g)
+        band = band_attention(self, q, k, v, *self._geometry(n), n_global=g)
         if not g:
             return band
         blocked = None
         if self.causal:
             blocked = self._cached(("global", n, g, q.device), lambda: torch.arange(
                 n, device=q.device) > torch.arange(g, device=q.device)[:, None])
-        glob = _attend(q[:, :, :g], k, v, blocked)  # the global rows see every key
+        glob = attend_scores(q[:, :, :g], k, v, blocked)  # the global rows see every key
         return torch.cat([glob, band[:, :, g:]], dim=2)
 
     def flops(self, batch: int, seq_len: int) -> int:
         g = min(self.global_tokens, seq_len)
         bh = batch * self.heads
-        return (_band_flops(bh, seq_len, *self._geometry(seq_len), self.head_dim, n_global=g)
+        return (band_flops(bh, seq_len, *self._geometry(seq_len), self.head_dim, n_global=g)
                 + bh * attend_flops(g, seq_len, self.head_dim))
 
 
 @register("bigbird", family="sparse", paper="2007.14062", complexity="O(N·b·(5+r)·d)", causal=False)
-class BigBirdAttention(_SparseCore):
+class BigBirdAttention(SparseCore):
     """BigBird (ITC): blocks of b; each query block sees its 3 sliding blocks, the
     first and last block (global) and r random blocks (per head, drawn from the
     other blocks with a generator seeded by ``seed``, the same on every call);
@@ -370,7 +370,7 @@ class BigBirdAttention(_SparseCore):
         n = q.shape[-2]
         q = q * self.scale
         if self.is_full(n):
-            return _attend(q, k, v, None)
+            return attend_scores(q, k, v, None)
         idx, blocked = self._cached(("bigbird", n, q.device), lambda: self._pattern(n, q.device))
         return in_head_groups(lambda q, k, v, heads: self._heads(q, k, v, idx[heads], blocked[heads]),
                               q, k, v, self.keys_per_query())
@@ -396,12 +396,12 @@ class BigBirdAttention(_SparseCore):
             flat = (idx[:, r] + head_base).flatten()
             ks, vs = (t.index_select(1, flat).view(b, h, -1, self.keys_per_query(), d)
                       for t in (k_blocks, v_blocks))
-            return _attend(qs, ks, vs, blocked[:, r])
+            return attend_scores(qs, ks, vs, blocked[:, r])
 
         # On CPU, heads too long for the workspace are cut into runs of query blocks.
         middle = in_cpu_runs(run, (middle_q,), 2, b * h * blk * self.keys_per_query() * q.element_size())
         # The first and last query blocks are global: they see all N keys.
-        glob = _attend(torch.cat([first, last], dim=2).flatten(2, 3), k, v, None)
+        glob = attend_scores(torch.cat([first, last], dim=2).flatten(2, 3), k, v, None)
         out = torch.cat([glob[:, :, :blk], middle.flatten(2, 3), glob[:, :, blk:]], dim=2)
         return out[:, :, :n]
 
