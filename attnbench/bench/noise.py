@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from attnbench.bench.calibration import calibration_drift
+
 OTHER_SHARE_WARN = 0.10  # other processes took over 10% of all cores' time
 BUSY_LOAD = 0.5  # a load average over half the cores (besides our own threads)
 CPU_SYSFS = Path("/sys/devices/system/cpu")
@@ -125,4 +127,18 @@ def noise_warnings(noise: dict[str, Any], threads: int | None = None, usable_cor
     if slow:
         out.append(f"CPU frequency governor is {', '.join(slow)}, not 'performance': clock changes add noise "
                    "(e.g. `cpupower frequency-set -g performance`)")
+    return out
+
+
+def run_warnings(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """What the run's calibrations and noise record say about its figures."""
+    out = []
+    calibration = meta.get("calibration") or {}
+    for start, end in zip(calibration.get("start") or [], calibration.get("end") or [], strict=False):
+        out += calibration_drift(start, end)
+    threads = max((r.get("threads") or 0 for r in records), default=0) or None
+    environment = meta.get("environment") or {}
+    usable = environment.get("cpu_affinity") or environment.get("cpu_cores_logical")
+    if meta.get("noise"):
+        out += noise_warnings(meta["noise"], threads, usable)
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from attnbench.errors import AttnbenchError
 from attnbench.model import MIB, Case, Status, series_of
 
 
@@ -84,3 +85,17 @@ def skip_reason(case: Case, done: list[dict[str, Any]]) -> str | None:
             return (f"skipped: estimated peak memory {estimate:,.0f} MiB exceeds the available "
                     f"{available:,.0f} MiB (after a {case.limits.memory_margin_mib:,.0f} MiB margin)")
     return None
+
+
+def unrunnable_warnings(cases: list[Case]) -> list[str]:
+    """A warning per device this machine does not have; an error, before any
+    run directory exists, when no case can run here (nothing would be measured)."""
+    reasons = {d: device_unavailable(d) for d in dict.fromkeys(c.device for c in cases)}
+    lost = {d: r for d, r in reasons.items() if r}
+    if not lost:
+        return []
+    if len(lost) == len(reasons):
+        devices = ", ".join(lost)
+        raise AttnbenchError(f"{'; '.join(dict.fromkeys(lost.values()))}: no case of this suite can run here "
+                             f"(it asks for {devices}); run it with --device cpu, or on a machine with a GPU")
+    return [f"{sum(c.device == d for c in cases)} case(s) on {d} are skipped: {r}" for d, r in lost.items()]

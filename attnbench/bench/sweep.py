@@ -24,17 +24,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from attnbench.bench.calibration import calibration_drift
 from attnbench.bench.executor import Executor, InProcessExecutor, LocalPoolExecutor, WorkUnit
 from attnbench.bench.messages import CaseStarted
-from attnbench.bench.noise import NoiseMonitor, noise_warnings
+from attnbench.bench.noise import NoiseMonitor, run_warnings
 from attnbench.bench.progress import Progress
 from attnbench.bench.quality import QUALITY_FAILURES, run_quality
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
 from attnbench.bench.signals import Interrupted, SignalGuard
-from attnbench.bench.skip import device_unavailable, skip_reason
-from attnbench.errors import AttnbenchError
+from attnbench.bench.skip import skip_reason, unrunnable_warnings
 from attnbench.model import HARMLESS, Case, Status
 from attnbench.results import append_record, records_frame, rewrite_records, write_csv
 from attnbench.suite import Suite
@@ -215,34 +213,6 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         finally:
             guard.restore()
     return summary
-
-
-def run_warnings(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
-    """What the run's calibrations and noise record say about its figures."""
-    out = []
-    calibration = meta.get("calibration") or {}
-    for start, end in zip(calibration.get("start") or [], calibration.get("end") or [], strict=False):
-        out += calibration_drift(start, end)
-    threads = max((r.get("threads") or 0 for r in records), default=0) or None
-    environment = meta.get("environment") or {}
-    usable = environment.get("cpu_affinity") or environment.get("cpu_cores_logical")
-    if meta.get("noise"):
-        out += noise_warnings(meta["noise"], threads, usable)
-    return out
-
-
-def unrunnable_warnings(cases: list[Case]) -> list[str]:
-    """A warning per device this machine does not have; an error, before any
-    run directory exists, when no case can run here (nothing would be measured)."""
-    reasons = {d: device_unavailable(d) for d in dict.fromkeys(c.device for c in cases)}
-    lost = {d: r for d, r in reasons.items() if r}
-    if not lost:
-        return []
-    if len(lost) == len(reasons):
-        devices = ", ".join(lost)
-        raise AttnbenchError(f"{'; '.join(dict.fromkeys(lost.values()))}: no case of this suite can run here "
-                             f"(it asks for {devices}); run it with --device cpu, or on a machine with a GPU")
-    return [f"{sum(c.device == d for c in cases)} case(s) on {d} are skipped: {r}" for d, r in lost.items()]
 
 
 def preload_modules(suite: Suite) -> list[str]:
