@@ -59,7 +59,7 @@ class QualityProgress:
             shown = (f"accuracy {record['accuracy']:.3f}" if status == "ok" and record.get("accuracy") is not None
                      else f"[{'red' if status in QUALITY_FAILURES else 'yellow'}]{status}[/]")
             error = f": {escape(record['error'])}" if record.get("error") else ""
-            self.progress.console.log(f"{escape(task.describe())}: {shown} ({record.get('train_s', 0):.1f} s)"
+            self.progress.console.print(f"{escape(task.describe())}: {shown} ({record.get('train_s', 0):.1f} s)"
                                       f"{error}", markup=True)
         self.progress.advance(self.task)
 
