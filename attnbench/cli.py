@@ -106,20 +106,26 @@ def run(
     in_process: Annotated[bool, typer.Option("--in-process", help="Run cases in this process (for "
                                              "debugging: a crash or hang then stops the sweep).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    shard: Annotated[str | None, typer.Option(help="Run only part K of N of the suite (whole setting groups, "
+                                                   "balanced by estimated time), e.g. 2/8; join the parts with "
+                                                   "attnbench merge.", metavar="K/N")] = None,
 ) -> None:
     """Run a suite and write results/<run-id>/ (run.json, cases.jsonl, results.csv).
 
     Example: [bold]attnbench run suites/quick.yaml[/]
+    Example: [bold]attnbench run suites/gpu.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out shards[/]
     """
     from attnbench import suite as suite_mod
     from attnbench.bench.runner import RunOptions, resume_command, run_suite
+    from attnbench.bench.shard import parse_shard
     from attnbench.report import failures_table, run_tables
 
     with _user_errors():
+        part = parse_shard(shard) if shard is not None else None
         suite = suite_mod.load(suite_path, quick=quick)
         if device:
             suite = suite.with_device(device)
-        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet)
+        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet, shard=part)
         summary = run_suite(suite, options)
     _warn(summary.warnings)
     from attnbench.results import records_frame
@@ -285,6 +291,30 @@ def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_abov
                   f"{worst['label']} N={worst['seq_len']} {worst['pass']}: {worst['ratio']:.2f}x",
                   markup=True, highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="The parts: results directories of "
+                                                "one suite (e.g. its shards).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The merged results directory (new).",
+                                          metavar="RUN_DIR")],
+) -> None:
+    """Merge the parts of one sweep (shards of a batch array, runs on several
+    machines) into one results directory that report and compare read.
+
+    The parts must be runs of the same suite with the same attnbench version
+    and git commit, and no case may be in two of them.
+
+    Example: [bold]attnbench merge shards/* --out results/gpu-merged[/]
+    """
+    from attnbench.merge import merge_runs
+
+    with _user_errors():
+        summary = merge_runs(parts, out_dir, command=list(sys.argv))
+    _warn(summary.warnings)
+    out.print(f"merged {summary.parts} runs, {len(summary.records)} cases -> {summary.run_dir}"
+              + ("" if summary.complete else " (incomplete)"), highlight=False)
 
 
 @app.command("list")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnbench.bench.shard import Shard, shard_cases
 from attnbench.errors import AttnbenchError, ResultsError
 from attnbench.results import (
     RECORD_SCHEMA,
@@ -484,6 +485,7 @@ class RunOptions:
     quiet: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     preload: list[str] = field(default_factory=list)  # modules each worker imports (custom variants)
+    shard: Shard | None = None  # run only this part of the suite (--shard K/N)
 
 
 @dataclass
@@ -495,6 +497,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     in_process: bool = False
     workers_started: int = 0
+    shard: Shard | None = None
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -646,6 +649,7 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
     if options.resume is not None:
         run = load_run(options.resume)
         diffs = _differences(run.meta, suite, run.records)
+        diffs += _shard_differences(run.meta, options.shard)
         if diffs:
             raise AttnbenchError(f"{options.resume}: the suite changed since this run, so the results would "
                                  "not be comparable:\n  " + "\n  ".join(diffs)
@@ -674,7 +678,24 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         "in_process": options.in_process,
         "environment": environment,
     }
+    if options.shard is not None:
+        meta["shard"] = {**options.shard.to_dict(), "suite_cases": len(suite.cases())}
     return run_dir, meta, [], []
+
+
+def _shard_differences(meta: dict[str, Any], shard: Shard | None) -> list[str]:
+    """A shard resumes as the same shard: --shard, when given, must be the run's."""
+    recorded = meta.get("shard")
+    if shard is None or (recorded and (recorded.get("index"), recorded.get("count")) == (shard.index, shard.count)):
+        return []
+    before = f"{recorded.get('index')}/{recorded.get('count')}" if recorded else "the whole suite"
+    return [f"shard: {before} -> {shard}"]
+
+
+def run_shard(meta: dict[str, Any]) -> Shard | None:
+    """The part of the suite a run directory holds (None: the whole suite)."""
+    recorded = meta.get("shard")
+    return Shard(int(recorded["index"]), int(recorded["count"])) if recorded else None
 
 
 def _write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
@@ -745,11 +766,15 @@ def run_suite(suite: Suite, options: RunOptions) -> RunSummary:
         raise
     done_ids = {r["case_id"] for r in done}
     all_cases = suite.cases()
+    shard = run_shard(meta)
+    if shard is not None:  # split the whole suite, never what is left: the parts must stay disjoint
+        all_cases = shard_cases(all_cases, shard)
     cases = [c for c in all_cases if c.case_id not in done_ids]
     if pool is not None and cases:
         pool.prestart()  # the fork server imports torch while the sweep is set up
     records = list(done)
-    summary = RunSummary(run_dir=run_dir, records=records, warnings=warnings, in_process=options.in_process)
+    summary = RunSummary(run_dir=run_dir, records=records, warnings=warnings, in_process=options.in_process,
+                         shard=shard)
     guard = _SignalGuard().install()
     if pool is None:
         # As in a worker (see _worker_entry): import what the fork server
@@ -821,5 +846,7 @@ def resume_command(summary: RunSummary, suite_path: str, quick: bool = False, de
         parts += ["--device", device]
     if summary.in_process:
         parts.append("--in-process")
+    if summary.shard is not None:
+        parts += ["--shard", str(summary.shard)]
     parts += ["--resume", str(summary.run_dir)]
     return shlex.join(parts)
