@@ -13,6 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnbench.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
+from attnbench.stats import (  # noqa: F401 - ALPHA, MIN_EFFECT, change: re-exported for callers of analysis
+    ALPHA,
+    MARK_FAILED,
+    MARK_FASTER,
+    MARK_SAME,
+    MARK_SLOWER,
+    MIN_EFFECT,
+    Change,
+    change,
+    quartiles,
+)
+
 # The columns that make two rows the same experiment apart from the variant.
 SETTING = ["batch", "dim", "dtype", "device", "causal"]
 CASE_KEYS = SETTING + ["heads", "seq_len", "pass"]
@@ -67,74 +80,6 @@ def default_baseline(frame: pd.DataFrame, preferred: str | None = None) -> str |
         if candidate and candidate in labels:
             return candidate
     return labels[0] if labels else None
-
-
-# --- published tables ---------------------------------------------------------
-
-DATA_PACKAGE = "attnbench"
-DATA_DIR = "data"
-
-
-@dataclass
-class PublishedTable:
-    """A paper's efficiency table shipped with attnbench (``attnbench/data/NAME.csv``
-    with its citation in ``NAME.yaml``): one row per model and N."""
-
-    name: str
-    meta: dict[str, Any]
-    frame: pd.DataFrame
-
-    @property
-    def title(self) -> str:
-        return str(self.meta.get("title", self.name))
-
-    @property
-    def citation(self) -> str:
-        return " ".join(str(self.meta.get("citation", "")).split())
-
-    @property
-    def pass_name(self) -> str:
-        return str(self.meta.get("pass", "forward_backward"))
-
-    @property
-    def baseline_variant(self) -> str | None:
-        model = self.meta.get("baseline_model")
-        rows = self.frame[self.frame["model"] == model]
-        return str(rows["variant"].iloc[0]) if not rows.empty else None
-
-    def models(self) -> list[str]:
-        return list(dict.fromkeys(self.frame["model"]))
-
-
-def _data_files():
-    from importlib.resources import files
-
-    return files(DATA_PACKAGE).joinpath(DATA_DIR)
-
-
-def published_names() -> list[str]:
-    """Names of the published tables shipped in the package (``published:`` in a suite)."""
-    folder = _data_files()
-    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
-    return sorted(n for n in names if folder.joinpath(n + ".csv").is_file())
-
-
-def load_published(name: str) -> PublishedTable:
-    """Load a shipped published table by name, e.g. ``"lra_table2"``."""
-    import io
-
-    import yaml
-
-    known = published_names()
-    if name not in known:
-        raise ValueError(f"unknown published table {name!r}; known: {', '.join(known) or 'none'}")
-    folder = _data_files()
-    meta = yaml.safe_load(folder.joinpath(name + ".yaml").read_text(encoding="utf-8")) or {}
-    text = folder.joinpath(name + ".csv").read_text(encoding="utf-8")
-    frame = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False,
-                        na_values={"steps_per_s": [""], "relative_speed": [""], "printed_speedup": [""],
-                                   "memory_gb": [""]})
-    return PublishedTable(name=name, meta=meta, frame=frame)
 
 
 # --- scaling exponents and crossovers -------------------------------------------
@@ -401,8 +346,6 @@ def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str]) -
 
 def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
     """Add q1_ms and q3_ms from each pass's raw samples (NaN where there are none)."""
-    from attnbench.bench.timing import quartiles
-
     q: dict[tuple[str, str], tuple[float, float]] = {}
     for record in records:
         for p in record.get("passes", []):
@@ -419,52 +362,9 @@ def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Data
 
 # --- two runs: before / after --------------------------------------------------------
 
-# Significance of a change between two runs. With alpha 0.05, one case in twenty
-# of an A/A comparison would be flagged by chance alone; 0.01 keeps two runs of
-# the same code clean (simulated: under 1.5% flagged at any noise level and
-# sample count), and still finds a 2x change with five samples a side.
-MIN_EFFECT = 0.05  # a change smaller than 5% is never called significant
-ALPHA = 0.01  # Mann-Whitney U, two-sided
-MARK_SLOWER, MARK_FASTER, MARK_SAME, MARK_FAILED = "+", "-", "~", "x"
 COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
                    "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "p_value",
                    "significant", "case_id"]
-
-
-@dataclass(frozen=True)
-class Change:
-    ratio: float  # median B / median A
-    p_value: float  # NaN when no test is possible
-    significant: bool
-
-    @property
-    def mark(self) -> str:
-        if not self.significant:
-            return MARK_SAME
-        return MARK_SLOWER if self.ratio > 1 else MARK_FASTER
-
-
-def change(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, min_effect: float = MIN_EFFECT) -> Change:
-    """Is B's timing different from A's? The ratio of medians B/A, with a
-    two-sided Mann-Whitney U test on the raw samples. A change is significant
-    only when p < ``alpha`` *and* the ratio is outside [1/(1+min_effect),
-    1+min_effect] *and* each side has at least two samples: one sample says
-    nothing about spread, so it is never called significant."""
-    import statistics
-
-    if not a or not b:
-        raise ValueError("change: both sides need at least one sample")
-    ratio = statistics.median(b) / statistics.median(a)
-    if len(a) < 2 or len(b) < 2:
-        return Change(ratio, math.nan, False)
-    from scipy.stats import mannwhitneyu
-
-    if len(set(a)) == 1 and set(a) == set(b):
-        p = 1.0
-    else:
-        p = float(mannwhitneyu(list(a), list(b), alternative="two-sided").pvalue)
-    big = ratio >= 1 + min_effect or ratio <= 1 / (1 + min_effect)
-    return Change(ratio, p, bool(p < alpha and big))
 
 
 def _pass_samples(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict, dict]]:

@@ -116,8 +116,8 @@ def run(
     Example: [bold]attnbench run suites/gpu.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out shards[/]
     """
     from attnbench import suite as suite_mod
-    from attnbench.bench.runner import RunOptions, resume_command, run_suite
     from attnbench.bench.shard import parse_shard
+    from attnbench.bench.sweep import RunOptions, resume_command, run_suite
     from attnbench.report import failures_table, run_tables
 
     with _user_errors():

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attnbench.model import SDPA_KERNELS
+
 ENV_SCHEMA = 1
 
 
@@ -44,9 +46,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-# SDPA kernel -> (torch.backends.cuda switch, least compute capability it runs on).
-_CUDA_SDPA = {"flash": ("flash_sdp_enabled", (8, 0)), "efficient": ("mem_efficient_sdp_enabled", (5, 0)),
-              "cudnn": ("cudnn_sdp_enabled", (8, 0))}
+# The CUDA kernels of SDPA: those with a switch and a least compute capability.
+_CUDA_SDPA = [k for k in SDPA_KERNELS if k.cuda_switch and k.least_capability]
 
 
 def _sdpa_backends(torch: Any) -> dict[str, bool]:
@@ -60,8 +61,9 @@ def _sdpa_backends(torch: Any) -> dict[str, bool]:
     if torch.cuda.is_available() and torch.cuda.device_count():
         props = torch.cuda.get_device_properties(0)
         capability = (props.major, props.minor)
-    for name, (switch, least) in _CUDA_SDPA.items():
-        enabled = getattr(cuda, switch, None)
+    for kernel in _CUDA_SDPA:
+        name, least = kernel.name, kernel.least_capability
+        enabled = getattr(cuda, kernel.cuda_switch, None)
         usable = capability is not None and capability >= least and enabled is not None and bool(enabled())
         if name == "flash" and usable and hasattr(cuda, "is_flash_attention_available"):
             usable = bool(cuda.is_flash_attention_available())

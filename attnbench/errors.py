@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """' Did you mean 'x'?' for the closest of ``choices``, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
 
 class AttnbenchError(Exception):
     """An error the user can fix; the CLI prints it without a traceback."""
@@ -31,3 +39,9 @@ class SuiteError(AttnbenchError):
 
 class ResultsError(AttnbenchError):
     """A results directory that is missing, unreadable or not an attnbench run."""
+
+
+class VariantError(AttnbenchError, ValueError):
+    """An unknown variant, a parameter it does not take, a combination it does
+    not support, or a custom variant that cannot be imported. A ValueError too,
+    as ``attnbench.build`` has always raised."""

@@ -13,11 +13,10 @@ from typing import Any
 import pandas as pd
 
 from attnbench.errors import ResultsError
+from attnbench.model import STATUSES, Status, worst_status  # noqa: F401 - worst_status re-exported
+from attnbench.stats import NOISY_REL_IQR, summarize
 
 RECORD_SCHEMA = 1
-STATUSES = ("ok", "oom", "timeout", "crashed", "error", "skipped")
-# Worst first: the status of a case is the worst of its passes.
-_SEVERITY = {"crashed": 5, "timeout": 4, "oom": 3, "error": 2, "skipped": 1, "ok": 0}
 
 CSV_COLUMNS = [
     "run_id", "variant", "label", "family", "params", "batch", "seq_len", "heads", "dim", "head_dim",
@@ -26,10 +25,6 @@ CSV_COLUMNS = [
     "tflops", "tokens_per_s", "param_count", "error", "compile", "compile_s", "sdpa_backend", "device_name",
     "case_id",
 ]
-
-
-def worst_status(statuses: list[str]) -> str:
-    return max(statuses, key=lambda s: _SEVERITY.get(s, 0)) if statuses else "ok"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -179,8 +174,6 @@ def load_run(path: str | Path) -> Run:
 
 
 def _stats_row(samples: list[float]) -> dict[str, Any]:
-    from attnbench.bench.timing import NOISY_REL_IQR, summarize
-
     row = summarize(samples)
     med = row["median_ms"]
     row["rel_iqr"] = (row["iqr_ms"] / med) if med else None
@@ -213,7 +206,7 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
             "sdpa_backend": record.get("sdpa_backend"), "device_name": record.get("device_name"),
             "case_id": record["case_id"],
         }
-        row.update(_stats_row(samples) if result["status"] == "ok" else _stats_row([]))
+        row.update(_stats_row(samples) if result["status"] == Status.OK else _stats_row([]))
         med = row["median_ms"]
         row["tflops"] = (row["flops"] / (med / 1e3) / 1e12) if med and row["flops"] else None
         row["tokens_per_s"] = (case["batch"] * case["seq_len"] / (med / 1e3)) if med else None

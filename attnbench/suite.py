@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import itertools
 import math
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from attnbench.errors import SuiteError
+from attnbench.errors import SuiteError, VariantError, did_you_mean
+from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as before
+    DTYPES,
+    PASSES,
+    SERIES_FIELDS,
+    Case,
+    Limits,
+    TimingSettings,
+    VariantSpec,
+    resolve_device,
+)
 
 SCHEMA_VERSION = 1
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-PASSES = ("forward", "backward", "forward_backward")
 # Sizes past these are almost certainly typos (an extra zero), not experiments.
 MAX_SEQ_LEN = 1 << 22
 MAX_DIM = 1 << 16
@@ -102,103 +109,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# --- the validated model ----------------------------------------------------
-
-@dataclass(frozen=True)
-class TimingSettings:
-    warmup: int = 3  # untimed runs first
-    min_time_s: float = 0.2  # keep sampling until this much time is spent ...
-    max_reps: int = 50  # ... or this many samples
-    min_reps: int = 5  # never fewer samples than this (unless max_reps is smaller)
-    target_rel_iqr: float = 0.05  # stop early once IQR/median is under this
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-case limits.
-
-    ``memory_limit_mib`` (optional, default none): how much more memory a case
-    may take than its worker held when the case started. On CPU the worker
-    lowers its address-space limit (``RLIMIT_AS``) to its current virtual size
-    plus this much for the case (virtual, not resident, memory: the limit is
-    on what the case maps), so an allocation past it fails with PyTorch's
-    "can't allocate memory" and the case is ``oom`` instead of the machine
-    thrashing or the kernel's OOM killer firing. On CUDA the caching
-    allocator's per-process memory fraction is set to what the process has
-    reserved plus this much. The limit is lifted after the case.
-    """
-
-    case_timeout_s: float = 300.0
-    memory_margin_mib: float = 1024.0  # CPU: skip a case whose estimate leaves less free
-    memory_limit_mib: float | None = None  # cap on what one case may allocate (see above)
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    name: str
-    label: str
-    params: dict[str, Any]
-    overrides: dict[str, Any]  # per-variant defaults / grid keys
-    line: int = 0
-
-
-#: What a series of cases shares: everything but seq_len.
-SERIES_FIELDS = ("label", "heads", "dim", "batch", "dtype", "device", "causal")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One measured configuration: a variant at one N, heads, device and dtype."""
-
-    suite: str
-    variant: str
-    label: str
-    params: dict[str, Any]
-    batch: int
-    seq_len: int
-    heads: int
-    dim: int
-    dtype: str
-    device: str
-    causal: bool
-    passes: tuple[str, ...]
-    compile: bool = False
-    timing: TimingSettings = field(default_factory=TimingSettings)
-    limits: Limits = field(default_factory=Limits)
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
-
-    @property
-    def case_id(self) -> str:
-        """Stable identity of the case, used by --resume and compare."""
-        return (f"{self.label}|N={self.seq_len}|H={self.heads}|dim={self.dim}|B={self.batch}"
-                f"|{self.dtype}|{self.device}|causal={int(self.causal)}")
-
-    @property
-    def seed(self) -> int:
-        """A fixed seed per case, so inputs repeat exactly run to run."""
-        return zlib.crc32(self.case_id.encode())
-
-    @property
-    def series(self) -> tuple:
-        """The case without N: cases of one series differ only in seq_len."""
-        return tuple(getattr(self, name) for name in SERIES_FIELDS)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["passes"] = list(self.passes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Case:
-        d = dict(d)
-        d["passes"] = tuple(d["passes"])
-        d["timing"] = TimingSettings(**d.get("timing", {}))
-        d["limits"] = Limits(**d.get("limits", {}))
-        return cls(**d)
-
+# --- the validated suite ----------------------------------------------------
 
 @dataclass
 class Suite:
@@ -221,7 +132,7 @@ class Suite:
         for spec in self.variants:
             settings = {**self.defaults, **{k: v for k, v in spec.overrides.items() if k in DEFAULT_KEYS}}
             grid = {**self.grid, **{k: v for k, v in spec.overrides.items() if k in GRID_KEYS}}
-            devices = list(dict.fromkeys(_resolve_device(d) for d in grid["devices"]))
+            devices = list(dict.fromkeys(resolve_device(d) for d in grid["devices"]))
             for device, heads, seq_len in itertools.product(devices, grid["heads"], sorted(grid["seq_lens"])):
                 out.append(Case(
                     suite=self.name, variant=spec.name, label=spec.label, params=dict(spec.params),
@@ -275,8 +186,6 @@ class _Validator:
                       line=self.line_of(parent, key.split(".")[-1]))
         for k in value:
             if k not in allowed:
-                from attnbench.variants.registry import did_you_mean
-
                 self.fail(f"unknown key.{did_you_mean(str(k), list(allowed))} "
                           f"Allowed here: {', '.join(allowed)}",
                           key=f"{key}.{k}" if key else str(k), line=self.line_of(value, k))
@@ -373,16 +282,6 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
-def _resolve_device(device: str) -> str:
-    """``auto`` is the GPU when there is one, else the CPU: decided when the grid
-    expands, so results name the device that actually ran."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _item_line(items: Any, i: int, fallback: int | None) -> int | None:
     lines = getattr(items, "lines", None)
     return lines[i] if isinstance(lines, list) and i < len(lines) else fallback
@@ -399,7 +298,7 @@ def _check_device(device: Any, path: str, line: int | None, key: str) -> None:
 
 def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     """Validate suite text; raise SuiteError naming file, line and key."""
-    from attnbench.variants.registry import did_you_mean, variant_info, variant_names
+    from attnbench.variants import variant_info, variant_names
 
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
@@ -500,7 +399,7 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
                    f"Run `attnbench list` for all of them", key=f"{key}.name", line=name_line)
         try:
             info = variant_info(vname)
-        except (ValueError, ImportError) as exc:
+        except (VariantError, ImportError) as exc:
             v.fail(str(exc), key=f"{key}.name", line=name_line)
         params = item.get("params") or {}
         if not isinstance(params, dict):
@@ -535,7 +434,7 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
                 v.fail("must be a string", key=key, line=v.line_of(raw, key))
             setattr(suite, key, value)
     if suite.published is not None:
-        from attnbench.analysis import published_names
+        from attnbench.published import published_names
 
         if suite.published not in published_names():
             v.fail(f"unknown published table {suite.published!r}; shipped: {', '.join(published_names())}",

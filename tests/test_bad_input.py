@@ -14,7 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from attnbench import suite as suite_mod
-from attnbench.bench import runner
+from attnbench.bench.messages import Meta, Outcome, PassResult
+from attnbench.bench.records import make_record
+from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
 from attnbench.cli import app
 from attnbench.results import append_record
 
@@ -137,14 +139,15 @@ def run_dir(tmp_path) -> tuple[Path, Path]:
     suite_path = tmp_path / "good.yaml"
     suite_path.write_text(GOOD)
     suite = suite_mod.load(suite_path)
-    directory, meta, _, _ = runner.prepare_run_dir(suite, runner.RunOptions(out_dir=tmp_path / "results"))
+    directory, meta, _, _ = prepare_run_dir(suite, RunOptions(out_dir=tmp_path / "results"))
     meta["status"] = "finished"
-    runner._write_meta(directory, meta)
+    write_meta(directory, meta)
     for case in suite.cases():
-        passes = [("pass", {"pass": p, "status": "ok", "error": None, "samples_ms": [1.0, 1.2],
-                            "peak_mem_mib": 1.0, "flops": 1000}) for p in case.passes]
-        outcome = runner._Outcome(messages=[("meta", {"family": "exact", "threads": 1}), *passes])
-        append_record(directory / "cases.jsonl", runner.make_record(case, outcome, time.time(), 0.01))
+        passes = [PassResult(pass_name=p, samples_ms=[1.0, 1.2], flops=1000, peak_mem_mib=1.0, memory_measured=True)
+                  for p in case.passes]
+        meta_message = Meta(family="exact", param_count=0, threads=1, device_name="cpu", build_s=0.0)
+        outcome = Outcome(case=case, messages=[meta_message, *passes])
+        append_record(directory / "cases.jsonl", make_record(case, outcome, time.time(), 0.01))
     return suite_path, directory
 
 

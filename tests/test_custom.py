@@ -20,13 +20,14 @@ from typer.testing import CliRunner
 
 import attnbench
 import attnbench.variants
-from attnbench.bench.worker import run_case
+from attnbench.bench.checks import check_layer
+from attnbench.bench.measure import run_case
 from attnbench.cli import app
 from attnbench.errors import SuiteError
 from attnbench.results import records_frame, write_csv
 from attnbench.suite import parse
-from attnbench.variants import custom
-from attnbench.variants.registry import _VARIANTS, unregister
+from attnbench.variants import factory
+from attnbench.variants.registry import registered, unregister
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -132,9 +133,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     modules imported from it and the variants registered are undone after."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    before = set(_VARIANTS)
+    before = set(registered())
     yield tmp_path
-    for name in set(_VARIANTS) - before:
+    for name in set(registered()) - before:
         unregister(name)
     for name, module in list(sys.modules.items()):
         if str(getattr(module, "__file__", "") or "").startswith(str(tmp_path)):
@@ -153,7 +154,7 @@ def passes_of(suite_text: str) -> dict[str, list[tuple[str, dict]]]:
     out: dict[str, list[tuple[str, dict]]] = {}
     for case in parse(suite_text).cases():
         messages: list[tuple[str, dict]] = []
-        run_case(case, lambda kind, payload, m=messages: m.append((kind, payload)))
+        run_case(case, lambda message, m=messages: m.append((message.kind.value, message.payload())))
         out[case.label] = messages
     return out
 
@@ -215,7 +216,7 @@ def test_import_path_failures_say_what_to_fix(workdir: Path, name: str, expected
         attnbench.variant_info(name)
     for text in expected:
         assert text in str(info.value)
-    assert name not in _VARIANTS
+    assert name not in registered()
 
 
 def test_a_suite_naming_a_broken_import_path_is_rejected_at_its_line(workdir: Path):
@@ -255,7 +256,7 @@ def test_a_class_decorated_with_register_keeps_its_metadata_under_its_import_pat
     info = attnbench.variant_info("decorated:Layer")
     assert (info.origin, info.paper, info.causal) == ("import path", "2401.00001", False)
     assert attnbench.variant_info("decorated-attn").origin == "user"
-    assert _VARIANTS["decorated:Layer"].flops is _VARIANTS["decorated-attn"].flops
+    assert registered()["decorated:Layer"].flops is registered()["decorated-attn"].flops
 
 
 # --- plugins ------------------------------------------------------------------------
@@ -277,7 +278,7 @@ def test_entry_point_plugins_get_origin_plugin_and_a_broken_one_only_warns(workd
            importlib.metadata.EntryPoint("plugin-module", "pluginmod", group),
            importlib.metadata.EntryPoint("plugin-broken", "nosuchplugin:Layer", group)]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [e for e in eps if e.group == group])
-    monkeypatch.setattr(attnbench.variants, "_plugins_loaded", False)
+    monkeypatch.setattr(factory, "_plugins_loaded", False)
     with pytest.warns(UserWarning, match="plugin 'plugin-broken'"):
         names = attnbench.variant_names()
     assert {"plugin-class", "plugin-decorated"} <= set(names)
@@ -358,7 +359,7 @@ def test_flops_come_from_register_else_the_flop_counter_else_stay_empty(flops_va
 def test_register_rejects_a_flops_that_is_not_a_function():
     with pytest.raises(ValueError, match="flops must be a function"):
         attnbench.register("t-bad-flops", family="custom", flops=3)(_Linear)
-    assert "t-bad-flops" not in _VARIANTS
+    assert "t-bad-flops" not in registered()
 
 
 # --- checks before timing -------------------------------------------------------------
@@ -396,7 +397,7 @@ def test_check_layer_restores_training_mode_and_skips_causal_for_one_token(workd
     (case,) = parse(SUITE.format(causal="true", variants="  - userpkg.attention:IgnoresCausal\n")
                     .replace("seq_lens: [16]", "seq_lens: [1]")).cases()
     layer = attnbench.build(case.variant, dim=32, heads=2, seq_len=1, causal=True)
-    custom.check_layer(case, layer, torch.randn(1, 1, 32))  # one token: nothing to leak
+    check_layer(case, layer, torch.randn(1, 1, 32))  # one token: nothing to leak
     assert layer.training
 
 

@@ -26,8 +26,8 @@ import pytest
 from typer.testing import CliRunner
 
 from attnbench import suite as suite_mod
-from attnbench.bench import runner
-from attnbench.bench.runner import RunOptions, run_suite
+from attnbench.bench.skip import skip_reason
+from attnbench.bench.sweep import RunOptions, run_suite
 from attnbench.cli import app
 from attnbench.results import load_run
 
@@ -205,10 +205,10 @@ def test_skip_when_the_estimate_exceeds_free_memory(monkeypatch):
         available = 2048 * (1 << 20)
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
-    reason = runner.skip_reason(large, done)  # 600 MiB x (128/64)^2 x 1.2 > 2048 - 1024 margin
+    reason = skip_reason(large, done)  # 600 MiB x (128/64)^2 x 1.2 > 2048 - 1024 margin
     assert reason and "estimated peak memory" in reason and "exceeds the available" in reason
     Memory.available = 64 * (1 << 30)
-    assert runner.skip_reason(large, done) is None
+    assert skip_reason(large, done) is None
 
 
 # --- interruption and resume -----------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import attnbench
-from attnbench.bench.worker import sdpa_backends_used
+from attnbench.bench.measure import sdpa_backends_used
 from attnbench.cli import app
 from attnbench.results import load_run
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.variants.registry import _VARIANTS
+from attnbench.variants.registry import registered
 
-BUILTIN = [n for n in attnbench.variant_names() if _VARIANTS[n].info.origin == "built-in"]
+BUILTIN = [n for n in attnbench.variant_names() if registered()[n].info.origin == "built-in"]
 # Discrete choices (which cluster a token joins) legitimately flip under
 # rounding; with one cluster routing's arithmetic path is checked alone.
 PARAMS = {"routing": {"clusters": 1}}

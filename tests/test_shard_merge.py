@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from attnbench import suite as suite_mod
-from attnbench.bench.runner import RunOptions, run_suite
 from attnbench.bench.shard import (
     Shard,
     assign,
@@ -25,6 +24,7 @@ from attnbench.bench.shard import (
     setting_groups,
     shard_cases,
 )
+from attnbench.bench.sweep import RunOptions, run_suite
 from attnbench.cli import app
 from attnbench.errors import AttnbenchError
 from attnbench.merge import merge_runs

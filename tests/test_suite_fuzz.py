@@ -40,15 +40,14 @@ documents = st.recursive(
 
 def check(text: str, quick: bool = False) -> None:
     """The property: load or SuiteError; a loaded suite is usable."""
-    before = dict(registry._VARIANTS)  # an import-path name may register a variant: undo it
+    before = dict(registry.registered())  # an import-path name may register a variant: undo it
     try:
         suite = suite_mod.parse(text, "fuzz.yaml", quick=quick)
     except SuiteError as exc:
         assert str(exc).startswith("fuzz.yaml")
         return
     finally:
-        registry._VARIANTS.clear()
-        registry._VARIANTS.update(before)
+        registry.restore(before)
     cases = suite.cases()
     assert cases
     assert all(c.dim % c.heads == 0 for c in cases)

@@ -5,15 +5,7 @@ import torch
 
 import attnbench
 from attnbench.bench import memory, timing
-from attnbench.suite import TimingSettings
-
-
-def test_summary_statistics():
-    stats = timing.summarize([1.0, 2.0, 3.0, 4.0, 100.0])
-    assert stats["median_ms"] == 3.0 and stats["min_ms"] == 1.0 and stats["samples"] == 5
-    assert stats["iqr_ms"] == pytest.approx(2.0)
-    assert stats["mean_ms"] == pytest.approx(22.0)
-    assert timing.summarize([])["median_ms"] is None
+from attnbench.model import TimingSettings
 
 
 def test_warmup_runs_are_not_samples_and_max_reps_caps():

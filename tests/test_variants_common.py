@@ -5,9 +5,9 @@ import torch
 
 import attnbench
 from attnbench.testing import training_step
-from attnbench.variants.registry import _VARIANTS
+from attnbench.variants.registry import registered
 
-BUILTIN = [n for n in attnbench.variant_names() if _VARIANTS[n].info.origin == "built-in"]
+BUILTIN = [n for n in attnbench.variant_names() if registered()[n].info.origin == "built-in"]
 N, DIM, HEADS = 128, 32, 2
 
 

@@ -1,1 +1,1 @@
-"""Measurement: timing, memory, the per-case worker and the sweep runner."""
+"""Measurement: measuring one case in a worker process, and the sweep that runs a suite's cases."""

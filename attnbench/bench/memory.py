@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-MIB = float(1 << 20)
+from attnbench.model import MIB
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from attnbench.errors import AttnbenchError
-from attnbench.suite import Case
+from attnbench.model import Case
 
 #: What the cases of one setting group share: everything but the variant.
 GROUP_FIELDS = ("seq_len", "heads", "dim", "batch", "dtype", "device", "causal")

@@ -1,18 +1,18 @@
-"""Every built-in variant, one module per family, registered on import."""
+"""Every built-in variant, one module per family, registered on import.
+
+Inside the package the dependencies point one way: ``layer`` (base classes,
+FLOPs helpers) <- ``registry`` (the table, ``register``) <- the family modules
+and ``factory`` (resolving names, plugins, import paths, building) <- this
+module, which imports the families and offers the public queries.
+"""
 
 from __future__ import annotations
 
 import importlib
 
+from attnbench.variants.factory import build, load_plugins, variant_info, variant_names
 from attnbench.variants.layer import AttentionCore, AttentionLayer, ProjectedAttention
-from attnbench.variants.registry import (
-    VariantInfo,
-    build,
-    register,
-    unregister,
-    variant_info,
-    variant_names,
-)
+from attnbench.variants.registry import VariantInfo, register, unregister
 
 __all__ = ["AttentionCore", "AttentionLayer", "ProjectedAttention", "VariantInfo", "build",
            "register", "unregister", "variant_info", "variant_names", "load_plugins"]
@@ -22,26 +22,3 @@ FAMILY_MODULES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesi
                   "fastformer", "aft", "conv", "flex")
 for _module in FAMILY_MODULES:
     importlib.import_module(f"attnbench.variants.{_module}")
-
-_plugins_loaded = False
-
-
-def load_plugins() -> None:
-    """Register variants that installed packages declare under the entry-point
-    group ``attnbench.variants`` (once per process)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    from attnbench.variants.custom import register_plugin
-
-    for ep in entry_points(group="attnbench.variants"):
-        try:
-            register_plugin(ep)
-        except Exception as exc:  # a broken plugin must not break the tool
-            import warnings
-
-            warnings.warn(f"attnbench plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
-                          stacklevel=2)

@@ -60,6 +60,8 @@ def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
 class SDPAttention(AttentionCore):
     """torch.nn.functional.scaled_dot_product_attention; ``backend`` pins one kernel."""
 
+    uses_fused_sdpa = True
+
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  backend: str = "auto") -> None:
         super().__init__(heads, head_dim, seq_len, causal)

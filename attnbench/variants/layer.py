@@ -191,6 +191,14 @@ class AttentionCore(nn.Module):
 
     #: the core uses q as its keys (Reformer); the wrapper then projects no k.
     shared_qk: bool = False
+    # Capabilities, declared by the subclasses that differ and read, never probed:
+    #: has a causal mode (``register(causal=...)`` says the same for built-ins).
+    supports_causal: bool = True
+    #: its backward runs on CPU (FlexAttention's compiled kernel has none there).
+    cpu_backward: bool = True
+    #: computes through torch's fused ``scaled_dot_product_attention`` (the
+    #: measurement then records which SDPA kernel ran).
+    uses_fused_sdpa: bool = False
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False) -> None:
         super().__init__()
@@ -215,7 +223,12 @@ class AttentionLayer(nn.Module):
     """x (batch, seq_len, dim) -> (batch, seq_len, dim).
 
     Layers built around an ``AttentionCore`` expose it as ``layer.core``.
+    The capability flags mean what they mean on ``AttentionCore``.
     """
+
+    supports_causal: bool = True
+    cpu_backward: bool = True
+    uses_fused_sdpa: bool = False
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False) -> None:
         super().__init__()
@@ -251,6 +264,10 @@ class ProjectedAttention(AttentionLayer):
         self.qkv = nn.Linear(dim, self.n_proj * dim, bias=False)
         self.out = nn.Linear(dim, dim)
         nn.init.xavier_uniform_(self.qkv.weight, gain=1 / math.sqrt(2))
+        # The layer can do what its core can.
+        self.supports_causal = core.supports_causal
+        self.cpu_backward = core.cpu_backward
+        self.uses_fused_sdpa = core.uses_fused_sdpa
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         whole = self.core.whole_layer(x, self.qkv, self.out)

@@ -1,27 +1,33 @@
-"""The variant registry: one dict from name to entry, one factory.
+"""The variant registry: one table from name to entry, and the decorator that fills it.
 
 A variant is registered with ``@register(name, family=..., paper=..., ...)``
 on either an ``AttentionCore`` subclass (wrapped in ``ProjectedAttention``) or
 a whole ``AttentionLayer`` subclass / factory. Its parameters and defaults are
 read from the constructor's signature, so they are written once.
+
+The registry only stores and answers; it imports nothing of attnbench but the
+base classes and the errors. Resolving a name that is not registered yet (a
+plugin, an import path) and building a layer is ``attnbench.variants.factory``'s
+job.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
 
-from attnbench.variants.layer import AttentionCore, ProjectedAttention, check_dims
+from attnbench.errors import VariantError, did_you_mean  # noqa: F401 - did_you_mean: callers' old import
+from attnbench.variants.layer import AttentionCore
 
 # Arguments every variant receives; everything else is a variant parameter.
-_LAYER_ARGS = ("dim", "heads", "seq_len", "causal")
-_CORE_ARGS = ("heads", "head_dim", "seq_len", "causal")
+LAYER_ARGS = ("dim", "heads", "seq_len", "causal")
+CORE_ARGS = ("heads", "head_dim", "seq_len", "causal")
 
 FAMILIES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer",
             "fastformer", "aft", "conv", "custom")
@@ -42,15 +48,22 @@ class VariantInfo:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
+    """A registered variant: what it is and how to build it."""
+
     info: VariantInfo
     target: Callable[..., nn.Module]  # the class or factory registered
     is_core: bool  # target builds an AttentionCore, wrapped in ProjectedAttention
     flops: Callable[..., int] | None = None  # analytic FLOPs of one forward, when the layer has no .flops
 
+    @property
+    def fixed_args(self) -> tuple[str, ...]:
+        """The arguments attnbench passes the target besides the variant's parameters."""
+        return CORE_ARGS if self.is_core else LAYER_ARGS
+
 
 # name -> entry, in registration order.
-_VARIANTS: dict[str, _Entry] = {}
+_VARIANTS: dict[str, Entry] = {}
 
 
 def _signature_params(target: Callable[..., Any], fixed: tuple[str, ...]) -> dict[str, Any]:
@@ -64,6 +77,11 @@ def _signature_params(target: Callable[..., Any], fixed: tuple[str, ...]) -> dic
             continue  # **kwargs would swallow typos; variants should not use it
         params[p.name] = None if p.default is inspect.Parameter.empty else p.default
     return params
+
+
+def is_core_class(target: Any) -> bool:
+    """Whether ``target`` is an ``AttentionCore`` subclass (built as a core and wrapped)."""
+    return inspect.isclass(target) and issubclass(target, AttentionCore)
 
 
 def register(name: str, *, family: str, paper: str = "", complexity: str = "",
@@ -83,19 +101,19 @@ def register(name: str, *, family: str, paper: str = "", complexity: str = "",
 
     def decorator(target: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not replace and name in _VARIANTS:
-            raise ValueError(f"variant {name!r} is already registered "
-                             f"(by {_VARIANTS[name].info.origin})")
-        is_core = inspect.isclass(target) and issubclass(target, AttentionCore)
-        fixed = _CORE_ARGS if is_core else _LAYER_ARGS
+            raise VariantError(f"variant {name!r} is already registered "
+                               f"(by {_VARIANTS[name].info.origin})")
+        is_core = is_core_class(target)
+        fixed = CORE_ARGS if is_core else LAYER_ARGS
         doc = description if description is not None else (inspect.getdoc(target) or "")
         info = VariantInfo(name=name, family=family, paper=paper, complexity=complexity,
                            causal=causal, defaults=_signature_params(target, fixed),
                            origin=origin or _default_origin(target),
                            description=doc.split("\n\n")[0].replace("\n", " "))
         if flops is not None and not callable(flops):
-            raise ValueError(f"variant {name!r}: flops must be a function "
-                             "flops(batch, seq_len, dim, heads, **params) -> int")
-        _VARIANTS[name] = _Entry(info=info, target=target, is_core=is_core, flops=flops)
+            raise VariantError(f"variant {name!r}: flops must be a function "
+                               "flops(batch, seq_len, dim, heads, **params) -> int")
+        _VARIANTS[name] = Entry(info=info, target=target, is_core=is_core, flops=flops)
         return target
 
     return decorator
@@ -111,62 +129,22 @@ def unregister(name: str) -> None:
     _VARIANTS.pop(name, None)
 
 
-def did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+def put(name: str, entry: Entry) -> Entry:
+    """Store ``entry`` under ``name``, replacing any (the factory's aliases and origins)."""
+    _VARIANTS[name] = entry
+    return entry
 
 
-def _entry(name: str) -> _Entry:
-    from attnbench.variants import load_plugins
-
-    if name not in _VARIANTS:
-        load_plugins()
-    if name not in _VARIANTS and ":" in name:
-        from attnbench.variants.custom import register_import_path
-
-        register_import_path(name)
-    try:
-        return _VARIANTS[name]
-    except KeyError:
-        names = sorted(_VARIANTS)
-        raise ValueError(f"unknown variant {name!r}.{did_you_mean(name, names)} "
-                         f"Known variants: {', '.join(names)}") from None
+def registered() -> Mapping[str, Entry]:
+    """Every variant registered so far, in registration order: a live, read-only view
+    (plugins and import paths appear once the factory has resolved them)."""
+    return MappingProxyType(_VARIANTS)
 
 
-def variant_names() -> list[str]:
-    """Every registered variant, in registration order."""
-    from attnbench.variants import load_plugins
-
-    load_plugins()
-    return list(_VARIANTS)
-
-
-def variant_info(name: str) -> VariantInfo:
-    return _entry(name).info
-
-
-def check_params(name: str, params: dict[str, Any]) -> None:
-    """Raise ValueError for a parameter the variant does not take."""
-    known = _entry(name).info.defaults
-    for key in params:
-        if key not in known:
-            choices = ", ".join(known) or "none"
-            raise ValueError(f"variant {name!r} has no parameter {key!r}."
-                             f"{did_you_mean(key, list(known))} Its parameters: {choices}")
-
-
-def build(name: str, dim: int = 512, heads: int = 8, seq_len: int = 1024,
-          causal: bool = False, **params: Any) -> nn.Module:
-    """Build the layer of variant ``name``: x (batch, seq_len, dim) -> same shape."""
-    entry = _entry(name)
-    check_params(name, params)
-    if causal and not entry.info.causal:
-        raise ValueError(f"variant {name!r} does not support causal attention")
-    head_dim = check_dims(dim, heads, seq_len)
-    if entry.is_core:
-        core = entry.target(heads=heads, head_dim=head_dim, seq_len=seq_len, causal=causal, **params)
-        return ProjectedAttention(core, dim=dim, heads=heads, seq_len=seq_len, causal=causal)
-    return entry.target(dim=dim, heads=heads, seq_len=seq_len, causal=causal, **params)
+def restore(entries: Mapping[str, Entry]) -> None:
+    """Make the registry hold exactly ``entries`` (tests undo what they registered)."""
+    _VARIANTS.clear()
+    _VARIANTS.update(entries)
 
 
 def ceil_sqrt(n: int) -> int:

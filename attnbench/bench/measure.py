@@ -1,6 +1,7 @@
-"""Run one case: build the layer, then per pass measure peak memory (one
-untimed run) and time it (warm-up + samples). Used in a worker process by the
-runner, or in-process with ``--in-process``.
+"""Measure one case: build the layer, then per pass measure peak memory (one
+untimed run) and time it (warm-up + samples). Runs in a worker process
+(``child.py``), or in the sweep's process with ``--in-process``; reports
+through typed messages (``messages.py``).
 
 Passes:
 * forward: ``layer(x)`` under ``torch.inference_mode()``;
@@ -22,13 +23,17 @@ from typing import Any
 import torch
 
 from attnbench.bench import memory, timing
-from attnbench.suite import Case
+from attnbench.bench.checks import TRUSTED_ORIGINS, LayerCheckError, check_layer
+from attnbench.bench.flops import PASS_FLOPS_FACTOR, forward_flops
+from attnbench.bench.messages import Emit, Failure, Meta, PassResult
+from attnbench.model import SDPA_KERNELS, Case, Status, resolve_device
+from attnbench.variants import build, variant_info
+from attnbench.variants.layer import AttentionLayer
 
-PASS_FLOPS_FACTOR = {"forward": 1, "backward": 2, "forward_backward": 3}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
 
-Emit = Callable[[str, dict[str, Any]], None]
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of one of ``model.DTYPES`` (the names are torch's own)."""
+    return getattr(torch, name)
 
 
 class CaseSkipped(Exception):
@@ -47,20 +52,14 @@ def is_oom(exc: BaseException) -> bool:
 _NO_KERNEL = ("No viable backend for scaled_dot_product_attention", "No available kernel")
 
 
-def classify(exc: BaseException) -> str:
+def classify(exc: BaseException) -> Status:
     if isinstance(exc, CaseSkipped | NotImplementedError) or any(text in str(exc) for text in _NO_KERNEL):
-        return "skipped"  # this combination cannot run here: not a failure of the variant
-    return "oom" if is_oom(exc) else "error"
+        return Status.SKIPPED  # this combination cannot run here: not a failure of the variant
+    return Status.OOM if is_oom(exc) else Status.ERROR
 
 
 # Fused attention ops as the dispatcher sees them -> the SDPA backend's name.
-_SDPA_KERNELS = {
-    "_scaled_dot_product_flash_attention_for_cpu": "flash",
-    "_scaled_dot_product_flash_attention": "flash",
-    "_scaled_dot_product_efficient_attention": "efficient",
-    "_scaled_dot_product_cudnn_attention": "cudnn",
-    "_scaled_dot_product_fused_attention_overrideable": "overrideable",
-}
+_SDPA_OPS = {op: kernel.name for kernel in SDPA_KERNELS for op in kernel.ops}
 
 
 def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor) -> list[str]:
@@ -81,14 +80,14 @@ def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor) -> list[str]:
     # composite sdpa op before it picks its kernel.
     with torch.no_grad(), _Ops() as ops:
         layer(x)
-    used = sorted({backend for op, backend in _SDPA_KERNELS.items() if op in ops.names})
+    used = sorted({backend for op, backend in _SDPA_OPS.items() if op in ops.names})
     if not used and _is_sdpa(layer):
         used = ["math"]
     return used
 
 
 def _is_sdpa(layer: torch.nn.Module) -> bool:
-    return type(getattr(layer, "core", None)).__name__ == "SDPAttention"
+    return isinstance(layer, AttentionLayer) and layer.uses_fused_sdpa
 
 
 def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Any]:
@@ -114,9 +113,9 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+def torch_device(name: str) -> torch.device:
+    """The device a case names, ``auto`` resolved; CaseSkipped when it is not here."""
+    name = resolve_device(name)
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -164,68 +163,59 @@ def _pass_functions(name: str, layer: torch.nn.Module, x: torch.Tensor, grad: to
 
 
 def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
-    from attnbench.variants import build
-
     torch.manual_seed(case.seed)
     layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
                   **case.params)
-    layer = layer.to(device=device, dtype=DTYPES[case.dtype])
+    layer = layer.to(device=device, dtype=torch_dtype(case.dtype))
     if case.compile:
         layer = torch.compile(layer)
     return layer
 
 
 def run_case(case: Case, emit: Emit) -> None:
-    """Measure ``case``; report through ``emit(kind, payload)``:
-    ("meta", {...}) once the layer is built, ("pass", {...}) after each pass,
-    ("fail", {...}) if the case cannot even start."""
-    from attnbench.variants import custom
-    from attnbench.variants.registry import variant_info
-
+    """Measure ``case``; report through ``emit(message)``: ``Meta`` once the
+    layer is built, a ``PassResult`` after each pass, a ``Failure`` if the case
+    cannot even start."""
     started = time.perf_counter()
     try:
-        device = resolve_device(case.device)
+        device = torch_device(case.device)
         info = variant_info(case.variant)
         layer = build_layer(case, device)
         generator = torch.Generator(device="cpu").manual_seed(case.seed)
-        x = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, DTYPES[case.dtype])
-        grad = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, DTYPES[case.dtype])
-        if info.origin not in custom.TRUSTED_ORIGINS:  # shape, dtype, device, causal: the fix, before timing
-            custom.check_layer(case, layer, x)
-        forward_flops, flops_source = custom.forward_flops(case, layer, x)
+        x = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, torch_dtype(case.dtype))
+        grad = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, torch_dtype(case.dtype))
+        if info.origin not in TRUSTED_ORIGINS:  # shape, dtype, device, causal: the fix, before timing
+            check_layer(case, layer, x)
+        flops, flops_source = forward_flops(case, layer, x)
         prepared = _prepare(case, layer, x, grad)
-    except custom.LayerCheckError as exc:
-        emit("fail", {"status": "error", "error": str(exc)})
+    except LayerCheckError as exc:
+        emit(Failure(status=Status.ERROR, error=str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
-        emit("fail", {"status": classify(exc), "error": short_error(exc), "traceback": traceback.format_exc()})
+        emit(Failure(status=classify(exc), error=short_error(exc), traceback=traceback.format_exc()))
         return
-    emit("meta", {
-        **prepared,
-        "family": info.family,
-        "param_count": sum(p.numel() for p in layer.parameters()),
-        "threads": torch.get_num_threads(),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "build_s": time.perf_counter() - started,
-    })
+    emit(Meta(family=info.family, param_count=sum(p.numel() for p in layer.parameters()),
+              threads=torch.get_num_threads(),
+              device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              build_s=time.perf_counter() - started, prepared=prepared))
     for pass_name in case.passes:
-        result: dict[str, Any] = {"pass": pass_name, "status": "ok", "error": None, "samples_ms": []}
-        result["flops"] = forward_flops * PASS_FLOPS_FACTOR[pass_name] if forward_flops is not None else None
-        result["flops_source"] = flops_source if forward_flops is not None else None
+        result = PassResult(pass_name=pass_name)
+        if flops is not None:
+            result.flops, result.flops_source = flops * PASS_FLOPS_FACTOR[pass_name], flops_source
         try:
             with torch.enable_grad():
                 x.requires_grad_(pass_name != "forward")
                 memory_region, sample_once = _pass_functions(pass_name, layer, x, grad, device)
                 reading = memory.measure_peak(memory_region, device)
-                result["peak_mem_mib"] = reading.peak_mib
-                result["peak_reserved_mib"] = reading.reserved_mib
-                result["samples_ms"] = timing.sample(sample_once, case.timing)
+                result.peak_mem_mib, result.peak_reserved_mib = reading.peak_mib, reading.reserved_mib
+                result.memory_measured = True
+                result.samples_ms = timing.sample(sample_once, case.timing)
         except Exception as exc:  # noqa: BLE001
-            result.update(status=classify(exc), error=short_error(exc))
+            result.status, result.error = classify(exc), short_error(exc)
         finally:
             _clear_grads(layer, x)
             memory_region = sample_once = None  # drop the retained graph before the next pass
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        emit("pass", result)
+        emit(result)

@@ -1,0 +1,357 @@
+"""The worker processes: how a worker starts, what it runs, and the pool that
+keeps one alive.
+
+A worker that raises reports ``error``; one that dies of a signal is
+``crashed`` (or ``oom`` when the kernel's OOM killer sent SIGKILL); one past
+``limits.case_timeout_s`` is killed and ``timeout``; each is replaced by a
+fresh worker. A case's start-up is not counted in its timeout. With
+``limits.memory_limit_mib`` an allocation past the limit fails inside the
+worker and the case is ``oom`` (see ``memory_limit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from attnbench.bench.messages import Done, Failure, Outcome, Ready
+from attnbench.errors import AttnbenchError
+from attnbench.model import MIB, Case, Status, resolve_device
+
+POLL_S = 0.1
+
+# Workers are forked from a fork server that has imported torch and attnbench
+# once (``multiprocessing``'s "forkserver" start method), so a worker starts,
+# and is replaced after a crash or a timeout, in a fraction of a second
+# instead of the seconds a fresh interpreter takes to import torch. The fork
+# server itself never runs a tensor operation or touches CUDA, so forking it
+# is safe. Where there is no fork server (Windows, macOS by choice), or with
+# ATTNBENCH_START_METHOD=spawn, each worker is a fresh interpreter.
+
+START_METHOD_ENV = "ATTNBENCH_START_METHOD"
+WORKER_READY_TIMEOUT_S = 300.0  # a worker that cannot import torch in this long is broken
+# torch._inductor is what the CPU memory profiler's first use imports (seconds
+# of sympy and friends); importing it starts no thread, so it is preloaded too.
+SERVER_PRELOAD = ["attnbench.bench.measure", "torch._inductor.config"]
+
+
+def _start_method() -> str:
+    method = os.environ.get(START_METHOD_ENV, "").strip()
+    if method:
+        if method not in mp.get_all_start_methods():
+            raise AttnbenchError(f"{START_METHOD_ENV}={method!r}: this platform offers "
+                                 f"{', '.join(mp.get_all_start_methods())}")
+        return method
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def _ensure_fork_server(ctx: Any) -> None:
+    """Start the fork server (once per process). It imports torch with
+    PYTORCH_NVML_BASED_CUDA_CHECK=1, so that a module calling
+    torch.cuda.is_available() at import time does not initialise CUDA in it
+    (a forked child could then not use CUDA); workers get the caller's
+    environment back (see ``_worker_entry``)."""
+    from multiprocessing import forkserver
+
+    ctx.set_forkserver_preload(SERVER_PRELOAD)
+    key, saved = "PYTORCH_NVML_BASED_CUDA_CHECK", os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ[key] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker if its parent dies (a runner
+    killed with SIGKILL must not leave a worker computing for hours)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_thread_pool() -> None:
+    """Start the intra-op threads (and their malloc arenas) before a memory
+    limit is applied, so that the limit bites on the case's tensors, not on
+    the creation of a thread."""
+    global _threads_warm
+    if _threads_warm:
+        return
+    import torch
+
+    a = torch.ones(1 << 18)
+    a.add_(1.0)
+    (torch.ones(128, 128) @ torch.ones(128, 128)).sum()
+    _threads_warm = True
+
+
+_threads_warm = False
+
+
+@contextlib.contextmanager
+def memory_limit(case: Case) -> Iterator[None]:
+    """Apply ``limits.memory_limit_mib`` to the current process for one case
+    (see ``attnbench.model.Limits``): RLIMIT_AS on CPU, the caching
+    allocator's memory fraction on CUDA. A no-op without a limit."""
+    limit = case.limits.memory_limit_mib
+    if not limit:
+        yield
+        return
+    import torch
+
+    device = resolve_device(case.device)
+    if device.startswith("cuda"):
+        try:
+            dev = torch.device(device)
+            total = torch.cuda.get_device_properties(dev).total_memory
+            fraction = min(1.0, (torch.cuda.memory_reserved(dev) + limit * MIB) / total)
+            torch.cuda.set_per_process_memory_fraction(fraction, dev)
+        except Exception:  # noqa: BLE001 - no such device: run_case reports it
+            yield
+            return
+        try:
+            yield
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        return
+    try:
+        import resource
+
+        import psutil
+    except ImportError:  # not a POSIX system: no address-space limit
+        yield
+        return
+    _warm_thread_pool()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = psutil.Process().memory_info().vms + int(limit * MIB)
+    for bound in (soft, hard):
+        if bound != resource.RLIM_INFINITY:
+            cap = min(cap, bound)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _worker_main(conn: Any, init_error: str | None = None) -> None:
+    """Loop: receive a case, run it, stream its messages back."""
+    from attnbench.bench.measure import classify, run_case, short_error
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        if init_error:
+            conn.send(Failure(status=Status.ERROR, error=init_error))
+            conn.send(Done())
+            continue
+        case = Case.from_dict(message)
+        try:
+            with memory_limit(case):
+                run_case(case, conn.send)
+        except BaseException as exc:  # noqa: BLE001 - report, keep serving
+            conn.send(Failure(status=classify(exc), error=short_error(exc)))
+        conn.send(Done())
+
+
+def import_modules(modules: list[str]) -> None:
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None = None) -> None:
+    # The parent decides what Ctrl-C and SIGTERM mean (it kills this worker);
+    # the terminal sends Ctrl-C to the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    if environ is not None:  # a forked worker has the fork server's environment
+        os.environ.clear()
+        os.environ.update(environ)
+    try:  # stdout carries the parent's results: a variant's prints go to stderr
+        sys.stdout.flush()
+        os.dup2(2, 1)
+    except (OSError, ValueError):
+        pass
+    init_error = None
+    try:
+        import_modules(modules)
+    except BaseException as exc:  # noqa: BLE001 - every case then reports it
+        init_error = (f"the worker could not import the variants' modules "
+                      f"({', '.join(modules)}): {type(exc).__name__}: {exc}")[:500]
+    # What is imported now lives as long as the worker: keep the collector
+    # (run after every pass) from scanning torch's and sympy's objects each time.
+    gc.freeze()
+    conn.send(Ready(pid=os.getpid()))
+    _worker_main(conn, init_error)
+
+
+class WorkerPool:
+    """One live worker, reused across cases and replaced when it dies."""
+
+    def __init__(self, preload: list[str] | None = None) -> None:
+        self.preload = list(preload or [])
+        self.process: Any = None
+        self.conn: Any = None
+        self.pid: int | None = None
+        self.ready = False
+        self.started = 0  # workers started so far
+        self._ctx = mp.get_context(_start_method())
+
+    def prestart(self) -> None:
+        """Start the fork server (without waiting for it): its imports then
+        overlap with whatever the caller does before the first case."""
+        if self._ctx.get_start_method() == "forkserver":
+            _ensure_fork_server(self._ctx)
+
+    def start(self) -> None:
+        """Start a worker now (it imports in the background) unless one is alive."""
+        if self.process is None or not self.process.is_alive():
+            self.kill()
+            self._start()
+
+    def _start(self) -> None:
+        if self._ctx.get_start_method() == "forkserver":
+            _ensure_fork_server(self._ctx)
+        parent, child = self._ctx.Pipe()
+        # Not a daemon: a daemonic process may not have children, and
+        # torch.compile starts compiler workers. close()/kill() end it.
+        self.process = self._ctx.Process(target=_worker_entry, args=(child, self.preload, dict(os.environ)),
+                                         daemon=False, name="attnbench-worker")
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.ready = False
+        self.pid = self.process.pid
+        self.started += 1
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        try:
+            if self.process.is_alive():
+                self.conn.send(None)
+                self.process.join(2)
+        except (OSError, ValueError):
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(5)
+        if self.conn is not None:
+            self.conn.close()
+        self.process = self.conn = None
+        self.ready = False
+
+    def _wait_ready(self, outcome: Outcome) -> bool:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while True:
+            try:
+                if self.conn.poll(POLL_S):
+                    message = self.conn.recv()
+                    if isinstance(message, Ready):
+                        self.ready = True
+                        self.pid = message.pid
+                        return True
+                    continue
+            except (EOFError, OSError):
+                pass
+            if not self.process.is_alive():
+                self._died(outcome)
+                outcome.error = f"while starting, {outcome.error}"
+                return False
+            if time.monotonic() > deadline:
+                self.kill()
+                outcome.status = Status.CRASHED
+                outcome.error = f"the worker did not start within {WORKER_READY_TIMEOUT_S:g} s"
+                return False
+
+    def run(self, case: Case, timeout_s: float) -> Outcome:
+        """Run ``case`` in the live worker (starting one if needed); the worker's
+        messages, or how it died or hung."""
+        outcome = Outcome(case=case)
+        for attempt in range(2):
+            self.start()
+            if not self.ready and not self._wait_ready(outcome):
+                return outcome
+            try:
+                self.conn.send(case.to_dict())
+                break
+            except (OSError, ValueError):  # the idle worker died since the last case: start another
+                self.kill()
+                if attempt:
+                    outcome.status, outcome.error = Status.CRASHED, "could not hand the case to a worker"
+                    return outcome
+        outcome.worker_pid = self.pid
+        # The deadline starts once the worker has the case: start-up is not the case's time.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ready = self.conn.poll(POLL_S)
+            except (EOFError, OSError):
+                ready = False
+            if ready:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    return self._died(outcome)
+                if isinstance(message, Done):
+                    return outcome
+                outcome.messages.append(message)
+                continue
+            if not self.process.is_alive():
+                return self._died(outcome)
+            if time.monotonic() > deadline:
+                self.kill()
+                outcome.status = Status.TIMEOUT
+                outcome.error = f"the case ran past limits.case_timeout_s ({timeout_s:g} s); its worker was killed"
+                return outcome
+
+    def _died(self, outcome: Outcome) -> Outcome:
+        self.process.join(5)
+        code = self.process.exitcode
+        self.kill()
+        if code is not None and code < 0 and -code == signal.SIGKILL:
+            outcome.status = Status.OOM
+            outcome.error = "the worker was killed by SIGKILL, most likely by the kernel's out-of-memory killer"
+        else:
+            try:
+                name = signal.Signals(-code).name if code is not None and code < 0 else None
+            except ValueError:
+                name = None
+            outcome.status = Status.CRASHED
+            outcome.error = (f"the worker died of {name}" if name else f"the worker exited with code {code}")
+        return outcome
+
+
+def run_in_process(case: Case) -> Outcome:
+    """Run ``case`` in this process (``--in-process``): no timeout, and a crash ends the sweep."""
+    from attnbench.bench.measure import run_case
+
+    outcome = Outcome(case=case, worker_pid=os.getpid())
+    with memory_limit(case):
+        run_case(case, outcome.messages.append)
+    return outcome
