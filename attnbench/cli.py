@@ -109,23 +109,38 @@ def run(
     shard: Annotated[str | None, typer.Option(help="Run only part K of N of the suite (whole setting groups, "
                                                    "balanced by estimated time), e.g. 2/8; join the parts with "
                                                    "attnbench merge.", metavar="K/N")] = None,
+    devices: Annotated[str | None, typer.Option(help="One worker per device, each pinned to it: cuda:0,cuda:1,... "
+                                                     "or all (every GPU here).", metavar="LIST")] = None,
+    allow_shared_cpu: Annotated[bool, typer.Option("--allow-shared-cpu", help="With --devices cpu,cpu,...: run "
+                                                   "several CPU workers, each on its share of the cores (they "
+                                                   "still disturb each other; the run is marked).")] = False,
+    executor: Annotated[str, typer.Option(help="Where cases run: local (worker processes here) or ray (tasks "
+                                               "on a Ray cluster).")] = "local",
+    address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster to join (auto, or "
+                                                     "HOST:PORT); without it a local cluster is started.")] = None,
 ) -> None:
     """Run a suite and write results/<run-id>/ (run.json, cases.jsonl, results.csv).
 
     Example: [bold]attnbench run suites/quick.yaml[/]
+    Example: [bold]attnbench run suites/gpu.yaml --devices all[/]
+    Example: [bold]attnbench run suites/gpu.yaml --executor ray --address auto[/]
     Example: [bold]attnbench run suites/gpu.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out shards[/]
     """
     from attnbench import suite as suite_mod
     from attnbench.bench.shard import parse_shard
-    from attnbench.bench.sweep import RunOptions, resume_command, run_suite
+    from attnbench.bench.sweep import RunOptions, resume_command, run_suite, spread_options
     from attnbench.report import failures_table, run_tables
 
     with _user_errors():
         part = parse_shard(shard) if shard is not None else None
+        spread = spread_options(executor=executor, address=address, devices=devices,
+                                allow_shared_cpu=allow_shared_cpu, in_process=in_process, device=device)
         suite = suite_mod.load(suite_path, quick=quick)
-        if device:
-            suite = suite.with_device(device)
-        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet, shard=part)
+        if device or spread.device:
+            suite = suite.with_device(device or spread.device)
+        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet, shard=part,
+                             executor=executor, address=address, devices=spread.devices,
+                             allow_shared_cpu=allow_shared_cpu)
         summary = run_suite(suite, options)
     _warn(summary.warnings)
     from attnbench.results import records_frame
@@ -140,7 +155,7 @@ def run(
     if summary.interrupted:
         from rich.markup import escape
 
-        command = resume_command(summary, str(suite_path), quick=quick, device=device)
+        command = resume_command(summary, str(suite_path), quick=quick, device=device, extra=spread.args)
         err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  {escape(command)}",
                   markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
@@ -164,7 +179,7 @@ def report(
     """
     if as_json:
         return _report_json(run_dir)
-    from attnbench.analysis import default_baseline
+    from attnbench.analysis import check_pairable, default_baseline
     from attnbench.report import comparison_tables, failures_table, run_tables
     from attnbench.results import load_run, write_csv
 
@@ -172,9 +187,11 @@ def report(
         run_data = load_run(run_dir)
         frame = run_data.frame()
         _warn(run_data.warnings)
+        base = default_baseline(frame, baseline or run_data.meta.get("baseline"))
+        if base is not None:
+            check_pairable(frame)  # before anything is printed
         for table in run_tables(frame):
             out.print(table)
-        base = default_baseline(frame, baseline or run_data.meta.get("baseline"))
         if base is not None and len(set(frame["label"])) > 1:
             for pass_name in [p for p in ("forward", "forward_backward") if p in set(frame["pass"])]:
                 for table in comparison_tables(frame, base, pass_name):

@@ -172,6 +172,23 @@ def _worker_main(conn: Any, init_error: str | None = None) -> None:
         conn.send(Done())
 
 
+#: A worker that shares the machine's CPUs with others runs on these cores
+#: ("0,1") with as many threads (set by the executor that starts it).
+WORKER_CPUS_ENV = "ATTNBENCH_WORKER_CPUS"
+
+
+def _take_cpu_share() -> None:
+    cpus = os.environ.get(WORKER_CPUS_ENV)
+    if not cpus:
+        return
+    cores = {int(c) for c in cpus.split(",") if c.strip().isdigit()}
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    import torch
+
+    torch.set_num_threads(len(cores))
+
+
 def import_modules(modules: list[str]) -> None:
     import importlib
 
@@ -188,6 +205,7 @@ def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None 
     if environ is not None:  # a forked worker has the fork server's environment
         os.environ.clear()
         os.environ.update(environ)
+    _take_cpu_share()
     try:  # stdout carries the parent's results: a variant's prints go to stderr
         sys.stdout.flush()
         os.dup2(2, 1)
@@ -209,8 +227,9 @@ def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None 
 class WorkerPool:
     """One live worker, reused across cases and replaced when it dies."""
 
-    def __init__(self, preload: list[str] | None = None) -> None:
+    def __init__(self, preload: list[str] | None = None, environ: dict[str, str] | None = None) -> None:
         self.preload = list(preload or [])
+        self.environ = dict(environ or {})  # set in every worker's environment (a pinned GPU, a CPU share)
         self.process: Any = None
         self.conn: Any = None
         self.pid: int | None = None
@@ -236,7 +255,8 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         # Not a daemon: a daemonic process may not have children, and
         # torch.compile starts compiler workers. close()/kill() end it.
-        self.process = self._ctx.Process(target=_worker_entry, args=(child, self.preload, dict(os.environ)),
+        self.process = self._ctx.Process(target=_worker_entry,
+                                         args=(child, self.preload, {**os.environ, **self.environ}),
                                          daemon=False, name="attnbench-worker")
         self.process.start()
         child.close()

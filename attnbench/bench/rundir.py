@@ -31,6 +31,10 @@ class RunOptions:
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     preload: list[str] = field(default_factory=list)  # modules each worker imports (custom variants)
     shard: Shard | None = None  # run only this part of the suite (--shard K/N)
+    executor: str = "local"  # local | ray
+    address: str | None = None  # ray: the cluster to join (auto, HOST:PORT); None starts one here
+    devices: list[str] | None = None  # local: one worker per device (--devices)
+    allow_shared_cpu: bool = False  # local: more than one CPU worker, each on its share of the cores
 
 
 def _new_run_dir(out_dir: Path, suite_name: str) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,16 @@ from attnbench.bench.messages import CaseStarted
 from attnbench.bench.progress import Progress
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, run_shard, write_meta
-from attnbench.bench.shard import Shard, shard_cases
+from attnbench.bench.shard import Shard, setting_groups, shard_cases
 from attnbench.bench.signals import Interrupted, SignalGuard
 from attnbench.bench.skip import skip_reason
+from attnbench.errors import AttnbenchError
 from attnbench.model import HARMLESS, Case, Status
 from attnbench.results import append_record, records_frame, rewrite_records, write_csv
 from attnbench.suite import Suite
 from attnbench.variants.registry import registered
+
+POLL_S = 0.1  # how long the sweep waits for an event before checking signals again
 
 __all__ = ["RunOptions", "RunSummary", "plan_units", "preload_modules", "resume_command", "run_suite"]
 
@@ -57,15 +61,37 @@ class RunSummary:
         return 3 if any(r["status"] not in HARMLESS for r in self.records) else 0
 
 
-def plan_units(cases: list[Case]) -> list[WorkUnit]:
-    """The order of work: one unit per case, in suite order (each case visited once)."""
+def plan_units(cases: list[Case], by_setting: bool = False) -> list[WorkUnit]:
+    """The order of work: one unit per case, in suite order (each case visited
+    once); with ``by_setting``, one unit per setting group (all variants at one
+    N, heads, dim, batch, dtype, device), groups in suite order, so that an
+    executor that spreads units over devices keeps each group on one device."""
+    if by_setting:
+        return [WorkUnit(tuple(group)) for group in setting_groups(cases)]
     return [WorkUnit((case,)) for case in cases]
 
 
 def make_executor(suite: Suite, options: RunOptions) -> Executor:
+    preload = options.preload + preload_modules(suite)
     if options.in_process:
         return InProcessExecutor()
-    return LocalPoolExecutor(options.preload + preload_modules(suite))
+    if options.executor == "ray":
+        from attnbench.bench.ray_executor import RayExecutor
+
+        return RayExecutor(preload, address=options.address, device_kind=_device_kind(suite))
+    if options.devices:
+        from attnbench.bench.devices import DevicePoolExecutor
+
+        return DevicePoolExecutor(options.devices, preload, allow_shared_cpu=options.allow_shared_cpu)
+    return LocalPoolExecutor(preload)
+
+
+def _device_kind(suite: Suite) -> str:
+    kinds = {("cuda" if c.device.startswith("cuda") else c.device) for c in suite.cases()}
+    if len(kinds) > 1:
+        raise AttnbenchError(f"{suite.path}: the suite mixes devices ({', '.join(sorted(kinds))}); a cluster run "
+                             "takes one kind: give --device cuda or --device cpu")
+    return kinds.pop() if kinds else "cpu"
 
 
 def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = None) -> RunSummary:
@@ -77,6 +103,7 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     executor = executor or make_executor(suite, options)
     try:
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
+        meta["executor"] = executor.describe()  # how this (part of the) run was spread, e.g. shared CPU
         write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
         if done and warnings:
@@ -107,21 +134,27 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
 
     try:
         with Progress(len(cases), options.quiet) as progress:
-            for unit in plan_units(cases):
-                runnable = []
-                for case in unit.cases:
-                    guard.check()
-                    reason = skip_reason(case, records)
-                    if reason:
-                        progress.start(case)
-                        finish(skipped_record(case, reason), progress)
-                    else:
-                        runnable.append(case)
-                for event in executor.run(runnable):
+            waiting = deque(plan_units(cases, by_setting=executor.distributed))
+            while waiting or executor.in_flight:
+                # Keep every slot busy; the skip policy judges a unit when it is handed over.
+                while waiting and executor.in_flight < executor.slots:
+                    runnable = []
+                    for case in waiting.popleft().cases:
+                        guard.check()
+                        reason = skip_reason(case, records)
+                        if reason:
+                            progress.start(case)
+                            finish(skipped_record(case, reason), progress)
+                        else:
+                            runnable.append(case)
+                    if runnable:
+                        executor.submit(WorkUnit(tuple(runnable)))
+                for event in executor.poll(POLL_S):
                     if isinstance(event, CaseStarted):
                         progress.start(event.case)
                     else:
                         finish(finished_record(event), progress)
+                guard.check()
     except (Interrupted, KeyboardInterrupt):
         summary.interrupted = True
     finally:
@@ -153,13 +186,56 @@ def preload_modules(suite: Suite) -> list[str]:
     return sorted(set(modules))
 
 
-def resume_command(summary: RunSummary, suite_path: str, quick: bool = False, device: str | None = None) -> str:
+@dataclass
+class Spread:
+    """How ``run``'s options spread the cases: the devices of --devices, the
+    device kind they impose on the suite, and the options to repeat on resume."""
+
+    devices: list[str] | None = None
+    device: str | None = None
+    args: list[str] = field(default_factory=list)
+
+
+def spread_options(executor: str = "local", address: str | None = None, devices: str | None = None,
+                   allow_shared_cpu: bool = False, in_process: bool = False, device: str | None = None) -> Spread:
+    """Check --executor, --address, --devices and --allow-shared-cpu together."""
+    if executor not in ("local", "ray"):
+        raise AttnbenchError(f"--executor {executor!r}: choose local or ray")
+    if address is not None and executor != "ray":
+        raise AttnbenchError("--address is the Ray cluster to join: use it with --executor ray")
+    if executor == "ray":
+        if in_process or devices:
+            raise AttnbenchError("--executor ray places every unit itself: drop "
+                                 + ("--in-process" if in_process else "--devices"))
+        from attnbench.bench.ray_executor import import_ray
+
+        import_ray()  # missing: a clear message now, before anything is written
+        return Spread(args=["--executor", "ray"] + (["--address", address] if address else []))
+    if devices is None:
+        if allow_shared_cpu:
+            raise AttnbenchError("--allow-shared-cpu goes with --devices cpu,cpu,... (several CPU workers)")
+        return Spread()
+    if in_process:
+        raise AttnbenchError("--devices runs a worker per device: it cannot be combined with --in-process")
+    from attnbench.bench.devices import device_kind, parse_devices
+
+    chosen = parse_devices(devices)
+    kind = device_kind(chosen)
+    if device is not None and not device.startswith(kind):
+        raise AttnbenchError(f"--device {device} and --devices {devices} disagree; --devices alone is enough")
+    args = ["--devices", devices] + (["--allow-shared-cpu"] if allow_shared_cpu else [])
+    return Spread(devices=chosen, device=kind, args=args)
+
+
+def resume_command(summary: RunSummary, suite_path: str, quick: bool = False, device: str | None = None,
+                   extra: list[str] | None = None) -> str:
     """The command that finishes an interrupted run, ready to paste."""
     parts = ["attnbench", "run", suite_path]
     if quick:
         parts.append("--quick")
     if device:
         parts += ["--device", device]
+    parts += extra or []
     if summary.in_process:
         parts.append("--in-process")
     if summary.shard is not None:
