@@ -36,13 +36,15 @@ err = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-pat
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Print the project's own errors as one message and exit with their code."""
+    from rich.markup import escape
+
     try:
         yield
-    except AttnbenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    except AttnbenchError as exc:  # escaped: a message may quote [brackets], e.g. attnbench[ray]
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except ValueError as exc:  # bad parameters from the variant registry
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
 
 
