@@ -70,8 +70,11 @@ def test_bad_device_lists_are_refused(text, message):
 def test_devices_all_and_cpu_lists():
     import torch
 
-    expected = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
-    assert parse_devices("all") == expected
+    if torch.cuda.is_available():
+        assert parse_devices("all") == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    else:
+        with pytest.raises(AttnbenchError, match="no CUDA GPU"):
+            parse_devices("all")
     assert parse_devices("cpu, cpu") == ["cpu", "cpu"]
 
 

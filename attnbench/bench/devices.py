@@ -36,11 +36,14 @@ def cuda_device_count() -> int:
 
 
 def parse_devices(text: str) -> list[str]:
-    """``--devices``: ``all`` (every GPU, else one CPU worker), or a comma list
-    of ``cuda:N`` (each once) or of ``cpu`` (one entry per CPU worker); one kind."""
+    """``--devices``: ``all`` (every GPU), or a comma list of ``cuda:N`` (each
+    once) or of ``cpu`` (one entry per CPU worker); one kind."""
     if text.strip() == "all":
         count = cuda_device_count()
-        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+        if not count:  # never turn a GPU suite into hours on the CPU
+            raise AttnbenchError("--devices all: this machine has no CUDA GPU; on CPU run without --devices "
+                                 "(one worker), or name CPU workers: --devices cpu,cpu --allow-shared-cpu")
+        return [f"cuda:{i}" for i in range(count)]
     devices = [d.strip() for d in text.split(",") if d.strip()]
     if not devices:
         raise AttnbenchError("--devices: give cuda:0,cuda:1,... or cpu, or all")
