@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench.errors import AttnbenchError
+from attnbench.errors import DataError
+from attnbench.model import Status
 from attnbench.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
 from attnbench.stats import (  # noqa: F401 - ALPHA, MIN_EFFECT, change: re-exported for callers of analysis
     ALPHA,
@@ -64,19 +65,19 @@ def with_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     case and pass, the speed-up (baseline time / time) and the memory ratio."""
     if baseline not in set(frame["label"]):
         known = ", ".join(label_order(frame))
-        raise ValueError(f"baseline {baseline!r} is not in this run; its variants: {known}")
+        raise DataError(f"baseline {baseline!r} is not in this run; its variants: {known}")
     check_pairable(frame)
-    base = frame[(frame["label"] == baseline) & (frame["status"] == "ok")][
+    base = frame[(frame["label"] == baseline) & (frame["status"] == Status.OK)][
         CASE_KEYS + ["median_ms", "peak_mem_mib"]].rename(
         columns={"median_ms": "baseline_ms", "peak_mem_mib": "baseline_mem_mib"})
     merged = frame.merge(base, on=CASE_KEYS, how="left")
-    ok = merged["status"] == "ok"
+    ok = merged["status"] == Status.OK
     merged["speedup"] = (merged["baseline_ms"] / merged["median_ms"]).where(ok)
     merged["mem_ratio"] = (merged["peak_mem_mib"] / merged["baseline_mem_mib"]).where(ok)
     return merged
 
 
-class MixedDevicesError(AttnbenchError):
+class MixedDevicesError(DataError):
     """Figures to be paired (variants at one setting) come from different device models."""
 
 
@@ -228,7 +229,7 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
     columns = SETTING + ["heads", "label", "points", "time_exponent", "time_r2", "time_exponent_top",
                          "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n"]
     rows: list[dict[str, Any]] = []
-    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
+    data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
     if baseline:
         check_pairable(data)
     for setting, heads, sub in table_groups(data):
@@ -296,7 +297,7 @@ def _published_group(frame: pd.DataFrame, table: PublishedTable, pass_name: str
     models) to set beside ``table``: (rows of that pass, table variant -> label,
     the label of the table's baseline)."""
     base_variant = table.baseline_variant
-    data = frame[(frame["pass"] == pass_name) & (frame["status"] == "ok")]
+    data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
     if data.empty or base_variant is None:
         return None
     best = None
@@ -393,7 +394,7 @@ def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Data
     for record in records:
         for p in record.get("passes", []):
             samples = p.get("samples_ms") or []
-            if p.get("status") == "ok" and samples:
+            if p.get("status") == Status.OK and samples:
                 q1, _, q3 = quartiles(list(samples))
                 q[(record["case_id"], p["pass"])] = (q1, q3)
     out = frame.copy()
@@ -415,7 +416,7 @@ def _pass_samples(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[
     for record in records:
         passes = {p["pass"]: p for p in record.get("passes", [])}
         for name in record["case"]["passes"]:
-            out[(record["case_id"], name)] = (record, passes.get(name, {"status": record.get("status", "error")}))
+            out[(record["case_id"], name)] = (record, passes.get(name, {"status": record.get("status", Status.ERROR)}))
     return out
 
 
@@ -435,8 +436,8 @@ def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]
         case = (rec_a or rec_b)["case"]
         status_a = pa["status"] if pa else "missing"
         status_b = pb["status"] if pb else "missing"
-        xs = list(pa.get("samples_ms") or []) if status_a == "ok" else []
-        ys = list(pb.get("samples_ms") or []) if status_b == "ok" else []
+        xs = list(pa.get("samples_ms") or []) if status_a == Status.OK else []
+        ys = list(pb.get("samples_ms") or []) if status_b == Status.OK else []
         row = {"label": case["label"], "seq_len": case["seq_len"], "heads": case["heads"], "pass": key[1],
                "batch": case["batch"], "dim": case["dim"], "dtype": case["dtype"], "device": case["device"],
                "causal": case["causal"], "status_a": status_a, "status_b": status_b, "n_a": len(xs),

@@ -1,14 +1,18 @@
 """The command line: each command declares its options and calls the library.
 
 Results go to stdout; progress, warnings and errors to stderr. Exit codes:
-0 done; 1 compare found a regression; 2 bad usage or input; 3 some cases
-failed; 130 interrupted.
+0 done; 1 compare found a regression, or a bug in attnbench (an unexpected
+exception: a short message and the file holding its traceback); 2 bad usage
+or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,36 +20,90 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from attnbench.errors import AttnbenchError
+from attnbench.stats import MIN_EFFECT
 
 JSON_SCHEMA = 1
+BUG_EXIT_CODE = 1
 
-app = typer.Typer(
-    name="attnbench",
-    help="Measure what self-attention mechanisms cost: time, memory and FLOPs of efficient variants.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-)
 # Piped output gets a wide fixed width so that tables are never cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-path
 
 
+def save_traceback(exc: BaseException) -> str:
+    """Write ``exc``'s full traceback to a new file in the temporary directory; its path."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    with tempfile.NamedTemporaryFile("w", prefix="attnbench-traceback-", suffix=".txt", delete=False,
+                                     encoding="utf-8") as f:
+        f.write(f"attnbench {' '.join(sys.argv[1:])}\n\n{text}")
+    return f.name
+
+
+class _ErrorBoundary(TyperGroup):
+    """The one place errors become exit codes: attnbench's own errors are the
+    user's to fix (a message, their exit code); anything else is a bug in
+    attnbench (exit 1, one line, and where the full traceback was saved)."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except AttnbenchError as exc:  # escaped: a message may quote [brackets], e.g. attnbench[ray]
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, TyperException, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary: report the bug, never a bare traceback
+            try:
+                where = f"the full traceback is in {save_traceback(exc)}"
+            except OSError as write_error:
+                where = f"the traceback could not be saved ({write_error})"
+            err.print(f"[bold red]internal error[/] (a bug in attnbench, please report it): "
+                      f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n"
+                      f"{where}", markup=True, highlight=False)
+            raise typer.Exit(BUG_EXIT_CODE) from None
+
+
+app = typer.Typer(
+    name="attnbench",
+    cls=_ErrorBoundary,
+    help="Measure what self-attention mechanisms cost: time, memory and FLOPs of efficient variants.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from attnbench import __version__
+
+        out.print(f"attnbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_show_version)] = False,
+) -> None:
+    pass
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Print the project's own errors as one message and exit with their code."""
-    from rich.markup import escape
-
+    """Print the project's own errors as one message and exit with their code
+    (the boundary does the same; this keeps what a command prints after an
+    error, such as warnings, from running)."""
     try:
         yield
     except AttnbenchError as exc:  # escaped: a message may quote [brackets], e.g. attnbench[ray]
         err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
-    except ValueError as exc:  # bad parameters from the variant registry
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -181,30 +239,20 @@ def report(
     """
     if as_json:
         return _report_json(run_dir)
-    from attnbench.analysis import check_pairable, default_baseline
-    from attnbench.report import comparison_tables, failures_table, run_tables
+    from attnbench.analysis import check_pairable
+    from attnbench.markdown import markdown_report, write_text
+    from attnbench.report import report_baseline, terminal_report
     from attnbench.results import load_run, write_csv
 
     with _user_errors():
         run_data = load_run(run_dir)
         frame = run_data.frame()
         _warn(run_data.warnings)
-        base = default_baseline(frame, baseline or run_data.meta.get("baseline"))
+        base = report_baseline(frame, run_data, baseline)
         if base is not None:
             check_pairable(frame)  # before anything is printed
-        for table in run_tables(frame):
-            out.print(table)
-        if base is not None and len(set(frame["label"])) > 1:
-            for pass_name in [p for p in ("forward", "forward_backward") if p in set(frame["pass"])]:
-                for table in comparison_tables(frame, base, pass_name):
-                    out.print(table)
-        from attnbench.report import markdown_report, report_sections, write_text
-
-        for item in report_sections(run_data, base, frame):  # scaling, crossovers, published table
+        for item in terminal_report(run_data, frame, base):
             out.print(item)
-        failed = failures_table(frame)
-        if failed is not None:
-            out.print(failed)
         if csv is not None:
             write_csv(frame, csv)
             err.print(f"wrote {csv}", highlight=False)
@@ -232,7 +280,7 @@ def compare(
                                                      "significant slowdown B/A exceeds this ratio (e.g. 1.10).",
                                                      metavar="R")] = None,
     min_effect: Annotated[float, typer.Option("--min-effect", help="With RUN_B: changes smaller than this "
-                                              "fraction are never significant.")] = 0.05,
+                                              "fraction are never significant.")] = MIN_EFFECT,
     baseline: Annotated[str | None, typer.Option(help="Variant to compare against (default softmax).")] = None,
     pass_name: Annotated[str | None, typer.Option("--pass", help="forward, backward or forward_backward "
                                                                  "(default: all measured).")] = None,
@@ -387,6 +435,20 @@ def validate(
     cases = suite.cases()
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
               f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of suite files, for editors: save it
+    and point a YAML language server at it with a first line
+    [bold]# yaml-language-server: $schema=suite.schema.json[/]. The package ships
+    the same file as attnbench/data/suite.schema.json.
+
+    Example: [bold]attnbench schema > suite.schema.json[/]
+    """
+    from attnbench.schema import schema_text
+
+    sys.stdout.write(schema_text())
 
 
 @app.command()

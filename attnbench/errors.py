@@ -45,3 +45,8 @@ class VariantError(AttnbenchError, ValueError):
     """An unknown variant, a parameter it does not take, a combination it does
     not support, or a custom variant that cannot be imported. A ValueError too,
     as ``attnbench.build`` has always raised."""
+
+
+class DataError(AttnbenchError, ValueError):
+    """A name that is not in the data it points into: a baseline that is not in
+    the run, a published table that is not shipped."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from attnbench.analysis import add_quartiles, describe_setting, label_order, settings_groups
 from attnbench.errors import AttnbenchError
-from attnbench.suite import PASSES
+from attnbench.model import PASSES, Status
 
 FORMATS = (".png", ".svg")
 PASS_TITLES = {"forward": "forward (inference)", "backward": "backward",
@@ -38,7 +38,7 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullLocator
 
-    data = frame[frame["status"] == "ok"].copy()
+    data = frame[frame["status"] == Status.OK].copy()
     if data.empty:
         raise AttnbenchError(f"{path}: nothing to plot: the run has no successful case")
     if records is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench.errors import DataError
 from attnbench.model import PASSES
 
 DATA_PACKAGE = "attnbench"
@@ -67,7 +68,7 @@ def load_published(name: str) -> PublishedTable:
 
     known = published_names()
     if name not in known:
-        raise ValueError(f"unknown published table {name!r}; known: {', '.join(known) or 'none'}")
+        raise DataError(f"unknown published table {name!r}; known: {', '.join(known) or 'none'}")
     folder = _data_files()
     meta = yaml.safe_load(folder.joinpath(name + ".yaml").read_text(encoding="utf-8")) or {}
     text = folder.joinpath(name + ".csv").read_text(encoding="utf-8")

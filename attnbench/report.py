@@ -8,10 +8,24 @@ import math
 import pandas as pd
 from rich.table import Table
 
-from attnbench.analysis import SETTING, describe_setting, label_order, settings_groups, table_groups, with_baseline
-from attnbench.suite import PASSES
+from attnbench.analysis import (
+    SETTING,
+    default_baseline,
+    describe_setting,
+    label_order,
+    load_published,
+    published_correlation,
+    published_side_by_side,
+    scaling_summary,
+    settings_groups,
+    table_groups,
+    with_baseline,
+)
+from attnbench.errors import DataError
+from attnbench.model import PASSES, REPORTED_PASSES, Status
+from attnbench.stats import ALPHA, MIN_EFFECT
 
-STATUS_SHORT = {"oom": "OOM", "timeout": "timeout", "crashed": "crashed", "error": "error", "skipped": "skipped"}
+STATUS_SHORT = {s: ("OOM" if s == Status.OOM else s.value) for s in Status if s != Status.OK}
 NOISY_MARK = "~"
 PASS_SHORT = {"forward": "fwd", "backward": "bwd", "forward_backward": "f+b"}
 
@@ -32,15 +46,15 @@ def fmt_mib(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def _cell_time(row: pd.Series | None) -> str:
+def cell_time(row: pd.Series | None) -> str:
     if row is None:
         return "-"
-    if row["status"] != "ok":
+    if row["status"] != Status.OK:
         return STATUS_SHORT.get(row["status"], row["status"])
     return fmt_ms(row["median_ms"]) + (NOISY_MARK if row["noisy"] else "")
 
 
-def _lookup(group: pd.DataFrame) -> dict[tuple, pd.Series]:
+def lookup_rows(group: pd.DataFrame) -> dict[tuple, pd.Series]:
     return {(r["label"], r["heads"], r["seq_len"], r["pass"]): pd.Series(r)
             for r in group.to_dict("records")}
 
@@ -51,7 +65,7 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
     (MiB) of the largest pass."""
     tables = []
     for setting, group in settings_groups(frame):
-        lookup = _lookup(group)
+        lookup = lookup_rows(group)
         shown = measured_passes(group)
         ns = sorted(set(group["seq_len"]))
         table = Table(title=f"{title}{describe_setting(setting)}",
@@ -69,8 +83,8 @@ def run_tables(frame: pd.DataFrame, title: str = "") -> list[Table]:
                     if all(r is None for r in rows):
                         cells.append("")
                         continue
-                    times = " / ".join(_cell_time(r) for r in rows)
-                    mems = [r["peak_mem_mib"] for r in rows if r is not None and r["status"] == "ok"
+                    times = " / ".join(cell_time(r) for r in rows)
+                    mems = [r["peak_mem_mib"] for r in rows if r is not None and r["status"] == Status.OK
                             and r["peak_mem_mib"] is not None and not pd.isna(r["peak_mem_mib"])]
                     cells.append(times + (f"\n{fmt_mib(max(mems))} MiB" if mems else ""))
                 table.add_row(label, str(heads), *cells)
@@ -82,7 +96,7 @@ def relative_cell(row: pd.Series | None, kind: str) -> str:
     """LRA Table 2 style: 'steps/s (speed-up x)' or 'MiB (ratio x)'."""
     if row is None:
         return ""
-    if row["status"] != "ok":
+    if row["status"] != Status.OK:
         return STATUS_SHORT.get(row["status"], row["status"])
     noisy = NOISY_MARK if row["noisy"] and kind == "speed" else ""
     if kind == "speed":
@@ -104,7 +118,7 @@ def relative_rows(data: pd.DataFrame, pass_name: str):  # noqa: ANN201 - a gener
     """Per setting and head count of ``data`` (already ``with_baseline``):
     (setting, heads, ns, {kind: rows of [label, cell per N]}) for each RELATIVE_KINDS."""
     for setting, heads, sub in table_groups(data):
-        lookup = _lookup(sub)
+        lookup = lookup_rows(sub)
         ns = sorted(set(sub["seq_len"]))
         yield setting, heads, ns, {
             kind: [[label, *[relative_cell(lookup.get((label, heads, n, pass_name)), kind) for n in ns]]
@@ -141,7 +155,7 @@ FAILURE_COLUMNS = ("status", "variant", "N", "heads", "reason")
 
 def failure_rows(frame: pd.DataFrame) -> list[list[str]]:
     """One row per case that did not succeed (FAILURE_COLUMNS)."""
-    bad = frame[frame["status"] != "ok"].drop_duplicates(subset=["case_id", "status"])
+    bad = frame[frame["status"] != Status.OK].drop_duplicates(subset=["case_id", "status"])
     return [[STATUS_SHORT.get(r.status, r.status), r.label, str(r.seq_len), str(r.heads), str(r.error or "")]
             for r in bad.itertuples(index=False)]
 
@@ -164,7 +178,7 @@ def measured_passes(frame: pd.DataFrame) -> list[str]:
     """Passes shown in a report: forward and forward_backward (the papers' inference
     and training), or whatever the run measured when it has neither."""
     present = [p for p in PASSES if p in set(frame["pass"])]
-    shown = [p for p in present if p != "backward"]
+    shown = [p for p in present if p in REPORTED_PASSES]
     return shown or present
 
 
@@ -302,8 +316,6 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
     """Everything ``attnbench report`` prints after the run and comparison tables:
     per pass the scaling exponents and crossovers; the published table (when the
     suite names one) with the rank correlation of relative speeds."""
-    from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
-
     out: list = []
     if frame.empty:
         return out
@@ -313,7 +325,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
     if name:
         try:
             published = load_published(str(name))
-        except ValueError as exc:
+        except DataError as exc:
             out.append(f"[yellow]warning:[/] {exc}")
             return out
         both = published_side_by_side(frame, published)
@@ -323,148 +335,31 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
     return out
 
 
-# --- markdown -----------------------------------------------------------------------
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
-    align = align or ["l"] + ["r"] * (len(header) - 1)
-    rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str) -> list[str]:
-    """The speed tables of every setting, then the memory tables."""
-    groups = list(relative_rows(data, pass_name))
-    return [f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
-            + md_table(["model", *[f"N={n}" for n in ns]], by_kind[kind])
-            for kind, what in RELATIVE_KINDS for setting, heads, ns, by_kind in groups]
-
-
-def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
-    parts = []
-    for setting, heads, sub in table_groups(data):
-        lookup = _lookup(sub)
-        ns = sorted(set(sub["seq_len"]))
-        rows = []
-        for label in label_order(sub):
-            cells = []
-            for n in ns:
-                r = lookup.get((label, heads, n, pass_name))
-                if r is None:
-                    cells.append("")
-                    continue
-                iqr = r["iqr_ms"] if r["status"] == "ok" else None
-                cells.append(f"{_cell_time(r)} ± {fmt_ms(iqr / 2)}" if iqr and not pd.isna(iqr)
-                             else _cell_time(r))
-            rows.append([label, *cells])
-        parts.append(f"**median ms (± IQR/2)** — {describe_setting(setting)}, {heads} heads\n\n"
-                     + md_table(["model", *[f"N={n}" for n in ns]], rows))
-    return parts
-
-
-def markdown_report(run, baseline: str | None, plot: str | None = None, frame: pd.DataFrame | None = None) -> str:
-    """The whole report as a markdown document: run metadata, per pass the
-    medians, the LRA-style speed and memory tables against the baseline and the
-    scaling exponents with crossovers; the published table beside them with the
-    rank correlation; the cases that failed."""
-    from attnbench.analysis import load_published, published_correlation, published_side_by_side, scaling_summary
-
-    frame = run.frame() if frame is None else frame
-    meta = run.meta
-    env = meta.get("environment") or {}
-    lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", ""]
-    facts = [("run", run.run_id), ("suite", meta.get("suite_path")), ("started", meta.get("started_at")),
-             ("finished", meta.get("finished_at")), ("status", meta.get("status")),
-             ("attnbench", env.get("attnbench")), ("git commit", env.get("git_commit")),
-             ("torch", env.get("torch")), ("python", env.get("python")), ("CPU", env.get("cpu_model")),
-             ("threads", env.get("torch_threads")), ("GPUs", _gpus(env.get("gpus"))), ("OS", env.get("os")),
-             ("command", " ".join(meta.get("command") or []) or None), ("baseline", baseline)]
-    lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "", [])]
-    lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time; "
-                  f"`{NOISY_MARK}` marks a noisy figure (IQR/median > 10%).", ""]
-    if plot:
-        lines += [f"![time and memory vs N]({plot})", ""]
-    if frame.empty:
-        lines.append("No finished cases.")
-        return "\n".join(lines) + "\n"
-    for pass_name in measured_passes(frame):
-        data = frame[frame["pass"] == pass_name]
-        lines += [f"## {pass_name}", ""]
-        for part in _medians_md(data, pass_name):
-            lines += [part, ""]
-        if baseline is not None and baseline in set(frame["label"]):
-            for part in _relative_md(with_baseline(data, baseline), baseline, pass_name):
-                lines += [part, ""]
-        rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
-        lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log; "
-                  "k, upper half: fitted on the larger half of the N only)", "",
-                  md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
-    name = meta.get("published")
-    if name:
-        try:
-            published = load_published(str(name))
-        except ValueError as exc:
-            lines += [f"> warning: {exc}", ""]
-        else:
-            lines += _published_md(published)
-            both = published_side_by_side(frame, published)
-            for kind, what in SIDE_BY_SIDE_KINDS:
-                if both.empty:
-                    break
-                ns, rows = side_by_side_rows(both, kind)
-                lines += [f"**{what}, measured / published ({published.pass_name}), against "
-                          f"{published.meta.get('baseline_model', 'the baseline')}**", "",
-                          md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [agreement_text(published_correlation(frame, published, both=both)), ""]
-    failed = failure_rows(frame)
-    if failed:
-        lines += ["## cases that did not succeed", "",
-                  md_table(list(FAILURE_COLUMNS), failed, ["l", "l", "r", "r", "l"]), ""]
-    return "\n".join(lines) + "\n"
-
-
-def _gpus(gpus) -> str | None:
-    if not gpus:
-        return None
-    if isinstance(gpus, list):
-        return ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus)
-    return str(gpus)
-
-
-def _published_md(published) -> list[str]:
-    ns, rows, notes = published_cells(published)
-    header = ["model", "variant", *[f"N={n}" for n in ns]]
-    align = ["l", "l"] + ["r"] * len(ns)
-    speed, memory = rows["speed"], rows["memory"]
-    notes = [f"† {note}" for note in notes]
-    out = [f"## published: {published.title}", "", f"Source: {published.citation} {published.meta.get('url', '')}",
-           "", f"Setting: {' '.join(str(published.meta.get('setting', '')).split())}", "",
-           f"**steps/s (speed-up), {published.pass_name}**", "", md_table(header, speed, align), "",
-           "**peak memory (GB)**", "", md_table(header, memory, align), ""]
-    if notes:
-        out += notes + [""]
+def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
+    """``attnbench report``, in order: the run's tables; against the baseline the
+    speed and memory tables of the reported passes (when there is more than one
+    variant); scaling, crossovers and the published table; the failed cases."""
+    out: list = list(run_tables(frame))
+    if baseline is not None and len(set(frame["label"])) > 1:
+        for pass_name in [p for p in REPORTED_PASSES if p in set(frame["pass"])]:
+            out.extend(comparison_tables(frame, baseline, pass_name))
+    out.extend(report_sections(run, baseline, frame))
+    failed = failures_table(frame)
+    if failed is not None:
+        out.append(failed)
     return out
 
 
-def write_text(path, text: str) -> None:
-    from pathlib import Path
-
-    from attnbench.results import write_atomic
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, text)
+def report_baseline(frame: pd.DataFrame, run, chosen: str | None) -> str | None:
+    """The variant a report compares against: the one asked for, else the suite's, else softmax."""
+    return default_baseline(frame, chosen or run.meta.get("baseline"))
 
 
 # --- two runs -------------------------------------------------------------------------
 
 def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: str, name_b: str,
-                        only_changed: bool = False, alpha: float = 0.01, min_effect: float = 0.05) -> list[Table]:
+                        only_changed: bool = False, alpha: float = ALPHA,
+                        min_effect: float = MIN_EFFECT) -> list[Table]:
     """asv-style: per case and pass the mark, medians of A and B, their ratio and
     the p-value; then per variant the geometric mean of the ratios."""
     table = Table(title=f"{name_b} against {name_a}: ratio of medians B/A",

@@ -189,7 +189,7 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
     for pass_name in case["passes"]:
         result = passes.get(pass_name)
         if result is None:  # the case ended before this pass: it shares the case's fate
-            result = {"status": record.get("status", "error"), "error": record.get("error"), "samples_ms": [],
+            result = {"status": record.get("status", Status.ERROR), "error": record.get("error"), "samples_ms": [],
                       "flops": None}
         samples = result.get("samples_ms") or []
         row: dict[str, Any] = {

@@ -26,21 +26,25 @@ from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as
     VariantSpec,
     resolve_device,
 )
-
-SCHEMA_VERSION = 1
-# Sizes past these are almost certainly typos (an extra zero), not experiments.
-MAX_SEQ_LEN = 1 << 22
-MAX_DIM = 1 << 16
-MAX_BATCH = 1 << 16
-
-TOP_KEYS = ("version", "name", "description", "defaults", "grid", "variants", "timing", "limits",
-            "baseline", "published", "quick")
-DEFAULT_KEYS = ("batch", "dim", "dtype", "causal", "passes", "compile")
-GRID_KEYS = ("seq_lens", "heads", "devices")
-VARIANT_KEYS = ("name", "label", "params") + DEFAULT_KEYS + GRID_KEYS
-TIMING_KEYS = ("warmup", "min_time_s", "max_reps", "min_reps", "target_rel_iqr")
-LIMIT_KEYS = ("case_timeout_s", "memory_margin_mib", "memory_limit_mib")
-
+from attnbench.schema import (  # noqa: F401 - the key tables, re-exported as before
+    DEFAULT_KEYS,
+    GRID_FIELDS,
+    GRID_KEYS,
+    LIMIT_FIELDS,
+    LIMIT_KEYS,
+    MAX_BATCH,
+    MAX_DIM,
+    MAX_SEQ_LEN,
+    QUICK_KEYS,
+    REQUIRED_GRID_KEYS,
+    SCHEMA_VERSION,
+    SETTING_FIELDS,
+    TIMING_FIELDS,
+    TIMING_KEYS,
+    TOP_KEYS,
+    VARIANT_KEYS,
+    Field,
+)
 
 # --- YAML with line numbers -------------------------------------------------
 
@@ -164,6 +168,9 @@ DEFAULTS: dict[str, Any] = {"batch": 1, "dim": 256, "dtype": "float32", "causal"
 
 
 class _Validator:
+    """Checks values against the key tables (``attnbench.schema``); every failure
+    is a SuiteError naming the file, the line and the key."""
+
     def __init__(self, path: str) -> None:
         self.path = path
 
@@ -229,47 +236,37 @@ class _Validator:
             self.fail("must not be empty", key=key, line=line)
         return value
 
-    def settings(self, raw: dict, prefix: str, base: dict[str, Any]) -> dict[str, Any]:
-        """Validate defaults-like keys (batch, dim, dtype, causal, passes, compile)."""
-        out = dict(base)
-        for key in DEFAULT_KEYS:
-            if key not in raw:
-                continue
-            value, line, name = raw[key], self.line_of(raw, key), f"{prefix}{key}"
-            if key == "batch":
-                out[key] = self.integer(value, name, line, 1, MAX_BATCH)
-            elif key == "dim":
-                out[key] = self.integer(value, name, line, 1, MAX_DIM)
-            elif key == "dtype":
-                if value not in DTYPES:
-                    self.fail(f"unknown dtype {value!r}; choose one of {', '.join(DTYPES)}", key=name, line=line)
-                out[key] = value
-            elif key in ("causal", "compile"):
-                out[key] = self.boolean(value, name, line)
-            elif key == "passes":
-                items = self.nonempty_list(value, name, line)
-                for i, p in enumerate(items):
-                    if p not in PASSES:
-                        self.fail(f"unknown pass {p!r}; choose from {', '.join(PASSES)}",
-                                  key=f"{name}[{i}]", line=_item_line(items, i, line))
-                out[key] = list(dict.fromkeys(items))
-        return out
+    def value(self, field: Field, value: Any, name: str, line: int | None) -> Any:
+        """``value`` checked against ``field`` (see ``attnbench.schema.Field``)."""
+        if field.kind == "integer":
+            return self.integer(value, name, line, int(field.lo), int(field.hi or 0))
+        if field.kind == "number":
+            if field.nullable and value is None:
+                return None  # explicitly none
+            return self.number(value, name, line, float(field.lo), positive=field.positive)
+        if field.kind == "boolean":
+            return self.boolean(value, name, line)
+        if field.kind == "dtype":
+            if value not in DTYPES:
+                self.fail(f"unknown dtype {value!r}; choose one of {', '.join(DTYPES)}", key=name, line=line)
+            return value
+        if field.kind == "int_list":
+            return self.int_list(value, name, line, int(field.lo), int(field.hi or 0))
+        items = self.nonempty_list(value, name, line)
+        for i, item in enumerate(items):
+            if field.kind == "passes" and item not in PASSES:
+                self.fail(f"unknown pass {item!r}; choose from {', '.join(PASSES)}",
+                          key=f"{name}[{i}]", line=_item_line(items, i, line))
+            if field.kind == "devices":
+                _check_device(item, self.path, _item_line(items, i, line), f"{name}[{i}]")
+        return list(dict.fromkeys(items))
 
-    def grid(self, raw: dict, prefix: str, base: dict[str, list]) -> dict[str, list]:
+    def fields(self, raw: dict, prefix: str, fields: dict[str, Field], base: dict[str, Any]) -> dict[str, Any]:
+        """``base`` updated with the keys of ``raw`` that ``fields`` names, each checked."""
         out = dict(base)
-        for key in GRID_KEYS:
-            if key not in raw:
-                continue
-            value, line, name = raw[key], self.line_of(raw, key), f"{prefix}{key}"
-            if key == "seq_lens":
-                out[key] = self.int_list(value, name, line, 1, MAX_SEQ_LEN)
-            elif key == "heads":
-                out[key] = self.int_list(value, name, line, 1, MAX_DIM)
-            else:
-                items = self.nonempty_list(value, name, line)
-                for i, d in enumerate(items):
-                    _check_device(d, self.path, _item_line(items, i, line), f"{name}[{i}]")
-                out[key] = list(dict.fromkeys(items))
+        for key, rule in fields.items():
+            if key in raw:
+                out[key] = self.value(rule, raw[key], f"{prefix}{key}", self.line_of(raw, key))
         return out
 
 
@@ -296,12 +293,11 @@ def _check_device(device: Any, path: str, line: int | None, key: str) -> None:
                          file=path, line=line, key=key)
 
 
-def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
-    """Validate suite text; raise SuiteError naming file, line and key."""
-    from attnbench.variants import variant_info, variant_names
+# --- one function per part of the file -------------------------------------------
 
+def _read_yaml(text: str, path: str) -> Any:
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except SuiteError as exc:
         exc.file = path
         raise
@@ -313,7 +309,10 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
                          line=mark.line + 1 if mark else None) from None
     except RecursionError:
         raise SuiteError("the YAML is nested too deeply to be a suite", file=path) from None
-    v = _Validator(path)
+
+
+def _header(v: _Validator, raw: Any, path: str) -> tuple[str, str]:
+    """The top-level keys, the version, the name and the description."""
     if raw is None:
         v.fail("the suite is empty")
     if not isinstance(raw, dict):
@@ -328,122 +327,125 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     description = raw.get("description", "")
     if not isinstance(description, str):
         v.fail("must be a string", key="description", line=v.line_of(raw, "description"))
+    return name, description
 
-    checked_quick = v.mapping(raw.get("quick"), "quick", raw, ("defaults", "grid", "timing", "limits"))
-    quick_raw = checked_quick if quick else {}
 
-    def section(key: str, allowed: tuple[str, ...]) -> list[dict]:
-        parts = [v.mapping(raw.get(key), key, raw, allowed)]
-        if key in quick_raw:
-            parts.append(v.mapping(quick_raw[key], f"quick.{key}", quick_raw, allowed))
+class _Sections:
+    """A section of the file (defaults, grid, timing, limits) as the mappings that
+    set it: the top-level one, then the quick one with --quick."""
+
+    def __init__(self, v: _Validator, raw: dict, quick: bool) -> None:
+        self.v, self.raw = v, raw
+        checked_quick = v.mapping(raw.get("quick"), "quick", raw, QUICK_KEYS)  # checked with or without --quick
+        self.quick = checked_quick if quick else {}
+
+    def parts(self, key: str, allowed: tuple[str, ...]) -> list[dict]:
+        parts = [self.v.mapping(self.raw.get(key), key, self.raw, allowed)]
+        if key in self.quick:
+            parts.append(self.v.mapping(self.quick[key], f"quick.{key}", self.quick, allowed))
         return parts
 
-    defaults = dict(DEFAULTS)
-    for part in section("defaults", DEFAULT_KEYS):
-        defaults = v.settings(part, "defaults.", defaults)
-    grid: dict[str, list] = {"devices": ["cpu"]}
-    for part in section("grid", GRID_KEYS):
-        grid = v.grid(part, "grid.", grid)
-    for key in ("seq_lens", "heads"):
+    def values(self, key: str, fields: dict[str, Field], base: dict[str, Any], prefix: str) -> dict[str, Any]:
+        for part in self.parts(key, tuple(fields)):
+            base = self.v.fields(part, prefix, fields, base)
+        return base
+
+
+def _grid(v: _Validator, raw: dict, sections: _Sections) -> dict[str, list]:
+    grid = sections.values("grid", GRID_FIELDS, {"devices": ["cpu"]}, "grid.")
+    for key in REQUIRED_GRID_KEYS:
         if key not in grid:
             v.fail("is required: the grid needs at least one value", key=f"grid.{key}",
                    line=getattr(raw.get("grid"), "line", v.line_of(raw, "grid")))
+    return grid
 
-    timing_values: dict[str, Any] = {}
-    for part in section("timing", TIMING_KEYS):
-        for key in TIMING_KEYS:
-            if key not in part:
-                continue
-            line, where = v.line_of(part, key), f"timing.{key}"
-            if key in ("warmup",):
-                timing_values[key] = v.integer(part[key], where, line, 0, 10_000)
-            elif key in ("max_reps", "min_reps"):
-                timing_values[key] = v.integer(part[key], where, line, 1, 1_000_000)
-            else:
-                timing_values[key] = v.number(part[key], where, line, 0.0, positive=(key == "min_time_s"))
-    timing = TimingSettings(**timing_values)
+
+def _timing(sections: _Sections) -> TimingSettings:
+    timing = TimingSettings(**sections.values("timing", TIMING_FIELDS, {}, "timing."))
     if timing.min_reps > timing.max_reps:
         timing = replace(timing, min_reps=timing.max_reps)
+    return timing
 
-    limit_values: dict[str, Any] = {}
-    for part in section("limits", LIMIT_KEYS):
-        for key in LIMIT_KEYS:
-            if key == "memory_limit_mib" and key in part and part[key] is None:
-                limit_values[key] = None  # explicitly no limit
-            elif key in part:
-                limit_values[key] = v.number(part[key], f"limits.{key}", v.line_of(part, key), 0.0,
-                                             positive=(key != "memory_margin_mib"))
-    limits = Limits(**limit_values)
+
+def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, defaults: dict[str, Any],
+             known: list[str], labels: dict[str, int]) -> VariantSpec:
+    """One entry of ``variants``: a name, or a mapping with name, label, params and own settings."""
+    from attnbench.variants import variant_info
+    from attnbench.variants.factory import unknown_parameter
+
+    key = f"variants[{i}]"
+    if isinstance(item, str):
+        item = _LineDict(name=item)
+        item.line, item.lines = line, {"name": line}
+    if not isinstance(item, dict):
+        v.fail(f"must be a variant name or a mapping with 'name', got {item!r}", key=key, line=line)
+    v.mapping(item, key, items, VARIANT_KEYS)
+    vname = item.get("name")
+    if not isinstance(vname, str) or not vname:
+        v.fail("needs a 'name'", key=f"{key}.name", line=line)
+    name_line = v.line_of(item, "name")
+    if vname not in known and ":" not in vname:
+        v.fail(f"unknown variant {vname!r}.{did_you_mean(vname, known)} "
+               f"Run `attnbench list` for all of them", key=f"{key}.name", line=name_line)
+    try:
+        info = variant_info(vname)
+    except (VariantError, ImportError) as exc:
+        v.fail(str(exc), key=f"{key}.name", line=name_line)
+    params = item.get("params") or {}
+    if not isinstance(params, dict):
+        v.fail("must be a mapping of parameter: value", key=f"{key}.params", line=v.line_of(item, "params"))
+    for p in params:
+        message = unknown_parameter(vname, str(p), list(info.defaults))
+        if message:
+            v.fail(message, key=f"{key}.params.{p}", line=v.line_of(params, p))
+    label = item.get("label", vname)
+    if not isinstance(label, str) or not label or "|" in label:
+        v.fail("must be a non-empty string without '|'", key=f"{key}.label", line=v.line_of(item, "label"))
+    if label in labels:
+        v.fail(f"label {label!r} is used twice (also line {labels[label]}); give each a distinct 'label'",
+               key=f"{key}.label" if "label" in item else f"{key}.name", line=line)
+    labels[label] = line or 0
+    own = v.fields(item, f"{key}.", SETTING_FIELDS, {})
+    own.update(v.fields(item, f"{key}.", GRID_FIELDS, {}))
+    if own.get("causal", defaults["causal"]) and not info.causal:
+        v.fail(f"variant {vname!r} does not support causal attention; set causal: false for it",
+               key=f"{key}.causal" if "causal" in item else "defaults.causal",
+               line=v.line_of(item, "causal") if "causal" in item else line)
+    return VariantSpec(name=vname, label=label, params=_plain(params), overrides=own, line=line or 0)
+
+
+def _variants(v: _Validator, raw: dict, defaults: dict[str, Any]) -> list[VariantSpec]:
+    from attnbench.variants import variant_names
 
     if "variants" not in raw:
         v.fail("is required: list the variants to measure", key="variants", line=1)
     items = v.nonempty_list(raw["variants"], "variants", v.line_of(raw, "variants"))
     specs: list[VariantSpec] = []
-    labels: dict[str, int] = {}
+    labels: dict[str, int] = {}  # label -> line, filled by _variant
     known = variant_names()
     for i, item in enumerate(items):
         line = _item_line(items, i, v.line_of(raw, "variants"))
-        key = f"variants[{i}]"
-        if isinstance(item, str):
-            item = _LineDict(name=item)
-            item.line, item.lines = line, {"name": line}
-        if not isinstance(item, dict):
-            v.fail(f"must be a variant name or a mapping with 'name', got {item!r}", key=key, line=line)
-        v.mapping(item, key, items, VARIANT_KEYS)
-        vname = item.get("name")
-        if not isinstance(vname, str) or not vname:
-            v.fail("needs a 'name'", key=f"{key}.name", line=line)
-        name_line = v.line_of(item, "name")
-        if vname not in known and ":" not in vname:
-            v.fail(f"unknown variant {vname!r}.{did_you_mean(vname, known)} "
-                   f"Run `attnbench list` for all of them", key=f"{key}.name", line=name_line)
-        try:
-            info = variant_info(vname)
-        except (VariantError, ImportError) as exc:
-            v.fail(str(exc), key=f"{key}.name", line=name_line)
-        params = item.get("params") or {}
-        if not isinstance(params, dict):
-            v.fail("must be a mapping of parameter: value", key=f"{key}.params", line=v.line_of(item, "params"))
-        for p in params:
-            if p not in info.defaults:
-                choices = ", ".join(info.defaults) or "none"
-                v.fail(f"variant {vname!r} has no parameter {p!r}.{did_you_mean(str(p), list(info.defaults))} "
-                       f"Its parameters: {choices}", key=f"{key}.params.{p}", line=v.line_of(params, p))
-        label = item.get("label", vname)
-        if not isinstance(label, str) or not label or "|" in label:
-            v.fail("must be a non-empty string without '|'", key=f"{key}.label", line=v.line_of(item, "label"))
-        if label in labels:
-            v.fail(f"label {label!r} is used twice (also line {labels[label]}); give each a distinct 'label'",
-                   key=f"{key}.label" if "label" in item else f"{key}.name", line=line)
-        labels[label] = line or 0
-        own = v.settings(item, f"{key}.", {})
-        own.update(v.grid(item, f"{key}.", {}))
-        causal = own.get("causal", defaults["causal"])
-        if causal and not info.causal:
-            v.fail(f"variant {vname!r} does not support causal attention; set causal: false for it",
-                   key=f"{key}.causal" if "causal" in item else "defaults.causal",
-                   line=v.line_of(item, "causal") if "causal" in item else line)
-        specs.append(VariantSpec(name=vname, label=label, params=_plain(params), overrides=own, line=line or 0))
+        specs.append(_variant(v, item, i, line, items, defaults, known, labels))
+    return specs
 
-    suite = Suite(name=name, description=description, path=path, defaults=defaults, grid=grid,
-                  variants=specs, timing=timing, limits=limits, raw=_plain(raw))
+
+def _references(v: _Validator, raw: dict, suite: Suite) -> None:
+    """``baseline`` (one of the suite's labels) and ``published`` (a shipped table)."""
+    from attnbench.published import published_names
+
     for key in ("baseline", "published"):
         if key in raw:
             value = raw[key]
             if not isinstance(value, str):
                 v.fail("must be a string", key=key, line=v.line_of(raw, key))
             setattr(suite, key, value)
-    if suite.published is not None:
-        from attnbench.published import published_names
-
-        if suite.published not in published_names():
-            v.fail(f"unknown published table {suite.published!r}; shipped: {', '.join(published_names())}",
-                   key="published", line=v.line_of(raw, "published"))
+    if suite.published is not None and suite.published not in published_names():
+        v.fail(f"unknown published table {suite.published!r}; shipped: {', '.join(published_names())}",
+               key="published", line=v.line_of(raw, "published"))
+    labels = [s.label for s in suite.variants]
     if suite.baseline is not None and suite.baseline not in labels:
         v.fail(f"baseline {suite.baseline!r} is not one of the suite's variants ({', '.join(labels)})",
                key="baseline", line=v.line_of(raw, "baseline"))
-    _check_heads(suite, v, raw)
-    return suite
 
 
 def _check_heads(suite: Suite, v: _Validator, raw: dict) -> None:
@@ -454,6 +456,24 @@ def _check_heads(suite: Suite, v: _Validator, raw: dict) -> None:
                 where = "heads" if "heads" in spec.overrides or "dim" in spec.overrides else "grid.heads"
                 v.fail(f"heads {heads} does not divide dim {dim} (variant {spec.label!r})", key=where,
                        line=spec.line if where == "heads" else v.line_of(raw.get("grid") or {}, "heads"))
+
+
+def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
+    """Validate suite text; raise SuiteError naming file, line and key."""
+    raw = _read_yaml(text, path)
+    v = _Validator(path)
+    name, description = _header(v, raw, path)
+    sections = _Sections(v, raw, quick)
+    defaults = sections.values("defaults", SETTING_FIELDS, dict(DEFAULTS), "defaults.")
+    grid = _grid(v, raw, sections)
+    timing = _timing(sections)
+    limits = Limits(**sections.values("limits", LIMIT_FIELDS, {}, "limits."))
+    specs = _variants(v, raw, defaults)
+    suite = Suite(name=name, description=description, path=path, defaults=defaults, grid=grid,
+                  variants=specs, timing=timing, limits=limits, raw=_plain(raw))
+    _references(v, raw, suite)
+    _check_heads(suite, v, raw)
+    return suite
 
 
 def load(path: str | Path, quick: bool = False) -> Suite:

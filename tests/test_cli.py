@@ -115,3 +115,35 @@ def test_validate_reports_bad_suite_with_exit_2(tmp_path: Path):
     assert result.exit_code == 2
     assert f"{bad}:7: variants[1].name: unknown variant 'sdp'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_version():
+    import attnbench
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"attnbench {attnbench.__version__}"
+
+
+def test_an_unexpected_exception_is_a_bug_with_its_traceback_saved(tmp_path, monkeypatch):
+    """Only attnbench's own errors are the user's (exit 2); a ValueError from
+    inside the library is a bug: exit 1, one line, and the saved traceback."""
+    import re
+
+    import attnbench.results
+
+    def broken(path):
+        raise ValueError("something inside went wrong")
+
+    monkeypatch.setattr(attnbench.results, "load_run", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "internal error" in result.output and "ValueError: something inside went wrong" in result.output
+    assert "Traceback" not in result.output
+    saved = Path(re.search(r"traceback is in (\S+)", result.output).group(1))
+    assert saved.parent == tmp_path
+    text = saved.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text

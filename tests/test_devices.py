@@ -24,10 +24,6 @@ from attnbench.cli import app
 from attnbench.errors import AttnbenchError
 from attnbench.results import CSV_COLUMNS, load_run, rewrite_records
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
 TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
 TINY = f"""\
 name: tiny
@@ -209,3 +205,23 @@ def test_report_refuses_to_pair_different_device_models(shared_run, tmp_path):
     # Comparing two runs case by case is what before/after means: still allowed.
     result = CliRunner().invoke(app, ["compare", str(local.run_dir), str(run_dir)])
     assert result.exit_code == 0, result.output
+
+
+def test_an_interrupt_inside_ray_code_stays_an_interrupt():
+    """Ray's compiled code turns an exception raised by a signal handler into a
+    SystemError; the Ray executor hands the sweep the interrupt itself."""
+    from attnbench.bench.ray_executor import signals_pass_through
+    from attnbench.bench.signals import Interrupted
+
+    def compiled_call_interrupted():
+        try:
+            raise Interrupted("SIGINT")
+        except Interrupted as exc:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from exc
+
+    with pytest.raises(Interrupted):
+        with signals_pass_through():
+            compiled_call_interrupted()
+    with pytest.raises(SystemError):  # a SystemError of its own stays one
+        with signals_pass_through():
+            raise SystemError("something else")

@@ -33,8 +33,6 @@ from attnbench.results import load_run  # noqa: E402
 pytestmark = pytest.mark.ray
 
 TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
 
 TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
 
@@ -72,8 +70,8 @@ variants:
 timing: {warmup: 0, max_reps: 2, min_reps: 2, min_time_s: 0.01}
 """
 
-CLI = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import faulty_variants; "
-       "from attnbench.cli import app; app(prog_name='attnbench')")
+# The CLI in a subprocess, knowing the test variants (PYTHONPATH below).
+CLI = "import faulty_variants; from attnbench.cli import app; app(prog_name='attnbench')"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -168,7 +166,8 @@ def test_a_lost_ray_worker_is_retried_once_then_crashed(cluster, tmp_path):
 
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "300"}
+    env = {**os.environ, "COLUMNS": "300",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 

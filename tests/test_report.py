@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from attnbench import suite as suite_mod
 from attnbench.cli import app
-from attnbench.report import markdown_report
+from attnbench.markdown import markdown_report
 from attnbench.results import load_run
 
 runner = CliRunner()

@@ -33,7 +33,7 @@ def test_shape_and_gradients_reach_every_parameter(name, causal):
             attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, causal=True)
         return
     layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=N, causal=causal)
-    if not getattr(getattr(layer, "core", None), "cpu_backward", True):
+    if not layer.cpu_backward:
         pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
     x = torch.randn(2, N, DIM, requires_grad=True)
     y = layer(x)
@@ -53,7 +53,7 @@ def test_inference_forward_then_training_step_on_the_same_layer(name):
     # patterns) must still work with autograd.
     n = 1024  # past bigbird's full-attention threshold, so its block pattern is used
     layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n).eval()  # eval: no routing EMA step
-    if not getattr(getattr(layer, "core", None), "cpu_backward", True):
+    if not layer.cpu_backward:
         pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
     x = torch.randn(1, n, DIM)
     with torch.inference_mode():
@@ -120,7 +120,7 @@ def test_head_groups_on_cpu_change_nothing(name, causal, monkeypatch):
     n = 1024  # past bigbird's full-attention threshold
     torch.manual_seed(0)
     layer = attnbench.build(name, dim=DIM, heads=HEADS, seq_len=n, causal=causal).double().eval()
-    if not getattr(getattr(layer, "core", None), "cpu_backward", True):
+    if not layer.cpu_backward:
         pytest.skip(f"{name} has no backward on CPU (a PyTorch limitation)")
     x = torch.randn(2, n, DIM, dtype=torch.float64, requires_grad=True)
 

@@ -18,6 +18,7 @@ and its case is ``timeout``. Ray is optional: ``pip install "attnbench[ray]"``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -193,23 +194,26 @@ class RayExecutor(Executor):
             return
         yield from self._silent_tasks()
         pending = list(self._flights)
-        ready, rest = self._ray.wait(pending, num_returns=1, timeout=timeout_s)
-        if ready and rest:  # whatever else is ready too, without waiting
-            ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        with signals_pass_through():
+            ready, rest = self._ray.wait(pending, num_returns=1, timeout=timeout_s)
+            if ready and rest:  # whatever else is ready too, without waiting
+                ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for generator in ready:
             yield from self._advance(generator)
 
     def _advance(self, generator: Any) -> Iterator[Event]:
         ray, flight = self._ray, self._flights[generator]
         try:
-            ref = next(generator)
+            with signals_pass_through():
+                ref = next(generator)
         except StopIteration:
             del self._flights[generator]
             if flight.cases:
                 yield from self._worker_lost(flight, "the Ray task ended before reporting every case")
             return
         try:
-            item = ray.get(ref)
+            with signals_pass_through():
+                item = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
             del self._flights[generator]
             return
@@ -286,6 +290,19 @@ class RayExecutor(Executor):
         if self._owns:
             self._ray.shutdown()
             self._owns = False
+
+
+@contextlib.contextmanager
+def signals_pass_through() -> Iterator[None]:
+    """A signal handler that raises (the sweep's Ctrl-C) while Ray's compiled
+    code runs comes out as a SystemError wrapping it: raise the interrupt itself."""
+    try:
+        yield
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+            raise cause from None
+        raise
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from attnbench.model import SDPA_KERNELS
 from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
@@ -38,7 +39,9 @@ class SoftmaxAttention(AttentionCore):
         return batch * self.heads * attend_flops(seq_len, seq_len, self.head_dim)
 
 
-SDPA_BACKENDS = ("auto", "flash", "efficient", "math", "cudnn")
+# The kernels a suite may pin (model.SDPA_KERNELS names each one's SDPBackend member).
+_PINNABLE = {kernel.name: kernel.sdp_backend for kernel in SDPA_KERNELS if kernel.sdp_backend}
+SDPA_BACKENDS = ("auto", *_PINNABLE)
 
 
 def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
@@ -46,13 +49,7 @@ def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    chosen = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "math": SDPBackend.MATH,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-    }[backend]
-    return sdpa_kernel([chosen])
+    return sdpa_kernel([getattr(SDPBackend, _PINNABLE[backend])])
 
 
 @register("sdpa", family="exact", paper="2205.14135", complexity="O(N²·d), O(N) memory when fused",

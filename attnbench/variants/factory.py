@@ -98,14 +98,22 @@ def variant_info(name: str) -> VariantInfo:
     return resolve(name).info
 
 
+def unknown_parameter(name: str, param: str, known: list[str]) -> str | None:
+    """The message for a parameter ``param`` that variant ``name`` does not take
+    (its parameters are ``known``), or None when it takes it."""
+    if param in known:
+        return None
+    return (f"variant {name!r} has no parameter {param!r}.{did_you_mean(param, known)} "
+            f"Its parameters: {', '.join(known) or 'none'}")
+
+
 def check_params(name: str, params: dict[str, Any]) -> None:
     """Raise VariantError for a parameter the variant does not take."""
-    known = resolve(name).info.defaults
+    known = list(resolve(name).info.defaults)
     for key in params:
-        if key not in known:
-            choices = ", ".join(known) or "none"
-            raise VariantError(f"variant {name!r} has no parameter {key!r}."
-                               f"{did_you_mean(key, list(known))} Its parameters: {choices}")
+        message = unknown_parameter(name, str(key), known)
+        if message:
+            raise VariantError(message)
 
 
 def build(name: str, dim: int = 512, heads: int = 8, seq_len: int = 1024,

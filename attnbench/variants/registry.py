@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from attnbench.errors import VariantError, did_you_mean  # noqa: F401 - did_you_mean: callers' old import
+from attnbench.errors import VariantError
 from attnbench.variants.layer import AttentionCore
 
 # Arguments every variant receives; everything else is a variant parameter.

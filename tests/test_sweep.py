@@ -26,14 +26,15 @@ import pytest
 from typer.testing import CliRunner
 
 from attnbench import suite as suite_mod
+from attnbench.bench.executor import Executor
+from attnbench.bench.messages import CaseStarted, Failure, Outcome, PassResult
 from attnbench.bench.skip import skip_reason
-from attnbench.bench.sweep import RunOptions, run_suite
+from attnbench.bench.sweep import RunOptions, plan_units, run_suite
 from attnbench.cli import app
+from attnbench.model import Status
 from attnbench.results import load_run
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+TESTS = Path(__file__).resolve().parent  # on the path (pyproject: pytest pythonpath): faulty_variants
 
 TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
 
@@ -78,8 +79,7 @@ variants: [softmax, fastformer]
 """
 
 # The CLI in a subprocess, knowing the test variants (a worker imports their module).
-CLI = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import faulty_variants; "
-       "from attnbench.cli import app; app(prog_name='attnbench')")
+CLI = "import faulty_variants; from attnbench.cli import app; app(prog_name='attnbench')"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,7 +214,8 @@ def test_skip_when_the_estimate_exceeds_free_memory(monkeypatch):
 # --- interruption and resume -----------------------------------------------------------
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "300"}
+    env = {**os.environ, "COLUMNS": "300",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -394,3 +395,50 @@ def test_changed_passes_are_refused_but_new_sizes_are_not(finished_run):
     result = CliRunner().invoke(app, ["run", str(suite_path), "--resume", str(run_dir), "-q"])
     assert result.exit_code == 0, result.output
     assert len(load_run(run_dir).records) == 6
+
+
+# --- the executor seam -----------------------------------------------------------------
+
+class ScriptedExecutor(Executor):
+    """An executor that runs nothing: it reports each case as the script says
+    (an out-of-memory at one N), so the sweep's own part can be watched."""
+
+    def __init__(self, oom_at: int) -> None:
+        self.oom_at = oom_at
+        self.handed: list[list[int]] = []
+        self.closed = None
+
+    def run(self, cases):
+        self.handed.append([c.seq_len for c in cases])
+        for case in cases:
+            yield CaseStarted(case)
+            if case.seq_len == self.oom_at:
+                messages = [Failure(status=Status.OOM, error="out of memory (scripted)")]
+            else:
+                messages = [PassResult(pass_name=p, samples_ms=[1.0, 1.1], peak_mem_mib=1.0, memory_measured=True)
+                            for p in case.passes]
+            yield Outcome(case=case, messages=messages, worker_pid=0, started=1.0, wall_s=0.5)
+
+    def close(self, interrupted: bool = False) -> None:
+        self.closed = interrupted
+
+
+def test_the_sweep_plans_units_skips_after_an_oom_and_records_what_the_executor_yields(tmp_path):
+    suite = suite_mod.parse(f"""\
+name: seam
+grid: {{seq_lens: [16, 32, 64, 128], heads: [2]}}
+defaults: {{dim: 32, passes: [forward]}}
+variants: [softmax]
+{TIMING}
+""", "seam.yaml")
+    executor = ScriptedExecutor(oom_at=32)
+    assert [[c.seq_len for c in unit.cases] for unit in plan_units(suite.cases())] == [[16], [32], [64], [128]]
+    summary = run_suite(suite, RunOptions(out_dir=tmp_path, quiet=True), executor=executor)
+    # Each case visited once, in suite order; the skip policy kept N past the OOM from the executor.
+    assert executor.handed == [[16], [32]] and executor.closed is False  # nothing left to run: nothing handed
+    records = load_run(summary.run_dir).records
+    assert [(r["case"]["seq_len"], r["status"]) for r in records] == [
+        (16, "ok"), (32, "oom"), (64, "skipped"), (128, "skipped")]
+    assert records[0]["wall_s"] == 0.5 and records[0]["passes"][0]["samples_ms"] == [1.0, 1.1]
+    assert "N=32 of this series ran out of memory" in records[2]["error"]
+    assert summary.exit_code == 3

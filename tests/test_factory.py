@@ -272,7 +272,7 @@ def test_entry_point_plugins_get_origin_plugin_and_a_broken_one_only_warns(workd
         class Registered(Attention):
             pass
     """)
-    sys.path.insert(0, str(workdir))
+    monkeypatch.syspath_prepend(str(workdir))
     group = "attnbench.variants"
     eps = [importlib.metadata.EntryPoint("plugin-class", "userpkg.attention:Attention", group),
            importlib.metadata.EntryPoint("plugin-module", "pluginmod", group),
