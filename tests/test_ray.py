@@ -220,3 +220,13 @@ def test_ctrl_c_cancels_ray_tasks_and_says_how_to_resume(cluster, tmp_path):
     done = len(load_run(run_dir).records)
     time.sleep(1.0)  # a cancelled task writes nothing: only the driver writes
     assert len((run_dir / "cases.jsonl").read_text().splitlines()) == done
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path):
+    suite = write(tmp_path / "slow.yaml", SLOW)
+    proc = start_cli(["run", str(suite), "--out", str(tmp_path / "r"), "--executor", "ray", "--address",
+                      "127.0.0.1:1"], tmp_path)
+    _, stderr = proc.communicate(timeout=120)  # Ray alone would retry for minutes
+    assert proc.returncode == 2, stderr
+    assert "--address 127.0.0.1:1: nothing answers there" in stderr.replace("\n", "")
+    assert not (tmp_path / "r").exists()

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -138,6 +139,7 @@ class RayExecutor(Executor):
                 if address is None:
                     ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
                 else:
+                    _check_reachable(address)
                     ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
@@ -290,6 +292,20 @@ class RayExecutor(Executor):
         if self._owns:
             self._ray.shutdown()
             self._owns = False
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """HOST:PORT must accept a connection: Ray itself keeps retrying a wrong
+    address for minutes before it gives up."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return  # auto: Ray looks for a cluster on this machine and says at once if there is none
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise AttnbenchError(f"--address {address}: nothing answers there ({exc.strerror or exc}); give the "
+                             "head node's GCS address (ray start --head prints it) or auto on a cluster node") \
+            from None
 
 
 @contextlib.contextmanager
