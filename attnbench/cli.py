@@ -118,6 +118,7 @@ COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "
 
 def _report_json(run_dir: Path) -> None:
     """``report --json``: the run's tidy rows (the results.csv columns)."""
+    from attnbench.quality.tables import quality_json
     from attnbench.results import CSV_COLUMNS, frame_records, load_run
 
     with _user_errors():
@@ -126,7 +127,8 @@ def _report_json(run_dir: Path) -> None:
     _warn(run_data.warnings)
     _print_json({"run_id": run_data.run_id, "run_dir": str(run_dir),
                  "suite": run_data.meta.get("suite_name"), "status": run_data.meta.get("status"),
-                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS)})
+                 "warnings": run_data.warnings, "columns": CSV_COLUMNS, "rows": frame_records(frame, CSV_COLUMNS),
+                 "quality": quality_json(run_data.quality)})
 
 
 def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) -> None:
@@ -189,6 +191,7 @@ def run(
     from attnbench import suite as suite_mod
     from attnbench.bench.shard import parse_shard
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite, spread_options
+    from attnbench.quality.tables import quality_tables
     from attnbench.report import failures_table, run_tables
 
     with _user_errors():
@@ -207,6 +210,8 @@ def run(
 
     frame = records_frame(summary.records, summary.run_dir.name)
     for table in run_tables(frame):
+        out.print(table)
+    for table in quality_tables(summary.quality):
         out.print(table)
     failed = failures_table(frame)
     if failed is not None:
@@ -433,8 +438,16 @@ def validate(
     with _user_errors():
         suite = suite_mod.load(suite_path, quick=quick)
     cases = suite.cases()
+    quality = ""
+    if suite.quality is not None:
+        from attnbench.quality.plan import quality_tasks
+        from attnbench.suite_quality import quality_variants
+
+        tasks = quality_tasks(suite.quality, quality_variants(suite.variants))
+        kinds = [t.kind for t in tasks]
+        quality = f", quality: {kinds.count('approx')} approx + {kinds.count('mqar')} mqar measurements"
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
-              f"{sum(len(c.passes) for c in cases)} timed passes", highlight=False)
+              f"{sum(len(c.passes) for c in cases)} timed passes{quality}", highlight=False)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from attnbench.analysis import (
 )
 from attnbench.errors import DataError
 from attnbench.model import Status
+from attnbench.quality.tables import quality_markdown
 from attnbench.report import (
     FAILURE_COLUMNS,
     NOISY_MARK,
@@ -101,8 +102,9 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                   f"`{NOISY_MARK}` marks a noisy figure (IQR/median > 10%).", ""]
     if plot:
         lines += [f"![time and memory vs N]({plot})", ""]
+    quality = quality_markdown(run.quality)
     if frame.empty:
-        lines.append("No finished cases.")
+        lines += ["No finished cases.", "", *quality]
         return "\n".join(lines) + "\n"
     for pass_name in measured_passes(frame):
         data = frame[frame["pass"] == pass_name]
@@ -133,6 +135,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
             lines += [agreement_text(published_correlation(frame, published, both=both)), ""]
+    lines += quality
     failed = failure_rows(frame)
     if failed:
         lines += ["## cases that did not succeed", "",

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.errors import ResultsError
-from attnbench.results import RECORD_SCHEMA, Run, load_run, records_frame, rewrite_records, write_atomic, write_csv
+from attnbench.results import (
+    QUALITY_FILE,
+    RECORD_SCHEMA,
+    Run,
+    load_run,
+    read_quality,
+    records_frame,
+    rewrite_records,
+    write_atomic,
+    write_csv,
+)
 
 #: What the parts must agree on, from run.json, and how to name it.
 _SAME_SUITE = (("suite_name", "suite name"), ("fingerprint", "suite fingerprint (timing, variants, parameters)"))
@@ -108,6 +118,24 @@ def _completeness(runs: list[Run]) -> tuple[list[str], int | None]:
     return warnings, total
 
 
+def _quality_records(runs: list[Run], warnings: list[str]) -> list[dict[str, Any]] | None:
+    """The parts' quality.jsonl records (a sharded sweep measures them in shard 1), or None if none has any."""
+    found = [(run, read_quality(run.path / QUALITY_FILE)) for run in runs if (run.path / QUALITY_FILE).exists()]
+    if not found:
+        return None
+    owner: dict[str, Path] = {}
+    quality = []
+    for run, (records, notes) in found:
+        warnings += notes
+        for record in records:
+            other = owner.setdefault(str(record.get("task_id")), run.path)
+            if other != run.path:
+                raise MergeError(f"the parts overlap: quality task {record.get('task_id')} is in {other} and "
+                                 f"{run.path}")
+            quality.append(record)
+    return quality
+
+
 def _check_out(out: Path, parts: list[Path]) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ResultsError(f"{out}: already exists; merge writes a new results directory (choose another --out)")
@@ -135,8 +163,9 @@ def merge_runs(parts: list[str | Path], out: str | Path, command: list[str] | No
         warnings += run.warnings
     runs.sort(key=lambda r: ((r.meta.get("shard") or {}).get("index") or 0, str(r.path)))
     records = [record for run in runs for record in run.records]
+    quality = _quality_records(runs, warnings)
     meta = _merged_meta(runs, out_path.name, records, total, complete, command)
-    _write(out_path, meta, records)
+    _write(out_path, meta, records, quality)
     return MergeSummary(run_dir=out_path, records=records, parts=len(runs), warnings=warnings, complete=complete)
 
 
@@ -165,7 +194,8 @@ def _merged_meta(runs: list[Run], run_id: str, records: list[dict[str, Any]], to
     }
 
 
-def _write(out: Path, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def _write(out: Path, meta: dict[str, Any], records: list[dict[str, Any]],
+           quality: list[dict[str, Any]] | None = None) -> None:
     """Write the merged run beside ``out`` and rename it into place."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +204,8 @@ def _write(out: Path, meta: dict[str, Any], records: list[dict[str, Any]]) -> No
         raise ResultsError(f"{out}: cannot write there ({exc.strerror or exc})") from None
     try:
         rewrite_records(staging / "cases.jsonl", records)
+        if quality is not None:
+            rewrite_records(staging / QUALITY_FILE, quality)
         write_csv(records_frame(records, meta["run_id"]), staging / "results.csv")
         write_atomic(staging / "run.json", json.dumps(meta, indent=2, default=str) + "\n")
         os.chmod(staging, 0o777 & ~_umask())

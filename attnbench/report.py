@@ -23,6 +23,7 @@ from attnbench.analysis import (
 )
 from attnbench.errors import DataError
 from attnbench.model import PASSES, REPORTED_PASSES, Status
+from attnbench.quality.tables import quality_tables
 from attnbench.stats import ALPHA, MIN_EFFECT
 
 STATUS_SHORT = {s: ("OOM" if s == Status.OOM else s.value) for s in Status if s != Status.OK}
@@ -344,6 +345,7 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
         for pass_name in [p for p in REPORTED_PASSES if p in set(frame["pass"])]:
             out.extend(comparison_tables(frame, baseline, pass_name))
     out.extend(report_sections(run, baseline, frame))
+    out.extend(quality_tables(run.quality))
     failed = failures_table(frame)
     if failed is not None:
         out.append(failed)

@@ -79,6 +79,7 @@ class Run:
     meta: dict[str, Any]
     records: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    quality: list[dict[str, Any]] = field(default_factory=list)  # quality.jsonl's records
 
     @property
     def run_id(self) -> str:
@@ -122,9 +123,29 @@ def check_record(record: Any) -> None:
             raise ValueError(f"pass {p['pass']!r}: samples_ms is not a list of numbers")
 
 
-def read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Read cases.jsonl. A truncated last line (a run killed mid-write) is
-    dropped with a warning; a bad line elsewhere is an error naming it."""
+QUALITY_FILE = "quality.jsonl"  # the quality measures' records, beside cases.jsonl
+_QUALITY_FIELDS = {"task_id": str, "kind": str, "label": str, "variant": str, "status": str, "seed": int}
+
+
+def check_quality_record(record: Any) -> None:
+    """Raise ValueError unless ``record`` has the shape of a quality.jsonl line."""
+    if not isinstance(record, dict):
+        raise ValueError("not a quality record (a JSON object)")
+    for key, kind in _QUALITY_FIELDS.items():
+        if not isinstance(record.get(key), kind):
+            raise ValueError(f"not a quality record: {key!r} is missing or not a {kind.__name__}")
+
+
+def read_quality(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read quality.jsonl (none: no records), the last record of a task winning."""
+    records, warnings = read_records(path, check_quality_record)
+    return list({r["task_id"]: r for r in records}.values()), warnings
+
+
+def read_records(path: Path, check: Any = check_record) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read cases.jsonl (or, with ``check_quality_record``, quality.jsonl). A truncated
+    last line (a run killed mid-write) is dropped with a warning; a bad line elsewhere
+    is an error naming it."""
     records: list[dict[str, Any]] = []
     warnings: list[str] = []
     try:
@@ -140,11 +161,11 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         try:
             record = json.loads(line)
-            check_record(record)
+            check(record)
         except ValueError as exc:
             if number == len(lines) and cut_off:
                 warnings.append(f"{path}:{number}: ignored a truncated last line (the run was cut off "
-                                "while writing it); that case will be run again on --resume")
+                                "while writing it); it will be measured again on --resume")
                 continue
             raise ResultsError(f"{path}:{number}: corrupted line ({exc}); fix or delete that line") from None
         records.append(record)
@@ -170,7 +191,9 @@ def load_run(path: str | Path) -> Run:
     records, warnings = read_records(p / "cases.jsonl")
     # A resumed run may hold an older record of the same case: the last wins.
     latest = {r["case_id"]: r for r in records}
-    return Run(path=p, meta=meta, records=list(latest.values()), warnings=warnings)
+    quality, quality_warnings = read_quality(p / QUALITY_FILE)
+    return Run(path=p, meta=meta, records=list(latest.values()), warnings=warnings + quality_warnings,
+               quality=quality)
 
 
 def _stats_row(samples: list[float]) -> dict[str, Any]:

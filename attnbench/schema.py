@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attnbench.model import DTYPES, PASSES
+from attnbench.quality import MEASURES, REGIMES
 
 SCHEMA_VERSION = 1
 # Sizes past these are almost certainly typos (an extra zero), not experiments.
@@ -34,7 +35,7 @@ class Field:
     ``positive``; null allowed when ``nullable``), ``boolean``, ``dtype``
     (one of DTYPES), ``passes`` (one or a list of PASSES), ``int_list`` (one
     or a list of distinct integers lo..hi) and ``devices`` (one or a list of
-    cpu, cuda, cuda:N, auto)."""
+    cpu, cuda, cuda:N, auto) and ``choices`` (one or a list of distinct ``choices``)."""
 
     kind: str
     description: str
@@ -42,6 +43,7 @@ class Field:
     hi: float | None = None
     positive: bool = False
     nullable: bool = False
+    choices: tuple[str, ...] = ()
 
 
 SETTING_FIELDS: dict[str, Field] = {
@@ -70,6 +72,41 @@ LIMIT_FIELDS: dict[str, Field] = {
     "memory_limit_mib": Field("number", "Most memory one case may allocate (null: no limit).", positive=True,
                               nullable=True),
 }
+MAX_SEED = 2**31 - 1
+MAX_STEPS = 10_000_000
+QUALITY_FIELDS: dict[str, Field] = {
+    "measures": Field("choices", "What to measure: approx (error against exact softmax attention), "
+                      "mqar (multi-query associative recall accuracy).", choices=MEASURES),
+    "threads": Field("integer", "Torch threads while measuring quality (1: one run is deterministic).", 1, 1024),
+}
+QUALITY_APPROX_FIELDS: dict[str, Field] = {
+    "seq_lens": Field("int_list", "Sequence lengths N of the approximation error.", 1, 1 << 14),
+    "regimes": Field("choices", "Input regimes: gaussian (near-uniform attention), peaked (a few strong "
+                     "matches per query).", choices=REGIMES),
+    "seeds": Field("int_list", "Seeds of the inputs and of the variant's random parts.", 0, MAX_SEED),
+    "dim": Field("integer", "Width (heads x head_dim) of the layer measured.", 1, MAX_DIM),
+    "heads": Field("integer", "Heads of the layer measured.", 1, MAX_DIM),
+}
+QUALITY_MQAR_FIELDS: dict[str, Field] = {
+    "seeds": Field("int_list", "Training seeds (held-out sequences come from another seed).", 0, MAX_SEED),
+    "vocab": Field("integer", "Vocabulary: keys from the lower half, values from the upper half.", 4, 1 << 20),
+    "seq_len": Field("integer", "Sequence length (even, at least 4 x pairs).", 4, 1 << 16),
+    "pairs": Field("integer", "Key-value pairs per sequence.", 1, 1 << 14),
+    "dim": Field("integer", "Model width.", 1, MAX_DIM),
+    "heads": Field("integer", "Heads of each mixer.", 1, MAX_DIM),
+    "layers": Field("integer", "Blocks of [mixer + MLP].", 1, 64),
+    "steps": Field("integer", "Training steps (the budget).", 1, MAX_STEPS),
+    "batch": Field("integer", "Sequences per step.", 1, MAX_BATCH),
+    "lr": Field("number", "AdamW's peak learning rate.", positive=True),
+    "weight_decay": Field("number", "AdamW's weight decay."),
+    "warmup": Field("integer", "Steps of linear warm-up.", 0, MAX_STEPS),
+    "eval_sequences": Field("integer", "Held-out sequences scored.", 1, 1 << 20),
+}
+QUALITY_MQAR_PARAMS_DESCRIPTION = ("Per variant label, its parameters at MQAR's sequence length, replacing "
+                                   "the suite's (a window or block sized for N=1024 covers all of N=32).")
+QUALITY_KEYS = (*QUALITY_FIELDS, "approx", "mqar")
+QUALITY_MQAR_KEYS = (*QUALITY_MQAR_FIELDS, "params")
+
 TOP_DESCRIPTIONS = {
     "version": "The suite format's version.",
     "name": "The suite's name (default: the file name).",
@@ -81,7 +118,9 @@ TOP_DESCRIPTIONS = {
     "limits": "Per-case limits.",
     "baseline": "The variant (label) the reports compare against.",
     "published": "A paper's table shipped with attnbench to set beside the results.",
-    "quick": "Smaller settings used with --quick: defaults, grid, timing, limits.",
+    "quality": "Quality beside cost: the approximation error against softmax attention and the accuracy "
+               "on multi-query associative recall, for every variant of the suite.",
+    "quick": "Smaller settings used with --quick: defaults, grid, timing, limits, quality.",
 }
 VARIANT_OWN_DESCRIPTIONS = {
     "name": "A registered variant (attnbench list) or an import path package.module:Class.",
@@ -95,7 +134,7 @@ GRID_KEYS = tuple(GRID_FIELDS)
 VARIANT_KEYS = tuple(VARIANT_OWN_DESCRIPTIONS) + DEFAULT_KEYS + GRID_KEYS
 TIMING_KEYS = tuple(TIMING_FIELDS)
 LIMIT_KEYS = tuple(LIMIT_FIELDS)
-QUICK_KEYS = ("defaults", "grid", "timing", "limits")
+QUICK_KEYS = ("defaults", "grid", "timing", "limits", "quality")
 REQUIRED_GRID_KEYS = ("seq_lens", "heads")
 
 
@@ -123,6 +162,9 @@ def _field_schema(field: Field) -> dict[str, Any]:
     elif field.kind == "devices":
         one = {"type": "string", "pattern": DEVICE_PATTERN}
         out = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+    elif field.kind == "choices":
+        one = {"enum": list(field.choices)}
+        out = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "uniqueItems": True}]}
     else:  # pragma: no cover - a kind added to Field without its schema
         raise AssertionError(f"no JSON Schema for field kind {field.kind!r}")
     return {"description": field.description, **out}
@@ -134,6 +176,15 @@ def _section(fields: dict[str, Field], required: tuple[str, ...] = ()) -> dict[s
     if required:
         out["type"] = "object"
         out["required"] = list(required)
+    return out
+
+
+def _quality_section() -> dict[str, Any]:
+    mqar = _section(QUALITY_MQAR_FIELDS)
+    mqar["properties"]["params"] = {"type": ["object", "null"], "description": QUALITY_MQAR_PARAMS_DESCRIPTION,
+                                    "additionalProperties": {"type": ["object", "null"]}}
+    out = _section(QUALITY_FIELDS)
+    out["properties"].update({"approx": _section(QUALITY_APPROX_FIELDS), "mqar": mqar})
     return out
 
 
@@ -161,7 +212,7 @@ def suite_schema(variant_names: list[str] | None = None, published_names: list[s
         published = {"enum": list(published_names)}
     def sections() -> dict[str, Any]:  # fresh dicts: the top level gets its own descriptions
         return {"defaults": _section(SETTING_FIELDS), "timing": _section(TIMING_FIELDS),
-                "limits": _section(LIMIT_FIELDS)}
+                "limits": _section(LIMIT_FIELDS), "quality": _quality_section()}
 
     properties: dict[str, Any] = {
         "version": {"const": SCHEMA_VERSION},

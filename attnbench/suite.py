@@ -26,6 +26,7 @@ from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as
     VariantSpec,
     resolve_device,
 )
+from attnbench.quality.plan import QualitySettings
 from attnbench.schema import (  # noqa: F401 - the key tables, re-exported as before
     DEFAULT_KEYS,
     GRID_FIELDS,
@@ -45,6 +46,7 @@ from attnbench.schema import (  # noqa: F401 - the key tables, re-exported as be
     VARIANT_KEYS,
     Field,
 )
+from attnbench.suite_quality import parse_quality
 
 # --- YAML with line numbers -------------------------------------------------
 
@@ -128,6 +130,7 @@ class Suite:
     baseline: str | None = None
     published: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    quality: QualitySettings | None = None  # the ``quality:`` section (attnbench.suite_quality)
 
     def cases(self) -> list[Case]:
         """The grid expanded: for each variant, N × heads × devices, N innermost
@@ -148,9 +151,11 @@ class Suite:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for two runs' figures to be comparable (used by --resume)."""
+        quality = {} if self.quality is None else {"quality": self.quality.to_dict()}
         return {
             "timing": asdict(self.timing),
             "variants": {s.label: {"name": s.name, "params": s.params} for s in self.variants},
+            **quality,
         }
 
     def with_device(self, device: str) -> Suite:
@@ -254,6 +259,9 @@ class _Validator:
             return self.int_list(value, name, line, int(field.lo), int(field.hi or 0))
         items = self.nonempty_list(value, name, line)
         for i, item in enumerate(items):
+            if field.kind == "choices" and item not in field.choices:
+                self.fail(f"unknown value {item!r}; choose from {', '.join(field.choices)}",
+                          key=f"{name}[{i}]", line=_item_line(items, i, line))
             if field.kind == "passes" and item not in PASSES:
                 self.fail(f"unknown pass {item!r}; choose from {', '.join(PASSES)}",
                           key=f"{name}[{i}]", line=_item_line(items, i, line))
@@ -473,6 +481,7 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
                   variants=specs, timing=timing, limits=limits, raw=_plain(raw))
     _references(v, raw, suite)
     _check_heads(suite, v, raw)
+    suite.quality = parse_quality(v, sections, specs)
     return suite
 
 

@@ -93,5 +93,9 @@ def test_the_schema_names_every_key_the_validator_takes():
     assert tuple(props["grid"]["properties"]) == schema_mod.GRID_KEYS
     assert tuple(props["timing"]["properties"]) == schema_mod.TIMING_KEYS
     assert tuple(props["limits"]["properties"]) == schema_mod.LIMIT_KEYS
-    assert tuple(props["quick"]["properties"]) == ("defaults", "timing", "limits", "grid")
+    assert set(props["quick"]["properties"]) == set(schema_mod.QUICK_KEYS)
+    quality = props["quality"]["properties"]
+    assert tuple(quality) == schema_mod.QUALITY_KEYS
+    assert tuple(quality["approx"]["properties"]) == tuple(schema_mod.QUALITY_APPROX_FIELDS)
+    assert tuple(quality["mqar"]["properties"]) == schema_mod.QUALITY_MQAR_KEYS
     assert tuple(generated["$defs"]["variant"]["properties"]) == schema_mod.VARIANT_KEYS

@@ -213,3 +213,21 @@ def test_a_shard_resumes_as_the_same_shard(parts_copy):
     result = CliRunner().invoke(app, ["run", str(suite_path), "--resume", str(parts[0]), "-q", "--in-process"])
     assert result.exit_code == 0, result.output
     assert len(load_run(parts[0]).records) == before  # the shard was complete: nothing else ran
+
+
+def quality_line(task_id: str) -> str:
+    return json.dumps({"task_id": task_id, "kind": "mqar", "label": "softmax", "variant": "softmax",
+                       "status": "ok", "seed": 0}) + "\n"
+
+
+def test_quality_records_travel_with_their_shard(parts_copy, tmp_path):
+    """A sharded sweep measures its quality tasks in shard 1; merge keeps them,
+    and refuses a task measured in two parts."""
+    _, _, parts = parts_copy
+    (parts[0] / "quality.jsonl").write_text(quality_line("mqar|softmax|0") + quality_line("mqar|fastformer|0"))
+    summary = merge_runs(parts, tmp_path / "merged")
+    kept = (summary.run_dir / "quality.jsonl").read_text().splitlines()
+    assert [json.loads(line)["task_id"] for line in kept] == ["mqar|softmax|0", "mqar|fastformer|0"]
+    (parts[2] / "quality.jsonl").write_text(quality_line("mqar|softmax|0"))
+    message = refused([str(p) for p in parts], tmp_path / "again")
+    assert "quality task mqar|softmax|0 is in" in message

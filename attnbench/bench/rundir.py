@@ -89,6 +89,7 @@ def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]])
                 diffs.append(f"timing.{key}: {old_timing.get(key)!r} -> {new_timing.get(key)!r}")
     elif old_timing != new_timing:
         diffs.append(f"timing settings: {old_timing!r} -> {new_timing!r}")
+    diffs += _quality_differences(old.get("quality"), new.get("quality"))
     old_v, new_v = old.get("variants") or {}, new.get("variants") or {}
     for label in sorted(set(old_v) & set(new_v)):
         if old_v[label] != new_v[label]:
@@ -108,6 +109,22 @@ def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]])
                 seen.add((case["label"], key))
                 diffs.append(f"{case['label']} {key}: {before!r} -> {after!r}")
     return list(dict.fromkeys(diffs))
+
+
+def _quality_differences(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """What changed in the quality section that makes recorded measures incomparable: the
+    layer's size of the approximation error, MQAR's sizes and budget, a variant's MQAR
+    parameters. More seeds, N or regimes are fine: only the missing measurements run."""
+    if not old or not new:
+        return []
+    pairs = [(f"quality.approx.{k}", old.get("approx", {}).get(k), new.get("approx", {}).get(k))
+             for k in ("dim", "heads")]
+    old_m, new_m = old.get("mqar", {}), new.get("mqar", {})
+    pairs += [(f"quality.mqar.{k}", old_m.get(k), new_m.get(k))
+              for k in sorted(set(old_m) | set(new_m)) if k not in ("seeds", "params")]
+    old_p, new_p = old_m.get("params") or {}, new_m.get("params") or {}
+    pairs += [(f"quality.mqar.params.{k}", old_p.get(k), new_p.get(k)) for k in sorted(set(old_p) | set(new_p))]
+    return [f"{key}: {a!r} -> {b!r}" for key, a, b in pairs if a != b]
 
 
 def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, Any], list[dict[str, Any]],

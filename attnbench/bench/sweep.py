@@ -23,6 +23,7 @@ from typing import Any
 from attnbench.bench.executor import Executor, InProcessExecutor, LocalPoolExecutor, WorkUnit
 from attnbench.bench.messages import CaseStarted
 from attnbench.bench.progress import Progress
+from attnbench.bench.quality import QUALITY_FAILURES, run_quality
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, run_shard, write_meta
 from attnbench.bench.shard import Shard, setting_groups, shard_cases
@@ -49,6 +50,7 @@ class RunSummary:
     in_process: bool = False
     workers_started: int = 0
     shard: Shard | None = None
+    quality: list[dict[str, Any]] = field(default_factory=list)  # quality.jsonl's records
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -58,7 +60,8 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 3 if any(r["status"] not in HARMLESS for r in self.records) else 0
+        failed = any(r["status"] not in HARMLESS for r in self.records)
+        return 3 if failed or any(r["status"] in QUALITY_FAILURES for r in self.quality) else 0
 
 
 def plan_units(cases: list[Case], by_setting: bool = False) -> list[WorkUnit]:
@@ -155,6 +158,8 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
                     else:
                         finish(finished_record(event), progress)
                 guard.check()
+        if shard is None or shard.index == 1:  # the quality tasks once per sweep: in its first shard
+            summary.quality, _ = run_quality(suite, run_dir, guard, options.quiet)
     except (Interrupted, KeyboardInterrupt):
         summary.interrupted = True
     finally:
@@ -167,6 +172,8 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
             meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
             meta["cases_total"] = len(all_cases)
             meta["cases_done"] = len(records)
+            if suite.quality is not None:
+                meta["quality_done"] = len(summary.quality)
             write_meta(run_dir, meta)
         finally:
             guard.restore()

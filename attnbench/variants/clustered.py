@@ -115,6 +115,9 @@ class ReformerAttention(AttentionCore):
     the attention's 8·n·N·c·d while N ≪ 8·c² (32768 at c = 64); flops() counts it.
     """
 
+    approximates_softmax = True
+    linear_in_values = True
+
     shared_qk = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
@@ -124,6 +127,13 @@ class ReformerAttention(AttentionCore):
         self.n_hashes = check_int("reformer n_hashes", n_hashes)
         self.seed = check_int("reformer seed", seed, None)
         self._rotations: dict[tuple, torch.Tensor] = {}
+
+    def exact_logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Full shared-QK attention, what LSH approximates: keys are the normalised
+        queries, a token's own logit is SELF_LOGIT."""
+        scores = torch.matmul(q, F.normalize(k, dim=-1).transpose(-1, -2)) * self.scale
+        n = scores.shape[-1]
+        return scores.masked_fill(torch.eye(n, dtype=torch.bool, device=q.device), SELF_LOGIT)
 
     def _layout(self, n: int) -> tuple[int, int, int]:
         """(chunks, padded length, buckets) for a sequence of n tokens."""
@@ -239,6 +249,9 @@ class RoutingAttention(AttentionCore):
     only (``module.eval()`` freezes them). Routing is not differentiated.
     """
 
+    approximates_softmax = True
+    linear_in_values = True
+
     decay = 0.999
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
@@ -346,6 +359,9 @@ class SinkhornAttention(AttentionCore):
     gradient it has in the soft sort Σ_j P_ij X_j (straight-through). No Gumbel noise,
     so the layer is deterministic. Causal Sinkhorn is not implemented.
     """
+
+    approximates_softmax = True
+    linear_in_values = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  block: int = 64, iters: int = 5, temperature: float = 0.75) -> None:

@@ -26,6 +26,9 @@ from attnbench.variants.registry import register
 class SoftmaxAttention(AttentionCore):
     """Vanilla attention: softmax(q kᵀ/√d + mask) v with the N×N matrix materialised."""
 
+    approximates_softmax = True
+    linear_in_values = True
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
         if self.causal:
@@ -57,6 +60,8 @@ def _sdpa_context(backend: str) -> contextlib.AbstractContextManager:
 class SDPAttention(AttentionCore):
     """torch.nn.functional.scaled_dot_product_attention; ``backend`` pins one kernel."""
 
+    approximates_softmax = True
+    linear_in_values = True
     uses_fused_sdpa = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,

@@ -352,6 +352,9 @@ class LinearAttention(AttentionCore):
     """Linear attention (Transformers are RNNs): φ = elu + 1 and the products reordered,
     φ(Q)(φ(K)ᵀV) normalised by φ(Q)φ(K)ᵀ1; causal by chunked prefix sums."""
 
+    approximates_softmax = True
+    linear_in_values = True
+
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  chunk: int = 64) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
@@ -432,6 +435,9 @@ class PerformerAttention(AttentionCore):
     workspace budget of :func:`in_head_groups` (page faults on larger blocks made the
     time grow 2.4× from N = 4096 to 8192 instead of 2×).
     """
+
+    approximates_softmax = True
+    linear_in_values = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  features: int = 256, chunk: int = 64, seed: int = 0) -> None:

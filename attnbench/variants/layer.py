@@ -199,6 +199,13 @@ class AttentionCore(nn.Module):
     #: computes through torch's fused ``scaled_dot_product_attention`` (the
     #: measurement then records which SDPA kernel ran).
     uses_fused_sdpa: bool = False
+    #: computes softmax attention exactly or approximately, so that its error
+    #: against ``exact_logits`` can be measured (attnbench.quality.approx). Mechanisms
+    #: that do something else with q, k, v leave it False.
+    approximates_softmax: bool = False
+    #: out = A(q, k)·v with row weights A that do not depend on v: the attention rows
+    #: the core implies can be read back by passing one-hot values.
+    linear_in_values: bool = False
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False) -> None:
         super().__init__()
@@ -210,6 +217,11 @@ class AttentionCore(nn.Module):
 
     def flops(self, batch: int, seq_len: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def exact_logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The logits (…, N, N) of the exact attention this core approximates, before any
+        causal mask: q kᵀ/√d. A core whose exact counterpart differs overrides it."""
+        return torch.matmul(q, k.transpose(-1, -2)) * self.scale
 
     def whole_layer(self, x: torch.Tensor, qkv: nn.Linear, out: nn.Linear) -> torch.Tensor | None:
         """The whole layer's output from x (B, N, dim), its fused q/k/v projection and

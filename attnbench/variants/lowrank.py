@@ -21,6 +21,9 @@ class LinformerAttention(AttentionCore):
     """Linformer: keys and values projected along the sequence, K' = E k, V' = F v,
     with learned E, F ∈ R^{k×N} shared across heads; softmax(q K'ᵀ/√d) V'."""
 
+    approximates_softmax = True
+    linear_in_values = True
+
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  k: int = 256) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
@@ -99,6 +102,9 @@ class NystromAttention(AttentionCore):
     exact attention. ``conv`` > 0 adds the depthwise convolution of v over the sequence
     (kernel ``conv`` per head) of the paper's code; 0 leaves it out. If N < m at run
     time, m = N landmarks are used."""
+
+    approximates_softmax = True
+    linear_in_values = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  landmarks: int = 64, pinv_iters: int = 6, conv: int = 0) -> None:

@@ -61,6 +61,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
 class _SparseCore(AttentionCore):
     """A core with a small cache of masks / patterns keyed by sequence length and device."""
 
+    approximates_softmax = True
+    linear_in_values = True
+
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         self._cache: dict[tuple, Any] = {}

@@ -1,0 +1,84 @@
+"""The quality section's tasks, their records and the summaries report prints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from attnbench.quality import NOT_AN_APPROXIMATION
+from attnbench.quality.mqar import MQARConfig
+from attnbench.quality.plan import (
+    ApproxSettings,
+    QualitySettings,
+    QualityVariant,
+    quality_tasks,
+    run_task,
+)
+from attnbench.quality.summary import approx_table, measured_scores, mqar_summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = QualitySettings(approx=ApproxSettings(seq_lens=(64,), regimes=("gaussian", "peaked"), seeds=(0,),
+                                              dim=64, heads=2),
+                        mqar=MQARConfig(vocab=32, seq_len=16, pairs=2, dim=32, heads=2, steps=10,
+                                        batch=8, warmup=2, eval_sequences=32),
+                        mqar_seeds=(0, 1))
+VARIANTS = [QualityVariant("softmax", "softmax"), QualityVariant("local-w8", "local", {"window": 8}),
+            QualityVariant("aft", "aft")]
+
+
+def test_tasks_cover_every_combination_with_stable_ids() -> None:
+    tasks = quality_tasks(SMALL, VARIANTS)
+    assert len(tasks) == 3 * 2 + 3 * 2
+    ids = [t.task_id for t in tasks]
+    assert len(set(ids)) == len(ids)
+    assert "approx/local-w8/N64/peaked/seed0" in ids and "mqar/aft/seed1" in ids
+    only_mqar = QualitySettings(measures=("mqar",), mqar=SMALL.mqar, mqar_seeds=(3,))
+    assert [t.task_id for t in quality_tasks(only_mqar, VARIANTS)] == [
+        "mqar/softmax/seed3", "mqar/local-w8/seed3", "mqar/aft/seed3"]
+
+
+def test_each_task_gives_one_json_record() -> None:
+    tasks = quality_tasks(SMALL, VARIANTS)
+    seen: list[tuple[str, int]] = []
+    records = [run_task(t, SMALL, lambda step, loss, acc, t=t: seen.append((t.task_id, step)), log_every=5)
+               for t in tasks]
+    assert [r["task_id"] for r in records] == [t.task_id for t in tasks]
+    for r in records:
+        json.dumps(r, allow_nan=False)  # one line of quality.jsonl
+    assert ("mqar/softmax/seed0", 10) in seen
+    statuses = {r["task_id"]: r["status"] for r in records}
+    assert statuses["approx/aft/N64/gaussian/seed0"] == NOT_AN_APPROXIMATION
+    assert statuses["mqar/aft/seed0"] == "ok"
+
+
+def test_summaries_of_records() -> None:
+    def approx(label: str, regime: str, n: int, err: float | None, status: str = "ok") -> dict:
+        return {"kind": "approx", "label": label, "variant": label, "regime": regime, "seq_len": n,
+                "seed": 0, "status": status, "output_error": err, "row_error": err, "row_tv": err,
+                "ref_entropy": 1.0, "params": {}}
+
+    def mqar(label: str, seed: int, acc: float | None, status: str = "ok") -> dict:
+        return {"kind": "mqar", "label": label, "variant": label, "seed": seed, "status": status,
+                "accuracy": acc, "causal": True, "train_s": 2.0, "params": {}, "config": {"pairs": 4}}
+
+    records = [approx("softmax", "peaked", 256, 0.0), approx("local", "peaked", 256, 0.5),
+               approx("local", "gaussian", 256, 0.25), approx("aft", "gaussian", 256, None, NOT_AN_APPROXIMATION),
+               mqar("softmax", 0, 1.0), mqar("softmax", 1, 0.98), mqar("linear", 0, 0.3), mqar("linear", 1, 0.4),
+               mqar("lightconv", 0, 0.2), mqar("lightconv", 1, 0.25), mqar("bad", 0, None, "diverged")]
+    table = approx_table(records)
+    assert table.columns == (("gaussian", 256), ("peaked", 256))
+    assert table.cells[("local", "gaussian", 256)].output_error == 0.25
+    assert table.cells[("aft", "gaussian", 256)].status == NOT_AN_APPROXIMATION
+    assert ("aft", "peaked", 256) not in table.cells
+    assert table.to_dict()["rows"][2]["cells"][1] is None
+    summary = mqar_summary(records)
+    rows = {r.label: r for r in summary.rows}
+    assert rows["softmax"].mean == pytest.approx(0.99) and rows["softmax"].low == 0.98
+    assert rows["bad"].mean is None and rows["bad"].statuses == {0: "diverged"}
+    assert summary.seeds == (0, 1) and math.isclose(summary.seed_rank_correlation, 1.0)
+    assert approx_table([]) is None and mqar_summary(records[:4]) is None
+    assert measured_scores(records) == pytest.approx({"softmax": 0.99, "linear": 0.35, "lightconv": 0.225})
+    assert measured_scores(records[:4]) == {}
