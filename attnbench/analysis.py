@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnbench import paired, visits
 from attnbench.errors import DataError
 from attnbench.model import Status
 from attnbench.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
@@ -27,7 +28,10 @@ from attnbench.stats import (  # noqa: F401 - ALPHA, MIN_EFFECT, change: re-expo
     change,
     quartiles,
 )
+from attnbench.visits import MARK_UNDECIDED
 
+# The interval bounds with_baseline adds from the rounds.
+PAIRED_COLUMNS = ["speedup_low", "speedup_high", "mem_ratio_low", "mem_ratio_high"]
 # The columns that make two rows the same experiment apart from the variant.
 SETTING = ["batch", "dim", "dtype", "device", "causal"]
 CASE_KEYS = SETTING + ["heads", "seq_len", "pass"]
@@ -60,9 +64,12 @@ def label_order(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["label"]))
 
 
-def with_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """Add, to every row, the baseline's median and peak memory of the same
-    case and pass, the speed-up (baseline time / time) and the memory ratio."""
+    case and pass, the speed-up (baseline time / time) and the memory ratio.
+    With the run's case ``records``, the speed-up and memory ratio are the
+    paired ones (``visits.paired_table``: from visits of the same round) with
+    their 95% intervals (``speedup_low``/``_high``, ``mem_ratio_low``/``_high``)."""
     if baseline not in set(frame["label"]):
         known = ", ".join(label_order(frame))
         raise DataError(f"baseline {baseline!r} is not in this run; its variants: {known}")
@@ -74,6 +81,25 @@ def with_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     ok = merged["status"] == Status.OK
     merged["speedup"] = (merged["baseline_ms"] / merged["median_ms"]).where(ok)
     merged["mem_ratio"] = (merged["peak_mem_mib"] / merged["baseline_mem_mib"]).where(ok)
+    for column in PAIRED_COLUMNS:
+        merged[column] = math.nan
+    merged["speedup_method"] = None
+    if records is None or merged.empty:
+        return merged
+    table = visits.paired_table(records, baseline)
+    if table.empty:
+        return merged
+    keys = ["label", *CASE_KEYS]
+    table = table.set_index(keys)
+    index = pd.MultiIndex.from_frame(merged[keys])
+    found = index.isin(table.index)
+    rows = table.reindex(index[found])
+    for column in ("speedup", "mem_ratio", *PAIRED_COLUMNS, "speedup_method"):
+        values = rows[column].to_numpy()
+        if column in ("speedup", "mem_ratio"):  # keep the unpaired figure where the pairing has none
+            keep = pd.isna(values)
+            values = [old if k else v for old, v, k in zip(merged.loc[found, column], values, keep, strict=True)]
+        merged.loc[found, column] = values
     return merged
 
 
@@ -316,7 +342,7 @@ def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name
     both have: speed-up against the baseline model's variant and memory ratio
     (peak / the baseline's peak), one row per model and N."""
     columns = ["model", "label", "seq_len", "measured_speedup", "published_speedup", "measured_mem_ratio",
-               "published_mem_ratio"]
+               "published_mem_ratio", "case_id", "baseline_case_id"]
     found = _published_group(frame, table, pass_name or table.pass_name)
     if found is None:
         return pd.DataFrame(columns=columns)
@@ -343,6 +369,7 @@ def published_side_by_side(frame: pd.DataFrame, table: PublishedTable, pass_name
                                        and not _isnan(base["peak_mem_mib"]) and base["peak_mem_mib"] > 0
                                        else math.nan),
                 "published_mem_ratio": float(pub_n.loc[variant, "memory_gb"]) / base_gb,
+                "case_id": mine["case_id"], "baseline_case_id": base["case_id"] if has_base else None,
             })
     return pd.DataFrame(rows, columns=columns)
 
@@ -366,7 +393,7 @@ def published_correlation(frame: pd.DataFrame, table: PublishedTable, seq_len: i
     at_n = both[both["seq_len"] == n]
     if len(at_n) < 2:
         return None
-    pairs = at_n[["model", "label", "measured_speedup", "published_speedup"]].rename(
+    pairs = at_n[["model", "label", "measured_speedup", "published_speedup", "case_id", "baseline_case_id"]].rename(
         columns={"measured_speedup": "measured", "published_speedup": "published"}).reset_index(drop=True)
     return Agreement(table=table.name, pass_name=pass_name, seq_len=int(n),
                      rho=spearman(list(pairs["measured"]), list(pairs["published"])), pairs=pairs)
@@ -384,6 +411,29 @@ def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str]) -
         if len(same) == 1:
             out[variant] = same[0]
     return out
+
+
+def agreement_interval(agreement: Agreement, records: list[dict[str, Any]], level: float = paired.LEVEL
+                       ) -> paired.Interval:
+    """A bootstrap interval over rounds for ``agreement``'s rank correlation: per
+    model its speed-up in each round (the baseline's visit median over the
+    model's, same round), rounds resampled alike for every model."""
+    by_id = {r["case_id"]: r for r in records}
+
+    def rounds_of(case_id: str) -> dict[int, float]:
+        record = by_id.get(case_id) or {}
+        result = next((p for p in record.get("passes", []) if p["pass"] == agreement.pass_name), {})
+        return {r: float(np.median(s)) for r, s in zip(result.get("round_ids") or [], result.get("rounds_ms") or [],
+                                                        strict=True) if s}
+
+    per_model: dict[str, dict[int, float]] = {}
+    for pair in agreement.pairs.to_dict("records"):
+        mine, base = rounds_of(pair["case_id"]), rounds_of(pair["baseline_case_id"] or "")
+        per_model[pair["model"]] = {r: base[r] / mine[r] for r in mine.keys() & base.keys()}
+    rounds = sorted(set().union(*per_model.values())) if per_model else []
+    measured = {m: [v.get(r, math.nan) for r in rounds] for m, v in per_model.items()}
+    published = dict(zip(agreement.pairs["model"], agreement.pairs["published"], strict=True))
+    return paired.spearman_interval(measured, published, level)
 
 
 # --- quartiles from the raw samples (for bands in plots) ---------------------------
@@ -405,51 +455,30 @@ def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Data
 
 
 # --- two runs: before / after --------------------------------------------------------
+#
+# The visit (one case measured in one round) is the unit: see attnbench.paired
+# for the test and why, attnbench.visits for the rows.
 
-COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
-                   "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "p_value",
-                   "significant", "case_id"]
-
-
-def _pass_samples(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict, dict]]:
-    out = {}
-    for record in records:
-        passes = {p["pass"]: p for p in record.get("passes", [])}
-        for name in record["case"]["passes"]:
-            out[(record["case_id"], name)] = (record, passes.get(name, {"status": record.get("status", Status.ERROR)}))
-    return out
+COMPARE_COLUMNS = visits.COMPARE_COLUMNS
 
 
-def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]], alpha: float = ALPHA,
-                 min_effect: float = MIN_EFFECT) -> pd.DataFrame:
-    """One row per case and pass found in either run: the ratio of medians B/A,
-    the Mann-Whitney p-value, and an asv-style mark: ``+`` significantly slower,
-    ``-`` significantly faster, ``~`` no significant change, ``x`` failed or
-    missing in either run. Cases are matched by case id (label, N, heads, dim,
-    batch, dtype, device, causal) and pass."""
-    import statistics
+def compare_run_visits(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
+                       min_effect: float = paired.MIN_EFFECT, level: float = paired.COMPARE_LEVEL
+                       ) -> tuple[pd.DataFrame, paired.CommonShift | None]:
+    """Run B against run A (case records, visits merged): one row per case and
+    pass found in either run, with the ratio of visit medians B/A, its interval
+    beyond the runs' common drift, and an asv-style mark: ``+`` slower, ``-``
+    faster, ``~`` no change beyond ``min_effect``, ``?`` too few rounds for a
+    verdict, ``x`` failed or missing in either run; and the shift common to all
+    cases. Cases are matched by case id (label, N, heads, dim, batch, dtype,
+    device, causal) and pass."""
+    return visits.compare_records(records_a, records_b, level=level, min_effect=min_effect)
 
-    sa, sb = _pass_samples(records_a), _pass_samples(records_b)
-    rows = []
-    for key in list(dict.fromkeys([*sa, *sb])):
-        (rec_a, pa), (rec_b, pb) = sa.get(key, (None, None)), sb.get(key, (None, None))
-        case = (rec_a or rec_b)["case"]
-        status_a = pa["status"] if pa else "missing"
-        status_b = pb["status"] if pb else "missing"
-        xs = list(pa.get("samples_ms") or []) if status_a == Status.OK else []
-        ys = list(pb.get("samples_ms") or []) if status_b == Status.OK else []
-        row = {"label": case["label"], "seq_len": case["seq_len"], "heads": case["heads"], "pass": key[1],
-               "batch": case["batch"], "dim": case["dim"], "dtype": case["dtype"], "device": case["device"],
-               "causal": case["causal"], "status_a": status_a, "status_b": status_b, "n_a": len(xs),
-               "n_b": len(ys), "median_a_ms": statistics.median(xs) if xs else math.nan,
-               "median_b_ms": statistics.median(ys) if ys else math.nan, "case_id": key[0]}
-        if xs and ys:
-            c = change(xs, ys, alpha=alpha, min_effect=min_effect)
-            row.update(ratio=c.ratio, p_value=c.p_value, significant=c.significant, mark=c.mark)
-        else:
-            row.update(ratio=math.nan, p_value=math.nan, significant=False, mark=MARK_FAILED)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
+                 min_effect: float = paired.MIN_EFFECT, level: float = paired.COMPARE_LEVEL) -> pd.DataFrame:
+    """The rows of ``compare_run_visits``, without the common shift."""
+    return compare_run_visits(records_a, records_b, min_effect, level)[0]
 
 
 def compare_summary(compared: pd.DataFrame) -> pd.DataFrame:
@@ -463,9 +492,10 @@ def compare_summary(compared: pd.DataFrame) -> pd.DataFrame:
                      "slower": int((group["mark"] == MARK_SLOWER).sum()),
                      "faster": int((group["mark"] == MARK_FASTER).sum()),
                      "same": int((group["mark"] == MARK_SAME).sum()),
+                     "undecided": int((group["mark"] == MARK_UNDECIDED).sum()),
                      "failed": int((group["mark"] == MARK_FAILED).sum())})
     return pd.DataFrame(rows, columns=["label", "pass", "cases", "geomean_ratio", "slower", "faster", "same",
-                                       "failed"])
+                                       "undecided", "failed"])
 
 
 def regressions(compared: pd.DataFrame, fail_above: float) -> pd.DataFrame:

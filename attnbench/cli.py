@@ -111,9 +111,10 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "device", "causal", "heads",
-                        "seq_len", "pass", "status", "median_ms", "iqr_ms", "noisy", "baseline_ms", "speedup",
-                        "peak_mem_mib", "baseline_mem_mib", "mem_ratio", "flops", "flops_source", "tflops",
-                        "tokens_per_s", "error"]
+                        "seq_len", "pass", "status", "median_ms", "iqr_ms", "noisy", "rounds", "round_spread",
+                        "baseline_ms", "speedup", "speedup_low", "speedup_high", "speedup_method", "peak_mem_mib",
+                        "baseline_mem_mib", "mem_ratio", "mem_ratio_low", "mem_ratio_high", "flops", "flops_source",
+                        "tflops", "tokens_per_s", "error"]
 
 
 def _report_json(run_dir: Path) -> None:
@@ -142,7 +143,7 @@ def _compare_json(run_dir: Path, baseline: str | None, pass_name: str | None) ->
         base = baseline or default_baseline(frame, run_data.meta.get("baseline"))
         if base is None:
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        data = with_baseline(frame, base)
+        data = with_baseline(frame, base, run_data.records)
         if pass_name:
             data = data[data["pass"] == pass_name]
     _warn(run_data.warnings)
@@ -258,8 +259,12 @@ def report(
             check_pairable(frame)  # before anything is printed
         for item in terminal_report(run_data, frame, base):
             out.print(item)
-        if csv is not None:
-            write_csv(frame, csv)
+        if csv is not None:  # with the paired speed-ups, their intervals and the roofline fraction
+            from attnbench.analysis import with_baseline
+            from attnbench.roofline import with_peak_fraction
+
+            tidy = with_baseline(frame, base, run_data.records) if base is not None else frame
+            write_csv(with_peak_fraction(tidy, run_data.meta), csv)
             err.print(f"wrote {csv}", highlight=False)
         if plot is not None:
             from attnbench.plots import plot_run
@@ -295,8 +300,10 @@ def compare(
     Long Range Arena's Table 2 (rows models, columns N, cells "steps/s (speed-up)").
 
     With a second run, RUN_B against RUN_DIR: per case and pass the ratio of
-    medians B/A, a Mann-Whitney U test on the raw samples, and marks as asv
-    prints them: + slower, - faster, ~ no significant change, x failed or missing.
+    visit medians B/A, a test with the visit (one case in one round) as the unit,
+    beyond the drift all cases share and the minimum effect, and marks as asv
+    prints them: + slower, - faster, ~ no change, ? too few rounds, x failed or
+    missing; the two runs' calibrations side by side.
 
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
     Example: [bold]attnbench compare results/before results/after --fail-above 1.10[/]
@@ -323,16 +330,19 @@ def compare(
             raise AttnbenchError(f"{run_dir}: no finished cases to compare")
         passes = [pass_name] if pass_name else [p for p in PASSES if p in set(frame["pass"])]
         for p in passes:
-            for table in comparison_tables(frame, base, p):
+            for table in comparison_tables(frame, base, p, run_data.records):
                 out.print(table)
 
 
 def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,
                       min_effect: float, as_json: bool) -> None:
     """``compare RUN_A RUN_B``: B against A, case by case; exit 1 on a regression past --fail-above."""
-    from attnbench.analysis import compare_runs, compare_summary, regressions
+    from dataclasses import asdict
+
+    from attnbench.analysis import compare_run_visits, compare_summary, regressions
     from attnbench.report import compare_runs_tables
     from attnbench.results import frame_records, load_run
+    from attnbench.roofline import calibration_table
 
     with _user_errors():
         if fail_above is not None and not fail_above > 0:
@@ -340,7 +350,7 @@ def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_abov
         if not 0 <= min_effect < 1:
             raise AttnbenchError(f"--min-effect must be a fraction in [0, 1), got {min_effect}")
         a, b = load_run(run_a), load_run(run_b)
-        compared = compare_runs(a.records, b.records, min_effect=min_effect)
+        compared, shift = compare_run_visits(a.records, b.records, min_effect=min_effect)
         if pass_name:
             compared = compared[compared["pass"] == pass_name]
         if compared.empty:
@@ -348,15 +358,32 @@ def _compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_abov
     _warn(a.warnings + b.warnings)
     summary = compare_summary(compared)
     bad = regressions(compared, fail_above) if fail_above is not None else compared.iloc[0:0]
+    shifted = (fail_above is not None and shift is not None and shift.verdict == "slower"
+               and shift.ratio > fail_above)
     if as_json:
         _print_json({"run_a": str(run_a), "run_b": str(run_b), "min_effect": min_effect, "fail_above": fail_above,
-                     "regressions": len(bad), "rows": frame_records(compared), "summary": frame_records(summary)})
+                     "regressions": len(bad) + int(shifted), "shift": asdict(shift) if shift else None,
+                     "calibration": {"a": a.meta.get("calibration"), "b": b.meta.get("calibration")},
+                     "rows": frame_records(compared), "summary": frame_records(summary)})
     else:
-        for table in compare_runs_tables(compared, summary, a.run_id, b.run_id, min_effect=min_effect):
+        for table in compare_runs_tables(compared, summary, a.run_id, b.run_id, min_effect=min_effect,
+                                         shift=shift):
             out.print(table)
+        side_by_side = calibration_table([("A " + a.run_id, a.meta), ("B " + b.run_id, b.meta)])
+        if side_by_side is not None:
+            out.print(side_by_side)
     missing = int((compared["mark"] == "x").sum())
     if missing:
         _warn([f"{missing} case(s) failed or are missing in one of the runs (marked x)"])
+    undecided = int((compared["mark"] == "?").sum())
+    if undecided:
+        _warn([f"{undecided} case(s) have too few rounds for a verdict (marked ?): a run needs timing.rounds >= 2 "
+               "to tell a change from the drift between visits"])
+    if shifted:
+        err.print(f"[bold red]regression:[/] every case is slower together: B/A = {shift.ratio:.3f} "
+                  f"[{shift.low:.3f}–{shift.high:.3f}], past {fail_above}x", markup=True, highlight=False)
+        if not len(bad):
+            raise typer.Exit(1)
     if len(bad):
         worst = bad.sort_values("ratio").iloc[-1]
         err.print(f"[bold red]regression:[/] {len(bad)} case(s) significantly slower than {fail_above}x; worst "
@@ -446,8 +473,10 @@ def validate(
         tasks = quality_tasks(suite.quality, quality_variants(suite.variants))
         kinds = [t.kind for t in tasks]
         quality = f", quality: {kinds.count('approx')} approx + {kinds.count('mqar')} mqar measurements"
+    rounds = suite.timing.rounds
     out.print(f"{suite_path}: ok — {len(suite.variants)} variants, {len(cases)} cases, "
-              f"{sum(len(c.passes) for c in cases)} timed passes{quality}", highlight=False)
+              f"{sum(len(c.passes) for c in cases)} timed passes, {rounds} round{'s' if rounds > 1 else ''} "
+              f"({len(cases) * rounds} visits){quality}", highlight=False)
 
 
 @app.command()

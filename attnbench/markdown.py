@@ -98,8 +98,9 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
              ("threads", env.get("torch_threads")), ("GPUs", _gpus(env.get("gpus"))), ("OS", env.get("os")),
              ("command", " ".join(meta.get("command") or []) or None), ("baseline", baseline)]
     lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "", [])]
-    lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time; "
-                  f"`{NOISY_MARK}` marks a noisy figure (IQR/median > 10%).", ""]
+    lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time, paired "
+                  f"within rounds, with its 95% interval over rounds in brackets; `{NOISY_MARK}` marks a noisy "
+                  "figure (IQR/median > 10%).", ""]
     if plot:
         lines += [f"![time and memory vs N]({plot})", ""]
     quality = quality_markdown(run.quality)
@@ -112,7 +113,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
         for part in _medians_md(data, pass_name):
             lines += [part, ""]
         if baseline is not None and baseline in set(frame["label"]):
-            for part in _relative_md(with_baseline(data, baseline), baseline, pass_name):
+            for part in _relative_md(with_baseline(data, baseline, run.records), baseline, pass_name):
                 lines += [part, ""]
         rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
         lines += [f"**scaling in N and crossover vs {baseline}** (time ∝ N^k fitted on log-log; "
@@ -134,7 +135,7 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                 lines += [f"**{what}, measured / published ({published.pass_name}), against "
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [agreement_text(published_correlation(frame, published, both=both)), ""]
+            lines += [agreement_text(published_correlation(frame, published, both=both), run.records), ""]
     lines += quality
     failed = failure_rows(frame)
     if failed:

@@ -162,10 +162,11 @@ def merge_runs(parts: list[str | Path], out: str | Path, command: list[str] | No
     for run in runs:
         warnings += run.warnings
     runs.sort(key=lambda r: ((r.meta.get("shard") or {}).get("index") or 0, str(r.path)))
-    records = [record for run in runs for record in run.records]
+    records = [record for run in runs for record in run.records]  # one per case
+    visits = [visit for run in runs for visit in (run.visits or run.records)]  # as cases.jsonl holds them
     quality = _quality_records(runs, warnings)
     meta = _merged_meta(runs, out_path.name, records, total, complete, command)
-    _write(out_path, meta, records, quality)
+    _write(out_path, meta, visits, quality)
     return MergeSummary(run_dir=out_path, records=records, parts=len(runs), warnings=warnings, complete=complete)
 
 

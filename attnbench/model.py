@@ -84,6 +84,11 @@ def resolve_device(device: str) -> str:
 
 @dataclass(frozen=True)
 class TimingSettings:
+    """How a case is sampled. ``rounds``: how many times the sweep visits every
+    case, each round all cases in a shuffled order, each visit in a fresh
+    worker; the other settings apply to each visit."""
+
+    rounds: int = 3
     warmup: int = 3  # untimed runs first
     min_time_s: float = 0.2  # keep sampling until this much time is spent ...
     max_reps: int = 50  # ... or this many samples
@@ -139,6 +144,7 @@ class Case:
     compile: bool = False
     timing: TimingSettings = field(default_factory=TimingSettings)
     limits: Limits = field(default_factory=Limits)
+    round: int = 0  # which visit of the case this is (0 .. timing.rounds - 1); not part of its identity
 
     @property
     def head_dim(self) -> int:

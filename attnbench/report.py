@@ -10,6 +10,7 @@ from rich.table import Table
 
 from attnbench.analysis import (
     SETTING,
+    agreement_interval,
     default_baseline,
     describe_setting,
     label_order,
@@ -23,8 +24,9 @@ from attnbench.analysis import (
 )
 from attnbench.errors import DataError
 from attnbench.model import PASSES, REPORTED_PASSES, Status
+from attnbench.paired import MIN_EFFECT, CommonShift
 from attnbench.quality.tables import quality_tables
-from attnbench.stats import ALPHA, MIN_EFFECT
+from attnbench.roofline import roofline_tables, run_notes
 
 STATUS_SHORT = {s: ("OOM" if s == Status.OOM else s.value) for s in Status if s != Status.OK}
 NOISY_MARK = "~"
@@ -103,13 +105,25 @@ def relative_cell(row: pd.Series | None, kind: str) -> str:
     if kind == "speed":
         rate = 1e3 / row["median_ms"]
         value = f"{rate:,.1f}" if rate < 1000 else f"{rate:,.0f}"
-        ratio = row.get("speedup")
+        ratio, low, high = row.get("speedup"), row.get("speedup_low"), row.get("speedup_high")
+        if row.get("speedup_method") != "t-rounds":  # one round: the samples' interval ignores drift; not shown
+            low = high = None
     else:
         value = fmt_mib(row["peak_mem_mib"])
-        ratio = row.get("mem_ratio")
+        ratio, low, high = row.get("mem_ratio"), row.get("mem_ratio_low"), row.get("mem_ratio_high")
     if ratio is None or pd.isna(ratio):
         return value + noisy
-    return f"{value}{noisy} ({_ratio(ratio)})"
+    return f"{value}{noisy} ({_ratio(ratio)}{_interval(ratio, low, high)})"
+
+
+def _interval(ratio: float, low: float | None, high: float | None) -> str:
+    """`` [17.9–19.0]`` after a ratio, in its precision; nothing when there is no
+    interval or it is the ratio itself (memory on CPU repeats exactly)."""
+    if low is None or high is None or pd.isna(low) or pd.isna(high) or low == high:
+        return ""
+    digits = _ratio(ratio).rstrip("x")
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    return f" [{low:.{decimals}f}–{high:.{decimals}f}]"
 
 
 RELATIVE_KINDS = (("speed", "steps/s (speed-up)"), ("memory", "peak MiB (ratio)"))
@@ -140,13 +154,17 @@ def n_table(title: str, labels: list[str], ns: list[int], rows: list[list[str]],
     return table
 
 
-def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str) -> list[Table]:
+def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str,
+                      records: list[dict] | None = None) -> list[Table]:
     """Speed and memory against ``baseline`` for one pass, one pair of tables per
-    setting and head count: rows variants, columns N."""
-    data = with_baseline(frame[frame["pass"] == pass_name], baseline)
+    setting and head count: rows variants, columns N. With the run's case
+    ``records``, the ratios are paired by round, with their 95% intervals."""
+    data = with_baseline(frame[frame["pass"] == pass_name], baseline, records)
+    paired = records is not None and (data["speedup_method"] == "t-rounds").any()
+    caption = ("speed-up = baseline time / time; memory ratio = peak / baseline peak"
+               + ("; paired within rounds: geometric mean [95% interval] over rounds" if paired else ""))
     return [n_table(f"{pass_name}: {what} vs {baseline} — {describe_setting(setting)}, {heads} heads",
-                    ["model"], ns, by_kind[kind],
-                    caption="speed-up = baseline time / time; memory ratio = peak / baseline peak")
+                    ["model"], ns, by_kind[kind], caption=caption)
             for setting, heads, ns, by_kind in relative_rows(data, pass_name)
             for kind, what in RELATIVE_KINDS]
 
@@ -303,11 +321,16 @@ def side_by_side_tables(both: pd.DataFrame, published) -> list[Table]:
             for kind, what in SIDE_BY_SIDE_KINDS]
 
 
-def agreement_text(agreement) -> str:
-    """One line on the rank agreement between measured and published relative speeds."""
+def agreement_text(agreement, records: list[dict] | None = None) -> str:
+    """One line on the rank agreement between measured and published relative
+    speeds; with the run's records, its 95% interval over rounds."""
     if agreement is None:
         return "rank agreement with the published table: not enough models in common to compute it"
     rho = "undefined" if pd.isna(agreement.rho) else f"{agreement.rho:+.2f}"
+    if records is not None and not pd.isna(agreement.rho):
+        interval = agreement_interval(agreement, records)
+        if interval.has_interval:
+            rho += f" [{interval.low:+.2f} to {interval.high:+.2f}, 95% over {interval.rounds} rounds]"
     models = ", ".join(agreement.pairs["label"])
     return (f"Spearman rank correlation of relative speed at N={agreement.seq_len} ({agreement.pass_name}) "
             f"with {agreement.table}: ρ = {rho} over {agreement.models} models ({models})")
@@ -332,7 +355,7 @@ def report_sections(run, baseline: str | None, frame: pd.DataFrame) -> list:
         both = published_side_by_side(frame, published)
         out.extend(published_tables(published))
         out.extend(side_by_side_tables(both, published))
-        out.append(agreement_text(published_correlation(frame, published, both=both)))
+        out.append(agreement_text(published_correlation(frame, published, both=both), run.records))
     return out
 
 
@@ -343,7 +366,9 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
     out: list = list(run_tables(frame))
     if baseline is not None and len(set(frame["label"])) > 1:
         for pass_name in [p for p in REPORTED_PASSES if p in set(frame["pass"])]:
-            out.extend(comparison_tables(frame, baseline, pass_name))
+            out.extend(comparison_tables(frame, baseline, pass_name, run.records))
+    out.extend(roofline_tables(frame, run.meta))
+    out.extend(run_notes(run.meta, run.records))
     out.extend(report_sections(run, baseline, frame))
     out.extend(quality_tables(run.quality))
     failed = failures_table(frame)
@@ -360,37 +385,55 @@ def report_baseline(frame: pd.DataFrame, run, chosen: str | None) -> str | None:
 # --- two runs -------------------------------------------------------------------------
 
 def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: str, name_b: str,
-                        only_changed: bool = False, alpha: float = ALPHA,
-                        min_effect: float = MIN_EFFECT) -> list[Table]:
-    """asv-style: per case and pass the mark, medians of A and B, their ratio and
-    the p-value; then per variant the geometric mean of the ratios."""
-    table = Table(title=f"{name_b} against {name_a}: ratio of medians B/A",
-                  caption=f"+ slower, - faster (significant: Mann-Whitney p < {alpha:g} and a change of at least "
-                          f"{min_effect:.0%}), ~ no significant change, x failed or missing in either run")
-    for col in ("", "model", "N", "heads", "pass", "A ms", "B ms", "B/A", "p"):
-        table.add_column(col, justify="right" if col in ("N", "heads", "A ms", "B ms", "B/A", "p") else "left",
-                         no_wrap=True)
-    styles = {"+": "red", "-": "green", "x": "yellow"}
+                        only_changed: bool = False, min_effect: float = MIN_EFFECT,
+                        shift: CommonShift | None = None) -> list:
+    """asv-style: per case and pass the mark, the medians of A's and B's visits,
+    their ratio, and the change beyond the runs' common drift with its 90%
+    interval; the common shift; then per variant the geometric mean of the ratios."""
+    table = Table(title=f"{name_b} against {name_a}: the middle visit's median (ms), B/A the geometric mean "
+                        "over visits",
+                  caption=f"+ slower, - faster: the 90% interval of the change (beyond the drift all cases share, "
+                          f"up to {min_effect:.0%}) lies wholly beyond ±{min_effect:.0%}; ~ no change that large; "
+                          "? too few rounds for a verdict (2 visits a side at least); x failed or missing")
+    for col in ("", "model", "N", "heads", "pass", "visits", "A ms", "B ms", "B/A", "change [90%]"):
+        table.add_column(col, justify="left" if col in ("", "model", "pass") else "right", no_wrap=True)
+    styles = {"+": "red", "-": "green", "x": "yellow", "?": "yellow"}
     for r in compared.to_dict("records"):
         if only_changed and r["mark"] == "~":
             continue
         mark = r["mark"]
         if mark == "x":
-            detail = f"{r['status_a']} / {r['status_b']}"
-            cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), detail, ""]
+            cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['status_a']} / {r['status_b']}", ""]
         else:
-            p = r["p_value"]
+            change = "" if pd.isna(r["low"]) else (f"{r['relative'] - 1:+.1%} [{r['low'] - 1:+.1%}, "
+                                                   f"{r['high'] - 1:+.1%}]")
             cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['ratio']:.3f}",
-                     "-" if pd.isna(p) else f"{p:.3f}"]
+                     change or "too few rounds"]
         style = styles.get(mark)
         table.add_row(f"[{style}]{mark}[/]" if style else mark, r["label"], str(r["seq_len"]), str(r["heads"]),
-                      PASS_SHORT.get(r["pass"], r["pass"]), *cells)
+                      PASS_SHORT.get(r["pass"], r["pass"]), f"{r['n_a']}/{r['n_b']}", *cells)
+    out: list = [table, shift_text(shift, min_effect)]
     totals = Table(title="per variant: geometric mean of B/A over the cases measured in both runs")
-    for col in ("model", "pass", "cases", "geomean B/A", "+", "-", "~", "x"):
+    for col in ("model", "pass", "cases", "geomean B/A", "+", "-", "~", "?", "x"):
         totals.add_column(col, justify="left" if col in ("model", "pass") else "right", no_wrap=True)
     for r in summary.to_dict("records"):
         g = r["geomean_ratio"]
         totals.add_row(r["label"], PASS_SHORT.get(r["pass"], r["pass"]), str(r["cases"]),
                        "-" if pd.isna(g) else f"{g:.3f}", str(r["slower"]), str(r["faster"]), str(r["same"]),
-                       str(r["failed"]))
-    return [table, totals]
+                       str(r["undecided"]), str(r["failed"]))
+    out.append(totals)
+    return out
+
+
+def shift_text(shift: CommonShift | None, min_effect: float = MIN_EFFECT) -> str:
+    """One line on how much every case moved together between the two runs."""
+    if shift is None:
+        return ("common shift: too few cases in both runs to tell the machine's drift from a change "
+                "(each case is judged as measured)")
+    verdict = {"same": f"within ±{min_effect:.0%}: the machine's drift between runs, discounted from every case",
+               "slower": "every case slower: a change under all of them (a library, the machine: see the "
+                         "calibrations)",
+               "faster": "every case faster: a change under all of them (a library, the machine: see the "
+                         "calibrations)"}[shift.verdict]
+    return (f"common shift over {shift.cases} cases: B/A = {shift.ratio:.3f} [{shift.low:.3f}–{shift.high:.3f}], "
+            f"{verdict}; up to {min_effect:.0%} of it is discounted")

@@ -1,10 +1,12 @@
-"""Results on disk: run.json, cases.jsonl (one record per finished case,
-appended and flushed at once) and the tidy results.csv derived from them."""
+"""Results on disk: run.json, cases.jsonl (one record per finished visit of
+a case, appended and flushed at once) and the tidy results.csv derived from
+them (one row per case and pass, its visits merged)."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +17,16 @@ import pandas as pd
 from attnbench.errors import ResultsError
 from attnbench.model import STATUSES, Status, worst_status  # noqa: F401 - worst_status re-exported
 from attnbench.stats import NOISY_REL_IQR, summarize
+from attnbench.visits import latest_visits, merge_visits, round_spread, visit_medians
 
 RECORD_SCHEMA = 1
 
 CSV_COLUMNS = [
     "run_id", "variant", "label", "family", "params", "batch", "seq_len", "heads", "dim", "head_dim",
     "dtype", "device", "causal", "threads", "pass", "status", "median_ms", "iqr_ms", "min_ms", "mean_ms",
-    "std_ms", "samples", "rel_iqr", "noisy", "peak_mem_mib", "peak_reserved_mib", "flops", "flops_source",
-    "tflops", "tokens_per_s", "param_count", "error", "compile", "compile_s", "sdpa_backend", "device_name",
-    "case_id", "host", "worker_device", "device_model",
+    "std_ms", "samples", "rounds", "round_spread", "rel_iqr", "noisy", "peak_mem_mib", "peak_reserved_mib",
+    "flops", "flops_source", "tflops", "tokens_per_s", "param_count", "error", "compile", "compile_s",
+    "sdpa_backend", "device_name", "case_id", "host", "worker_device", "device_model",
 ]
 
 
@@ -77,8 +80,9 @@ class Run:
 
     path: Path
     meta: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # one per case, its visits merged (visits.merge_visits)
     warnings: list[str] = field(default_factory=list)
+    visits: list[dict[str, Any]] = field(default_factory=list)  # as cases.jsonl holds them, one per visit
     quality: list[dict[str, Any]] = field(default_factory=list)  # quality.jsonl's records
 
     @property
@@ -189,11 +193,11 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(meta, dict):
         raise ResultsError(f"{meta_path}: not an attnbench run.json")
     records, warnings = read_records(p / "cases.jsonl")
-    # A resumed run may hold an older record of the same case: the last wins.
-    latest = {r["case_id"]: r for r in records}
+    # A resumed run may hold an older record of the same visit: the last wins.
+    visits = latest_visits(records)
     quality, quality_warnings = read_quality(p / QUALITY_FILE)
-    return Run(path=p, meta=meta, records=list(latest.values()), warnings=warnings + quality_warnings,
-               quality=quality)
+    return Run(path=p, meta=meta, records=merge_visits(visits), warnings=warnings + quality_warnings,
+               visits=visits, quality=quality)
 
 
 def _stats_row(samples: list[float]) -> dict[str, Any]:
@@ -231,6 +235,13 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
             "device_model": record.get("device_model"),
         }
         row.update(_stats_row(samples) if result["status"] == Status.OK else _stats_row([]))
+        medians = visit_medians(result) if result["status"] == Status.OK else []
+        row["rounds"] = len(medians) or None
+        row["round_spread"] = round_spread(result) if result["status"] == Status.OK else None
+        if len(medians) > 1:  # the middle visit: one disturbed visit moves it least
+            row["median_ms"] = statistics.median(medians)
+            row["rel_iqr"] = row["iqr_ms"] / row["median_ms"] if row["median_ms"] else None
+            row["noisy"] = bool(row["rel_iqr"] is not None and row["rel_iqr"] > NOISY_REL_IQR)
         med = row["median_ms"]
         row["tflops"] = (row["flops"] / (med / 1e3) / 1e12) if med and row["flops"] else None
         row["tokens_per_s"] = (case["batch"] * case["seq_len"] / (med / 1e3)) if med else None
@@ -239,7 +250,9 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
 
 
 def records_frame(records: list[dict[str, Any]], run_id: str) -> pd.DataFrame:
-    rows = [row for record in records for row in record_rows(record, run_id)]
+    """The tidy frame (results.csv) of case records, or of visit records,
+    which are merged per case first."""
+    rows = [row for record in merge_visits(records) for row in record_rows(record, run_id)]
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     if not frame.empty:
         frame["flops"] = frame["flops"].astype("Int64")

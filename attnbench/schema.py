@@ -22,6 +22,7 @@ MAX_DIM = 1 << 16
 MAX_BATCH = 1 << 16
 MAX_WARMUP = 10_000
 MAX_REPS = 1_000_000
+MAX_ROUNDS = 1_000
 DEVICE_PATTERN = "^(cpu|cuda|auto|cuda:[0-9]+)$"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_FILE = "suite.schema.json"  # in attnbench/data
@@ -60,6 +61,8 @@ GRID_FIELDS: dict[str, Field] = {
     "devices": Field("devices", "cpu, cuda, cuda:N or auto (the GPU when there is one)."),
 }
 TIMING_FIELDS: dict[str, Field] = {
+    "rounds": Field("integer", "Visits of every case, each round all cases in a shuffled order, each visit in "
+                    "a fresh worker; the other timing keys apply per visit.", 1, MAX_ROUNDS),
     "warmup": Field("integer", "Untimed runs before sampling.", 0, MAX_WARMUP),
     "min_time_s": Field("number", "Keep sampling until this many seconds are spent ...", positive=True),
     "max_reps": Field("integer", "... or this many samples are taken.", 1, MAX_REPS),

@@ -24,7 +24,7 @@ from attnbench.cli import app
 from attnbench.errors import AttnbenchError
 from attnbench.results import CSV_COLUMNS, load_run, rewrite_records
 
-TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
+TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01, rounds: 2}"
 TINY = f"""\
 name: tiny
 defaults: {{dim: 32, passes: [forward, backward]}}
@@ -109,7 +109,8 @@ def test_units_are_setting_groups_only_when_distributed():
     groups = plan_units(cases, by_setting=True)
     assert [len(u.cases) for u in groups] == [3, 3, 3]
     assert all(len({c.seq_len for c in u.cases}) == 1 for u in groups)
-    assert [c.label for c in groups[0].cases] == ["softmax", "fastformer", "linformer"]
+    assert sorted(c.label for c in groups[0].cases) == ["fastformer", "linformer", "softmax"]
+    assert [u.cases[0].seq_len for u in groups] == [32, 64, 96]  # the first round: smaller N first
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -161,13 +162,18 @@ def test_every_record_names_its_host_and_device(shared_run):
         assert set(csv.loc[csv["status"] == "ok", "host"]) == {socket.gethostname()}
 
 
-def test_each_setting_group_runs_on_one_worker(shared_run):
-    _, shared = shared_run
+def test_each_setting_group_runs_on_one_worker(tmp_path):
+    """Without faults (a crash replaces its worker), a setting group's variants share one worker."""
+    suite = suite_mod.parse(TINY)
+    summary = run_suite(suite, RunOptions(out_dir=tmp_path, quiet=True, devices=["cpu", "cpu"],
+                                          allow_shared_cpu=True))
     pids = {}
-    for record in shared.records:
-        if record["status"] == "ok":
-            pids.setdefault(record["case"]["seq_len"], set()).add(record["worker_pid"])
-    assert pids and all(len(p) == 1 for p in pids.values())
+    for visit in summary.visits:  # a round of a setting group: one worker; the next round: a fresh one
+        pids.setdefault((visit["case"]["seq_len"], visit["round"]), set()).add(visit["worker_pid"])
+    assert len(pids) == 6 and all(len(p) == 1 for p in pids.values())
+    by_round = [set().union(*(p for (_, r), p in pids.items() if r == k)) for k in (0, 1)]
+    assert not by_round[0] & by_round[1]  # each visit of a case in another process
+    assert summary.exit_code == 0
 
 
 def test_device_pool_runs_a_unit_directly():

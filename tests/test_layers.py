@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "attnbench"
 # inside a rank the imports must not form a cycle. Sub-ranks order the
 # insides of the variants and bench packages.
 LAYERS: list[tuple[str, ...]] = [
-    ("attnbench.model", "attnbench.stats"),
+    ("attnbench.model", "attnbench.stats", "attnbench.paired"),
     ("attnbench.errors",),
     ("attnbench.testing",),
     ("attnbench.variants.layer",),
@@ -27,18 +27,19 @@ LAYERS: list[tuple[str, ...]] = [
      "attnbench.variants.flex", "attnbench.variants.factory"),
     ("attnbench.variants", "attnbench"),
     ("attnbench.quality.approx", "attnbench.quality.mqar", "attnbench.quality.plan", "attnbench.quality"),
+    ("attnbench.visits",),
     ("attnbench.published", "attnbench.results", "attnbench.env", "attnbench.suite", "attnbench.schema",
      "attnbench.suite_quality"),
     ("attnbench.bench.timing", "attnbench.bench.memory", "attnbench.bench.messages", "attnbench.bench.checks",
      "attnbench.bench.flops", "attnbench.bench.signals", "attnbench.bench.progress", "attnbench.bench.skip",
-     "attnbench.bench.shard", "attnbench.bench.placement"),
+     "attnbench.bench.calibration", "attnbench.bench.noise", "attnbench.bench.shard", "attnbench.bench.placement"),
     ("attnbench.bench.measure", "attnbench.bench.records", "attnbench.bench.rundir", "attnbench.bench.quality",
      "attnbench.merge"),
     ("attnbench.bench.child",),
     ("attnbench.bench.executor", "attnbench.bench.devices", "attnbench.bench.ray_executor"),
     ("attnbench.bench.sweep", "attnbench.bench"),
     ("attnbench.analysis", "attnbench.quality.summary"),
-    ("attnbench.tables", "attnbench.plots", "attnbench.quality.tables"),
+    ("attnbench.tables", "attnbench.plots", "attnbench.roofline", "attnbench.quality.tables"),
     ("attnbench.report", "attnbench.markdown"),
     ("attnbench.cli", "attnbench.__main__"),
 ]

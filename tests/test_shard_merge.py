@@ -37,7 +37,7 @@ name: tiny
 defaults: {dim: 32, passes: [forward, backward]}
 grid: {seq_lens: [32, 64, 96, 128], heads: [2, 4]}
 variants: [softmax, fastformer, {name: linformer, params: {k: 16}}]
-timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}
+timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01, rounds: 2}
 """
 
 
@@ -142,6 +142,7 @@ def test_shards_merged_equal_the_unsharded_run(sharded, tmp_path):
     assert {r["case_id"]: r["status"] for r in merged.records} == {r["case_id"]: r["status"] for r in whole.records}
     assert merged.meta["status"] == "finished" and merged.meta["cases_total"] == len(whole.records)
     assert [p["shard"]["index"] for p in merged.meta["merged_from"]] == [1, 2, 3]
+    assert len(merged.visits) == len(whole.visits) == 2 * len(whole.records)  # both rounds of every case
     csv = pd.read_csv(tmp_path / "merged" / "results.csv")
     reference = pd.read_csv(whole.run_dir / "results.csv")
     assert list(csv.columns) == list(reference.columns)
@@ -163,7 +164,7 @@ def test_an_incomplete_merge_warns_and_resume_fills_it(parts_copy, tmp_path):
     result = CliRunner().invoke(app, ["run", str(suite_path), "--resume", str(out), "-q", "--in-process"])
     assert result.exit_code == 0, result.output
     assert {r["case_id"] for r in load_run(out).records} == {r["case_id"] for r in whole.records}
-    assert len((out / "cases.jsonl").read_text().splitlines()) == len(whole.records)
+    assert len((out / "cases.jsonl").read_text().splitlines()) == len(whole.visits)  # every visit once
 
 
 def refused(args: list[str], tmp_path: Path) -> str:

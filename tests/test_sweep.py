@@ -36,7 +36,7 @@ from attnbench.results import load_run
 
 TESTS = Path(__file__).resolve().parent  # on the path (pyproject: pytest pythonpath): faulty_variants
 
-TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
+TIMING = "timing: {rounds: 1, warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01}"
 
 FAULTS_SUITE = f"""\
 name: faults
@@ -279,7 +279,7 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert full.exit_code == 0
     assert {r["case_id"] for r in resumed.records} == {r["case_id"] for r in full.records}
     assert all(r["status"] == "ok" for r in resumed.records)
-    assert len((run_dir / "cases.jsonl").read_text().splitlines()) == len(full.records)  # nothing ran twice
+    assert len((run_dir / "cases.jsonl").read_text().splitlines()) == len(full.visits)  # nothing ran twice
     csv = pd.read_csv(run_dir / "results.csv")
     assert len(csv) == len(full.records) and csv["case_id"].is_unique
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"

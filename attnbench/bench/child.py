@@ -375,3 +375,45 @@ def run_in_process(case: Case) -> Outcome:
     with memory_limit(case):
         run_case(case, outcome.messages.append)
     return outcome
+
+
+CALIBRATION_TIMEOUT_S = 120.0
+
+
+def _calibrate_entry(conn: Any, device: str, dtype: str, environ: dict[str, str]) -> None:
+    from attnbench.bench.calibration import calibrate
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        conn.send(calibrate(device, dtype))
+    except BaseException as exc:  # noqa: BLE001 - reported, the sweep goes on
+        conn.send({"device": device, "dtype": dtype, "error": f"{type(exc).__name__}: {exc}"[:300]})
+
+
+def calibrate_in_child(device: str, dtype: str) -> dict[str, Any]:
+    """``bench.calibration.calibrate`` in a worker-like child process (forked
+    from the fork server where there is one), so that the sweep's process never
+    initialises CUDA; ``{"error": ...}`` when the child fails or hangs."""
+    ctx = mp.get_context(_start_method())
+    if ctx.get_start_method() == "forkserver":
+        _ensure_fork_server(ctx)
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_calibrate_entry, args=(child, device, dtype, dict(os.environ)), daemon=True,
+                          name="attnbench-calibration")
+    process.start()
+    child.close()
+    try:
+        if parent.poll(CALIBRATION_TIMEOUT_S):
+            return parent.recv()
+        return {"device": device, "dtype": dtype,
+                "error": f"the calibration did not finish within {CALIBRATION_TIMEOUT_S:g} s"}
+    except (EOFError, OSError):
+        return {"device": device, "dtype": dtype, "error": f"the calibration process died ({process.exitcode})"}
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+        parent.close()

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attnbench.bench.child import WORKER_CPUS_ENV, WorkerPool
+from attnbench.bench.child import WORKER_CPUS_ENV, WorkerPool, calibrate_in_child
 from attnbench.bench.executor import Executor, WorkUnit
 from attnbench.bench.messages import CaseStarted, Event
 from attnbench.bench.placement import local_placement
@@ -88,6 +88,7 @@ class _Slot:
     device: str  # cuda:N as this host numbers it, or cpu
     pool: WorkerPool
     cores: list[int] | None = None
+    round: int | None = None  # the round of the last unit it ran: a new round starts a fresh worker
 
 
 class _SlotFree:
@@ -133,6 +134,10 @@ class DevicePoolExecutor(Executor):
     def prepare(self) -> None:
         self._slots[0].pool.prestart()  # one fork server serves every device's worker
 
+    def calibrate(self, device: str, dtype: str) -> dict[str, Any]:
+        """In a child process: the sweep's own process must not hold GPU memory."""
+        return calibrate_in_child(device, dtype)
+
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
         """Run ``cases`` on the first device (the sweep submits units instead)."""
         self.submit(WorkUnit(tuple(cases)))
@@ -149,6 +154,9 @@ class DevicePoolExecutor(Executor):
 
     def _run_unit(self, slot: _Slot, unit: WorkUnit) -> None:
         try:
+            if slot.round is not None and slot.round != unit.round:
+                slot.pool.close()  # each visit of a case in another process, as a sequential sweep does
+            slot.round = unit.round
             for case in unit.cases:
                 if self._stop.is_set():
                     break

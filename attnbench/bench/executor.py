@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attnbench.bench.child import SERVER_PRELOAD, WorkerPool, import_modules, run_in_process
+from attnbench.bench.child import SERVER_PRELOAD, WorkerPool, calibrate_in_child, import_modules, run_in_process
 from attnbench.bench.messages import CaseStarted, Event, Outcome
 from attnbench.bench.placement import local_placement
 from attnbench.model import Case
@@ -31,9 +31,12 @@ from attnbench.model import Case
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """Cases one worker runs in order, one after the other."""
+    """Cases one worker runs in order, one after the other: one round of one
+    setting group (every variant at one N, heads, dim, batch, dtype, device),
+    so paired ratios compare visits made on the same device at the same time."""
 
     cases: tuple[Case, ...]
+    round: int = 0
 
 
 class Executor(ABC):
@@ -48,6 +51,18 @@ class Executor(ABC):
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Called once there is work: start what takes long (a fork server)."""
+
+    def fresh(self) -> None:  # noqa: B027 - optional hook
+        """The next cases start in a fresh worker (a new round: each visit of a
+        case then runs in another process, so the spread between visits holds
+        the spread between processes, as pyperf's workers do)."""
+
+    def calibrate(self, device: str, dtype: str) -> dict[str, Any]:
+        """The device's matmul rate and copy bandwidth (``bench.calibration``),
+        measured where the cases run."""
+        from attnbench.bench.calibration import calibrate
+
+        return calibrate(device, dtype)
 
     @abstractmethod
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
@@ -96,6 +111,13 @@ class LocalPoolExecutor(Executor):
 
     def prepare(self) -> None:
         self.pool.prestart()  # the fork server imports torch while the sweep is set up
+
+    def fresh(self) -> None:
+        self.pool.close()  # the next case starts a new worker
+
+    def calibrate(self, device: str, dtype: str) -> dict[str, Any]:
+        """In a child process: the sweep's own process must not hold GPU memory."""
+        return calibrate_in_child(device, dtype)
 
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
         for case in cases:

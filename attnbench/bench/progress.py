@@ -10,7 +10,8 @@ from attnbench.model import Case, Status
 class Progress:
     """A rich progress bar on stderr (case i of n, name, elapsed, remaining)."""
 
-    def __init__(self, total: int, quiet: bool) -> None:
+    def __init__(self, total: int, quiet: bool, rounds: int = 1) -> None:
+        self.rounds = rounds
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -22,7 +23,8 @@ class Progress:
         )
 
         self.console = Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]case"), MofNCompleteColumn(), BarColumn(),
+        self.progress = Progress(TextColumn("[bold]visit" if rounds > 1 else "[bold]case"), MofNCompleteColumn(),
+                                 BarColumn(),
                                  TextColumn("{task.description}"), TimeElapsedColumn(),
                                  TextColumn("eta"), TimeRemainingColumn(),
                                  console=self.console, disable=quiet, transient=False)
@@ -36,8 +38,9 @@ class Progress:
         self.progress.__exit__(*exc)
 
     def start(self, case: Case) -> None:
+        where = f" round {case.round + 1}/{self.rounds}" if self.rounds > 1 else ""
         self.progress.update(self.task, description=f"{case.label} N={case.seq_len} H={case.heads} "
-                                                    f"{case.device} {case.dtype}")
+                                                    f"{case.device} {case.dtype}{where}")
 
     def finished(self, record: dict[str, Any]) -> None:
         from rich.markup import escape

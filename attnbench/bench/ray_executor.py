@@ -57,11 +57,14 @@ def import_ray() -> Any:
 
 # --- inside the Ray task ------------------------------------------------------------
 
-# One pool per Ray worker process and set of modules, reused by the units it runs.
+# One pool per Ray worker process and set of modules, reused by the units it
+# runs, and the round of the last unit each ran (a new round: a fresh worker).
 _POOLS: dict[tuple[str, ...], WorkerPool] = {}
+_POOL_ROUNDS: dict[tuple[str, ...], int] = {}
 
 
-def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[str]) -> Iterator[Any]:
+def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[str],
+                  round_: int = 0) -> Iterator[Any]:
     """The body of a unit's Ray task: first where it runs (a dict), then each
     case's ``Outcome``, in order."""
     import ray
@@ -76,6 +79,9 @@ def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[s
     if pool.environ != pinned:  # Ray gave this process another GPU: its worker must not keep the old one
         pool.kill()
         pool.environ = pinned
+    if _POOL_ROUNDS.setdefault(tuple(preload), round_) != round_:
+        pool.close()  # each visit of a case in another process, as a local sweep does
+        _POOL_ROUNDS[tuple(preload)] = round_
     placement = {"host": host_name(), "worker_device": f"cuda:{gpus[0]}" if gpus else "cpu",
                  "device_model": None if gpus else cpu_model(), "ray_node": ray.get_runtime_context().get_node_id()}
     yield placement
@@ -87,6 +93,18 @@ def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[s
         outcome = pool.run(runnable, case.limits.case_timeout_s)
         outcome.case, outcome.started, outcome.wall_s = case, started, time.perf_counter() - t0
         yield outcome
+
+
+def calibrate_task(device: str, dtype: str) -> dict[str, Any]:
+    """A Ray task: calibrate the device a unit's task gets, in a child process
+    (the Ray worker, which runs units next, must not hold a CUDA context)."""
+    import ray
+
+    from attnbench.bench.child import calibrate_in_child
+
+    out = calibrate_in_child("cuda" if device.startswith("cuda") else device, dtype)
+    gpus = [str(g) for g in ray.get_gpu_ids()]
+    return {**out, "host": host_name(), "worker_device": f"cuda:{gpus[0]}" if gpus else device}
 
 
 def _module_paths(modules: list[str]) -> list[str]:
@@ -115,6 +133,7 @@ class _Flight:
     """A unit's task: the cases it has not reported yet, in order."""
 
     cases: list[Case]
+    round: int = 0
     retry: dict[str, Any] | None = None  # set when these cases are sent again after a worker died
     placement: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # None until the task starts (it may wait for a free device)
@@ -150,7 +169,7 @@ class RayExecutor(Executor):
         self.task_options = options
         self._remote = ray.remote(run_unit_task).options(num_returns="streaming", max_retries=0, **options)
         self._flights: dict[Any, _Flight] = {}
-        self._retried: set[str] = set()
+        self._retried: set[tuple[str, int]] = set()  # visits sent again once already
 
     def _task_shape(self, device_kind: str) -> tuple[int, dict[str, Any]]:
         """(units at once, the resources of one unit's task)."""
@@ -180,12 +199,21 @@ class RayExecutor(Executor):
         while self.in_flight:
             yield from self.poll(0.1)
 
-    def submit(self, unit: WorkUnit) -> None:
-        self._launch(list(unit.cases))
+    def calibrate(self, device: str, dtype: str) -> dict[str, Any]:
+        """On the cluster, in a task shaped like a unit's (so on the kind of device the units get)."""
+        task = self._ray.remote(calibrate_task).options(max_retries=0, **self.task_options)
+        try:
+            with signals_pass_through():
+                return self._ray.get(task.remote(device, dtype))
+        except self._ray.exceptions.RayError as exc:
+            return {"device": device, "dtype": dtype, "error": f"the calibration task failed: {_first_line(exc)}"}
 
-    def _launch(self, cases: list[Case], retry: dict[str, Any] | None = None) -> None:
-        generator = self._remote.remote([c.to_dict() for c in cases], self.preload, self.paths)
-        self._flights[generator] = _Flight(cases, retry)
+    def submit(self, unit: WorkUnit) -> None:
+        self._launch(list(unit.cases), unit.round)
+
+    def _launch(self, cases: list[Case], round_: int = 0, retry: dict[str, Any] | None = None) -> None:
+        generator = self._remote.remote([c.to_dict() for c in cases], self.preload, self.paths, round_)
+        self._flights[generator] = _Flight(cases, round_, retry)
 
     @property
     def in_flight(self) -> int:
@@ -250,15 +278,15 @@ class RayExecutor(Executor):
         """The task's worker died under ``flight``: send its cases again once;
         a case in flight during a second death keeps ``status``."""
         case = flight.cases[0]
-        if case.case_id not in self._retried:
-            self._retried.add(case.case_id)
-            self._launch(flight.cases, {"attempt": 2, "after": reason})
+        if (case.case_id, case.round) not in self._retried:
+            self._retried.add((case.case_id, case.round))
+            self._launch(flight.cases, flight.round, {"attempt": 2, "after": reason})
             return
         yield CaseStarted(case)
         yield Outcome(case=case, status=status, error=f"{reason}, again after a retry",
                       placement=self._placement(flight))
         if flight.cases[1:]:
-            self._launch(flight.cases[1:], flight.retry)
+            self._launch(flight.cases[1:], flight.round, flight.retry)
 
     def _all_failed(self, flight: _Flight, status: str, error: str) -> Iterator[Event]:
         for case in flight.cases:
@@ -280,7 +308,7 @@ class RayExecutor(Executor):
                           error=f"the Ray task reported nothing for {allowed:g} s (limits.case_timeout_s plus "
                                 "a start-up allowance); it was cancelled")
             if flight.cases[1:]:
-                self._launch(flight.cases[1:], flight.retry)
+                self._launch(flight.cases[1:], flight.round, flight.retry)
 
     def close(self, interrupted: bool = False) -> None:
         for generator in list(self._flights):

@@ -18,8 +18,8 @@ def make_record(case: Case, outcome: Outcome, started: float, wall_s: float) -> 
     """The record of ``case``: the layer's facts, one entry per pass, and the
     case's status (the worst of its passes' and the worker's) and first error."""
     record: dict[str, Any] = {"schema": RECORD_SCHEMA, "case_id": case.case_id, "case": case.to_dict(),
-                              "started_at": started, "wall_s": wall_s, "worker_pid": outcome.worker_pid,
-                              "passes": []}
+                              "round": case.round, "started_at": started, "wall_s": wall_s,
+                              "worker_pid": outcome.worker_pid, "passes": []}
     record.update(outcome.placement)
     error = None
     for message in outcome.messages:

@@ -143,7 +143,7 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         meta = run.meta
         meta.setdefault("resumed_at", []).append(dt.datetime.now().astimezone().isoformat())
         meta["status"] = "running"
-        return run.path, meta, run.records, run.warnings
+        return run.path, meta, run.visits, run.warnings
     _check_out_dir(options.out_dir)
     run_dir = _new_run_dir(options.out_dir, suite.name)
     environment = collect_environment()

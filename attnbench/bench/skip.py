@@ -3,7 +3,8 @@ series (same everything but N) that finished before them.
 
 A series runs from small to large N. Once one N ran out of memory, the larger
 ones are skipped; on CPU a case whose extrapolated peak memory exceeds what is
-free (after ``limits.memory_margin_mib``) is skipped too.
+free (after ``limits.memory_margin_mib``) is skipped too. With rounds, the
+policy decides a case's first visit; its later visits follow that one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | No
     points = []
     for record in previous:
         c = record["case"]
-        peaks = [p.get("peak_mem_mib") or 0.0 for p in record.get("passes", []) if p["status"] == Status.OK]
+        peaks = [p["peak_mem_mib"] for p in record.get("passes", [])
+                 if p["status"] == Status.OK and p.get("peak_mem_mib") is not None]
         if peaks and c["seq_len"] < case.seq_len:
             points.append((c["seq_len"], max(peaks)))
     if not points:
@@ -37,7 +39,20 @@ def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | No
 
 
 def skip_reason(case: Case, done: list[dict[str, Any]]) -> str | None:
-    """Why ``case`` should not run, given the finished records ``done``; None to run it."""
+    """Why ``case`` should not run, given the finished records ``done`` (one per
+    visit); None to run it. A later visit follows the case's earlier ones: it
+    runs when they all succeeded, and is skipped when one did not (a failure
+    repeats, and a timeout would cost its limit in every round)."""
+    earlier = [r for r in done if r.get("case_id") == case.case_id and r.get("round", 0) != case.round]
+    if earlier:
+        failed = [r for r in earlier if r["status"] not in (Status.OK, Status.SKIPPED)]
+        if failed:
+            first = min(failed, key=lambda r: r.get("round", 0))
+            return f"skipped: its visit in round {first.get('round', 0) + 1} ended {first['status']}"
+        ran = any(p["status"] == Status.OK for r in earlier for p in r.get("passes", []))
+        if not ran:  # skipped whole: the reason holds for this visit too
+            return next((r.get("error") for r in earlier if r.get("error")), None) or "skipped"
+        return None  # some passes ran (others cannot run here): visit again
     key = case.series
     series = [r for r in done if series_of(r["case"]) == key]
     for record in series:

@@ -1,0 +1,167 @@
+"""Calibration (matmul rate, copy bandwidth, drift warnings) and noise
+monitoring (other processes' CPU time, load, threads, governor) with psutil
+and sysfs faked."""
+
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnbench.bench import calibration, noise
+from attnbench.bench.calibration import calibrate, calibration_drift, format_rate
+from attnbench.bench.noise import NoiseMonitor, governors, noise_warnings
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+def test_cpu_calibration_measures_both_figures_quickly():
+    c = calibrate("cpu", "float32", target_s=0.002, repeats=2)
+    assert "error" not in c
+    assert c["matmul_flops"] > 1e6 and c["bandwidth_bytes_per_s"] > 1e6
+    assert c["matmul_n"] == calibration.MATMUL_N["cpu"]
+    assert c["device"] == "cpu" and c["dtype"] == "float32" and c["threads"] >= 1 and c["seconds"] > 0
+    assert c["schema"] == calibration.CALIBRATION_SCHEMA
+
+
+def test_the_matmul_size_is_fixed_and_the_products_fill_the_target(monkeypatch):
+    seen = []
+
+    def fake_region(fn, device, times=1):
+        n = fn().shape[0]
+        seen.append(n)
+        return (n / 1024) ** 3 * 0.03 * times  # 1024 takes 30 ms
+
+    monkeypatch.setattr(calibration, "_region_s", fake_region)
+    out = calibration.matmul_rate(torch.device("cpu"), torch.float32, target_s=0.1, repeats=3)
+    assert out["matmul_n"] == 1024 and out["matmul_per_region"] == 3
+    assert out["matmul_flops"] == pytest.approx(2 * 1024**3 / 0.03)
+    assert set(seen) == {1024}  # the same work whatever the load: start and end compare
+
+
+def test_cuda_regions_are_synchronised(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    calibration._region_s(lambda: None, torch.device("cuda"), times=4)
+    assert len(calls) == 2  # before and after the region, not per call
+    calibration._region_s(lambda: None, torch.device("cpu"))
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_cuda_without_a_gpu_is_a_message_not_an_exception():
+    assert calibrate("cuda", "bfloat16")["error"] == "CUDA is not available on this machine"
+    assert "unknown dtype" in calibrate("cpu", "int7")["error"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_calibration():
+    c = calibrate("cuda", "bfloat16")
+    assert "error" not in c and c["matmul_flops"] > 1e12 and c["bandwidth_bytes_per_s"] > 1e11
+    assert c["device_name"]
+
+
+def test_drift_warns_beyond_the_threshold_only():
+    start = {"device": "cpu", "dtype": "float32", "matmul_flops": 50e9, "bandwidth_bytes_per_s": 15e9}
+    assert calibration_drift(start, {**start, "matmul_flops": 48.5e9}) == []
+    warned = calibration_drift(start, {**start, "matmul_flops": 40e9})
+    assert len(warned) == 1 and "matmul rate" in warned[0] and "-20%" in warned[0]
+    assert "50 GFLOP/s -> 40 GFLOP/s" in warned[0]
+    assert len(calibration_drift(start, {**start, "bandwidth_bytes_per_s": 20e9}, threshold=0.2)) == 1
+    assert calibration_drift(start, {"error": "CUDA is not available"}) == []
+    assert calibration_drift(None, start) == []
+    assert format_rate("matmul_flops", 1.5e12) == "1.5 TFLOP/s" and format_rate("bw", None) == "—"
+
+
+# --- noise ------------------------------------------------------------------------------------
+
+CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait irq softirq steal guest guest_nice")
+ProcTimes = namedtuple("ProcTimes", "user system children_user children_system")
+
+
+class FakeProcess:
+    def __init__(self, machine, pid):
+        self.machine, self.pid = machine, pid
+
+    def cpu_times(self):
+        if self.pid in self.machine.gone:
+            raise FakePsutil.Error()
+        return ProcTimes(*self.machine.procs[self.pid])
+
+    def children(self, recursive=False):
+        return [FakeProcess(self.machine, p) for p in self.machine.procs if p != self.pid]
+
+
+class FakePsutil:
+    """A 2-core machine: our tree is pid 1 (and its workers); the rest is others."""
+
+    class Error(Exception):
+        pass
+
+    def __init__(self):
+        self.busy = 0.0
+        self.procs = {1: (1.0, 0.0, 0.0, 0.0)}
+        self.gone = set()
+
+    def cpu_times(self):
+        return CpuTimes(user=self.busy, nice=0, system=0, idle=100.0, iowait=1.0, irq=0, softirq=0, steal=0,
+                        guest=5.0, guest_nice=0)
+
+    def cpu_count(self, logical=True):
+        return 2
+
+    def Process(self, pid):  # noqa: N802 - psutil's name
+        return FakeProcess(self, pid)
+
+
+def test_other_processes_time_is_the_machines_busy_time_minus_our_tree():
+    ps, clock = FakePsutil(), iter([0.0, 10.0])
+    monitor = NoiseMonitor(ps, loadavg=lambda: (0.2, 0.1, 0.1), clock=lambda: next(clock), pid=1)
+    monitor.start()
+    # 10 s: our parent 1 CPU-s, a worker 12 CPU-s (it finished: its parent's children time), others 5 CPU-s
+    ps.procs[1] = (2.0, 0.0, 12.0, 0.0)
+    ps.busy += 1.0 + 12.0 + 5.0
+    record = monitor.stop()
+    assert record["own_cpu_s"] == pytest.approx(13.0) and record["other_cpu_s"] == pytest.approx(5.0)
+    assert record["other_share"] == pytest.approx(5.0 / 20.0) and record["cores"] == 2
+    assert record["load_average_start"] == [0.2, 0.1, 0.1]
+    warned = noise_warnings(record, threads=2, usable_cores=2)
+    assert any("other processes used 25% of the 2 cores" in w for w in warned)
+
+
+def test_a_quiet_run_has_no_warning_and_a_vanished_worker_is_no_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(noise, "CPU_SYSFS", tmp_path)
+    ps, clock = FakePsutil(), iter([0.0, 10.0])
+    ps.procs[2] = (3.0, 0.0, 0.0, 0.0)
+    monitor = NoiseMonitor(ps, loadavg=lambda: (0.1, 0.1, 0.1), clock=lambda: next(clock), pid=1)
+    monitor.start()
+    ps.gone.add(2)  # exited without being reaped yet
+    ps.procs[1] = (1.5, 0.0, 0.0, 0.0)
+    ps.busy += 0.5 + 0.4
+    record = monitor.stop()
+    assert record["other_cpu_s"] == pytest.approx(0.4)
+    assert noise_warnings({**record, "load_average_end": [2.3, 1, 1], "governors": ["performance"]},
+                          threads=2, usable_cores=2) == []
+    assert NoiseMonitor(ps, loadavg=lambda: (0, 0, 0)).stop() == {}
+
+
+def test_load_threads_and_governor_warnings():
+    record = {"cores": 2, "other_share": 0.0, "load_average_start": [1.5, 1, 1], "load_average_end": [6.0, 2, 1],
+              "governors": ["performance", "powersave"]}
+    warned = noise_warnings(record, threads=4, usable_cores=2)
+    assert len(warned) == 4
+    assert any("busy when the run started" in w for w in warned)
+    assert any("busy at the end" in w for w in warned)
+    assert any("4 threads on 2 usable core" in w for w in warned)
+    assert any("powersave" in w and "performance" in w for w in warned)
+
+
+def test_governors_read_from_sysfs(tmp_path: Path):
+    for cpu, gov in ((0, "performance"), (1, "schedutil")):
+        folder = tmp_path / f"cpu{cpu}" / "cpufreq"
+        folder.mkdir(parents=True)
+        (folder / "scaling_governor").write_text(gov + "\n")
+    (tmp_path / "cpufreq").mkdir()  # not a cpu folder
+    assert governors(tmp_path) == ["performance", "schedutil"]
+    assert governors(tmp_path / "missing") == []

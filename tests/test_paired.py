@@ -1,0 +1,219 @@
+"""attnbench.paired on synthetic runs with a known answer: paired ratios and
+their intervals, the variance prior, the between-runs test at the visit level
+(A/A flags few cases, a planted 15% slowdown is found), and the bootstrap
+interval of a rank correlation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from attnbench import paired
+from attnbench.paired import (
+    Interval,
+    compare_visits,
+    estimate_prior,
+    paired_ratio,
+    ratio_prior,
+    spearman_interval,
+    visit_change,
+)
+
+
+def visit(rng: np.random.Generator, median: float, n: int = 5, sigma: float = 0.02) -> list[float]:
+    """The samples of one visit around ``median`` (log-normal spread within the visit)."""
+    return [float(x) for x in median * np.exp(rng.normal(0.0, sigma, n))]
+
+
+# --- paired ratios within a run --------------------------------------------------------
+
+def test_the_paired_ratio_recovers_a_planted_speed_up_under_drift_that_fools_the_unpaired_one():
+    """Rounds 1 and 3 run 40% slow (a neighbour, a clock): both variants feel
+    it. The fast variant fits more samples into its time budget in every
+    round, so pooling all samples weighs the slow rounds differently on each
+    side; pairing by round cancels the drift."""
+    rng = np.random.default_rng(11)
+    drift = [1.0, 1.4, 1.0, 1.4, 1.0]
+    base = [visit(rng, 10.0 * d, n=5) for d in drift]
+    fast = [visit(rng, 2.0 * d, n=30 if d > 1 else 5) for d in drift]
+    speedup = paired_ratio(base, fast)
+    assert speedup.estimate == pytest.approx(5.0, rel=0.02)
+    assert speedup.low < 5.0 < speedup.high and speedup.method == "t-rounds" and speedup.rounds == 5
+    unpaired = np.median(np.concatenate(base)) / np.median(np.concatenate(fast))
+    assert abs(unpaired / 5.0 - 1) > 0.2  # off by the drift
+
+
+def _coverage(rounds: int, sigma: float, runs: int, pairs: int, use_prior: bool, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    truth = 3.0
+    covered = total = 0
+    for _ in range(runs):
+        drift = np.exp(rng.normal(0, 0.1, rounds))  # common to both sides of a round
+        data = []
+        for _ in range(pairs):
+            noise = np.exp(rng.normal(0, sigma, (2, rounds)))
+            base = [visit(rng, truth * d * e, sigma=0.005) for d, e in zip(drift, noise[0], strict=True)]
+            var = [visit(rng, d * e, sigma=0.005) for d, e in zip(drift, noise[1], strict=True)]
+            data.append((base, var))
+        prior = ratio_prior(data) if use_prior else None
+        for base, var in data:
+            interval = paired_ratio(base, var, prior=prior)
+            covered += interval.low <= truth <= interval.high
+            total += 1
+    return covered / total
+
+
+@pytest.mark.parametrize("rounds,use_prior", [(3, False), (5, False), (5, True)])
+def test_the_95_percent_interval_covers_the_truth_in_95_percent_of_simulated_runs(rounds, use_prior):
+    coverage = _coverage(rounds, sigma=0.04, runs=200 if not use_prior else 20, pairs=2 if not use_prior else 24,
+                         use_prior=use_prior, seed=rounds)
+    assert 0.92 <= coverage <= 0.98, coverage
+
+
+def test_one_round_falls_back_to_the_samples_and_says_what_it_ignores():
+    rng = np.random.default_rng(3)
+    interval = paired_ratio([visit(rng, 10.0, 9)], [visit(rng, 4.0, 9)])
+    assert interval.method == "bootstrap-samples" and interval.rounds == 1
+    assert interval.low < 2.5 < interval.high and "drift" in interval.note
+
+
+def test_deterministic_figures_have_an_exact_interval_and_missing_rounds_are_dropped():
+    mem = paired_ratio([[272.0]] * 4, [[20.0]] * 4)
+    assert mem.method == "exact" and mem.low == mem.high == mem.estimate == pytest.approx(13.6)
+    assert mem.format() == "13.6×"
+    partial = paired_ratio([[10.0], [], [12.0]], [[5.0], [5.0], [6.0]])
+    assert partial.rounds == 2 and partial.estimate == pytest.approx(2.0)
+    assert paired_ratio([[]], [[1.0]]).method == "none"
+    with pytest.raises(ValueError, match="rounds"):
+        paired_ratio([[1.0]], [[1.0], [1.0]])
+
+
+def test_interval_format():
+    assert Interval(18.43, 17.91, 19.02, 5, "t-rounds").format() == "18.4× [17.9–19.0]"
+    assert Interval(0.512, 0.5, 0.53, 5, "t-rounds").format(unit="") == "0.512 [0.500–0.530]"
+    assert Interval(math.nan, math.nan, math.nan, 0, "none").format() == "—"
+
+
+# --- the variance prior --------------------------------------------------------------------
+
+def test_the_prior_recovers_a_common_variance_and_senses_heterogeneity():
+    rng = np.random.default_rng(5)
+    d = 4
+    same = [float(np.var(rng.normal(0, 0.03, d + 1), ddof=1)) for _ in range(400)]
+    prior = estimate_prior(same, [d] * 400)
+    assert prior.variance == pytest.approx(0.03**2, rel=0.2) and prior.df > 15
+    # σ² drawn from a scaled inverse chi-square with 6 degrees of freedom: limma's model
+    sigma2 = 0.03**2 * 6 / rng.chisquare(6, 400)
+    mixed = [float(np.var(rng.normal(0, math.sqrt(s), d + 1), ddof=1)) for s in sigma2]
+    prior = estimate_prior(mixed, [d] * 400)
+    assert 3 < prior.df < 15 and prior.variance == pytest.approx(0.03**2, rel=0.3)
+    assert estimate_prior([0.1, 0.2], [2, 2]) is None  # too few items
+
+
+# --- two runs, the visit as the unit ---------------------------------------------------------
+
+CASES = 96
+
+
+def synthetic_run(rng, sigmas, rounds, slow=None, run_drift=0.03, disturbed=0.05):
+    """Visit medians of one run: a uniform drift of the whole run, a drift per
+    round, each case's own visit-to-visit spread, and now and then a visit
+    disturbed by a neighbour (30% slower)."""
+    run = rng.normal(0, run_drift)
+    per_round = rng.normal(0, 0.01, rounds)
+    out = {}
+    for c, sigma in enumerate(sigmas):
+        factor = 1.15 if slow is not None and slow[c] else 1.0
+        medians = []
+        for r in range(rounds):
+            m = 10.0 * (1 + c % 7) * factor * math.exp(run + per_round[r] + rng.normal(0, sigma))
+            if rng.random() < disturbed:
+                m *= 1.3
+            medians.append(float(np.median(visit(rng, m))))
+        out[c] = medians
+    return out
+
+
+def _sigmas(rng):
+    return np.clip(np.exp(rng.normal(math.log(0.025), 0.5, CASES)), 0.005, 0.12)
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_a_a_runs_with_drift_between_visits_and_runs_flag_at_most_5_percent(rounds):
+    rng = np.random.default_rng(100 + rounds)
+    flagged = total = 0
+    for _ in range(12):
+        sigmas = _sigmas(rng)
+        a, b = synthetic_run(rng, sigmas, rounds), synthetic_run(rng, sigmas, rounds)
+        result = compare_visits(a, b)
+        flagged += sum(c.significant for c in result.changes.values())
+        total += len(result.changes)
+        assert result.shift is not None and result.shift.verdict in ("same", "slower", "faster")
+    assert total == 12 * CASES
+    assert flagged <= 0.05 * total, f"{flagged} of {total}"
+
+
+def test_a_planted_15_percent_slowdown_is_flagged_in_90_percent_of_its_cases():
+    rng = np.random.default_rng(7)
+    slow = np.zeros(CASES, bool)
+    slow[::4] = True  # one variant in four
+    found = others = planted = 0
+    for _ in range(12):
+        sigmas = _sigmas(rng)
+        a, b = synthetic_run(rng, sigmas, 5), synthetic_run(rng, sigmas, 5, slow=slow)
+        result = compare_visits(a, b)
+        found += sum(result.changes[c].verdict == "slower" for c in range(CASES) if slow[c])
+        others += sum(result.changes[c].significant for c in range(CASES) if not slow[c])
+        planted += int(slow.sum())
+    assert found >= 0.9 * planted, f"{found} of {planted}"
+    assert others <= 0.05 * (12 * CASES - planted)
+
+
+def test_uniform_drift_is_discounted_up_to_the_minimum_effect_and_a_larger_shift_is_judged():
+    rng = np.random.default_rng(9)
+    sigmas = _sigmas(rng)
+    a = synthetic_run(rng, sigmas, 5, run_drift=0, disturbed=0)
+    b = synthetic_run(rng, sigmas, 5, run_drift=0, disturbed=0)
+    drifted = compare_visits(a, {c: [m * 1.04 for m in v] for c, v in b.items()})  # the machine, 4% slower
+    assert drifted.shift.ratio == pytest.approx(1.04, rel=0.01) and drifted.shift.verdict == "same"
+    assert sum(c.significant for c in drifted.changes.values()) <= 0.05 * CASES
+    library = compare_visits(a, {c: [m * 1.2 for m in v] for c, v in b.items()})  # every case 20% slower
+    assert library.shift.verdict == "slower" and library.shift.ratio == pytest.approx(1.2, rel=0.02)
+    slower = [c for c in library.changes.values() if c.verdict == "slower"]
+    assert len(slower) >= 0.9 * CASES and np.median([c.relative for c in slower]) == pytest.approx(1.2 / 1.05, rel=0.02)
+    flat = compare_visits(a, {c: [m * 1.2 for m in v] for c, v in b.items()}, adjust_shift=False)
+    assert flat.shift is None and sum(c.verdict == "slower" for c in flat.changes.values()) >= 0.9 * CASES
+
+
+def test_too_few_rounds_gives_no_verdict():
+    one = visit_change([10.0], [20.0])
+    assert one.verdict == paired.TOO_FEW and not one.significant and one.ratio == pytest.approx(2.0)
+    assert visit_change([10.0, 10.1], [20.0]).verdict == paired.TOO_FEW
+    assert visit_change([10.0, 10.2, 9.9], [20.0, 20.1, 19.8]).verdict == "slower"
+    assert visit_change([10.0, 10.2, 9.9], [10.1, 9.8, 10.0]).verdict == "same"
+    assert visit_change([10.0, 10.0], [10.0, 10.0]).verdict == "same"
+    with pytest.raises(ValueError):
+        visit_change([], [1.0])
+
+
+def test_a_disturbed_visit_is_dropped_and_does_not_hide_a_change():
+    prior = paired.VariancePrior(variance=0.02**2, df=20, items=96)
+    a = [10.0, 10.1, 9.9, 10.0, 13.5]  # the last visit met a neighbour
+    b = [11.6, 11.4, 11.5, 11.6, 11.5]
+    assert visit_change(a, b, prior, prior).verdict == "slower"
+    assert visit_change(a, b).verdict == "same"  # without the run's prior, nothing says 13.5 is odd
+
+
+# --- a published table ---------------------------------------------------------------------------
+
+def test_spearman_interval_resamples_rounds():
+    rng = np.random.default_rng(2)
+    published = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0}
+    clear = {m: list(v * np.exp(rng.normal(0, 0.02, 5))) for m, v in published.items()}
+    rho = spearman_interval(clear, published)
+    assert rho.estimate == pytest.approx(1.0) and rho.low == pytest.approx(1.0) and rho.method == "bootstrap-rounds"
+    close = {m: list((v if m not in "cd" else 3.5) * np.exp(rng.normal(0, 0.05, 5))) for m, v in published.items()}
+    rho = spearman_interval(close, published)
+    assert -1 <= rho.low < rho.estimate <= rho.high <= 1 and rho.low < 1.0
+    assert spearman_interval({m: [v] for m, v in published.items()}, published).method == "none"
+    assert spearman_interval({"a": [1.0, 2.0]}, published).method == "none"

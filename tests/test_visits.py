@@ -1,0 +1,100 @@
+"""attnbench.visits: visit records merged into case records, paired speed-ups
+with intervals from them, and the visit-level comparison of two runs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from attnbench.visits import compare_records, merge_visits, paired_table, round_spread, visit_medians
+
+
+def visit(label: str, n: int, rnd: int | None, passes: dict, heads: int = 2, mem: float | None = 1.0) -> dict:
+    """A visit record; a pass given as a string failed with that status."""
+    case = {"suite": "t", "variant": label, "label": label, "params": {}, "batch": 1, "seq_len": n, "heads": heads,
+            "dim": 32, "dtype": "float32", "device": "cpu", "causal": False, "passes": list(passes),
+            "compile": False}
+    out = []
+    for name, value in passes.items():
+        if isinstance(value, str):
+            out.append({"pass": name, "status": value, "error": value, "samples_ms": []})
+        else:
+            out.append({"pass": name, "status": "ok", "samples_ms": list(value),
+                        "peak_mem_mib": mem if rnd in (0, None) else None})
+    status = next((p["status"] for p in out if p["status"] != "ok"), "ok")
+    record = {"schema": 1, "case_id": f"{label}|N={n}|H={heads}|dim=32|B=1|float32|cpu|causal=0", "case": case,
+              "passes": out, "status": status, "threads": 1}
+    if rnd is not None:
+        record["round"] = rnd
+    return record
+
+
+def test_visits_merge_into_one_case_record_with_rounds():
+    records = [visit("softmax", 64, 0, {"forward": [1.0, 1.1]}, mem=4.0),
+               visit("linear", 64, 0, {"forward": [0.5]}),
+               visit("softmax", 64, 1, {"forward": [2.0, 2.2]}),
+               visit("softmax", 64, 2, {"forward": "timeout"}),
+               visit("softmax", 64, 1, {"forward": [1.2, 1.3]})]  # a resumed run re-ran round 1: it wins
+    merged = {r["case"]["label"]: r for r in merge_visits(records)}
+    soft = merged["softmax"]
+    assert soft["rounds"] == [0, 1, 2] and soft["status"] == "timeout"
+    p = soft["passes"][0]
+    assert p["round_ids"] == [0, 1, 2] and p["rounds_ms"] == [[1.0, 1.1], [1.2, 1.3], []]
+    assert p["samples_ms"] == [1.0, 1.1, 1.2, 1.3] and p["status"] == "timeout" and p["peak_mem_mib"] == 4.0
+    assert visit_medians(p) == pytest.approx([1.05, 1.25])
+    assert round_spread(p) == pytest.approx(np.std(np.log([1.05, 1.25]), ddof=1))
+    assert merged["linear"]["rounds"] == [0] and round_spread(merged["linear"]["passes"][0]) is None
+    # a run from before rounds: one visit, round 0
+    old = merge_visits([visit("softmax", 64, None, {"forward": [1.0, 2.0, 3.0]})])[0]
+    assert old["rounds"] == [0] and old["passes"][0]["rounds_ms"] == [[1.0, 2.0, 3.0]]
+
+
+def _run(rng, rounds, slow=1.0, drift=None):
+    """softmax and linear at four N, forward only; per-round drift shared by both."""
+    drift = drift if drift is not None else np.exp(rng.normal(0, 0.05, rounds))
+    out = []
+    for r in range(rounds):
+        for n in (64, 128, 256, 512):
+            for label, base in (("softmax", n / 16), ("linear", n / 64 * slow)):
+                samples = list(base * drift[r] * np.exp(rng.normal(0, 0.01, 5)))
+                out.append(visit(label, n, r, {"forward": samples}, mem=4.0 * n if label == "softmax" else n))
+    return merge_visits(out)
+
+
+def test_paired_speed_ups_recover_the_truth_with_intervals():
+    rng = np.random.default_rng(0)
+    table = paired_table(_run(rng, 5), "softmax").set_index(["label", "seq_len"])
+    for n in (64, 128, 256, 512):
+        row = table.loc[("linear", n)]
+        assert row["speedup"] == pytest.approx(4.0, rel=0.02)
+        assert row["speedup_low"] <= 4.0 <= row["speedup_high"] and row["speedup_method"] == "t-rounds"
+        assert row["rounds"] == 5 and row["mem_ratio"] == pytest.approx(0.25)
+        assert row["mem_ratio_low"] == row["mem_ratio_high"]
+        base = table.loc[("softmax", n)]
+        assert base["speedup"] == 1.0 and base["speedup_method"] == "exact"
+
+
+def test_comparing_runs_visit_by_visit():
+    rng = np.random.default_rng(1)
+    a, same, slow = _run(rng, 5), _run(rng, 5), _run(rng, 5, slow=1.3)
+    rows, shift = compare_records(a, same)
+    assert len(rows) == 8 and (rows["mark"] == "~").all() and (rows["n_a"] == 5).all()
+    assert shift is None  # 8 cases: too few to tell the machine's drift from a change
+    rows, _ = compare_records(a, slow)
+    marks = rows.set_index("label")["mark"]
+    assert (marks["linear"] == "+").all() and (marks["softmax"] == "~").all()
+    by_label = rows.set_index(["label", "seq_len"])["ratio"]
+    assert (by_label["linear"] / by_label["softmax"]).to_numpy() == pytest.approx(1.3, rel=0.02)
+
+
+def test_one_round_runs_get_no_verdict_and_failures_are_x():
+    one_a = merge_visits([visit("softmax", 64, None, {"forward": [1.0, 1.0, 1.1]}),
+                          visit("linear", 64, None, {"forward": [1.0]})])
+    one_b = merge_visits([visit("softmax", 64, None, {"forward": [2.0, 2.1, 2.0]}),
+                          visit("linear", 64, None, {"forward": "oom"})])
+    rows, _ = compare_records(one_a, one_b)
+    rows = rows.set_index("label")
+    assert rows.loc["softmax", "mark"] == "?" and rows.loc["softmax", "verdict"] == "too few rounds"
+    assert rows.loc["softmax", "ratio"] == pytest.approx(2.0, rel=0.05)
+    assert rows.loc["linear", "mark"] == "x" and rows.loc["linear", "status_b"] == "oom"
+    assert math.isnan(rows.loc["linear", "ratio"])
