@@ -74,6 +74,7 @@ def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, An
     if baseline not in set(frame["label"]):
         known = ", ".join(label_order(frame))
         raise DataError(f"baseline {baseline!r} is not in this run; its variants: {known}")
+    check_pairable(frame)
     base = frame[(frame["label"] == baseline) & (frame["status"] == Status.OK)][
         CASE_KEYS + ["median_ms", "peak_mem_mib"]].rename(
         columns={"median_ms": "baseline_ms", "peak_mem_mib": "baseline_mem_mib"})
@@ -101,6 +102,45 @@ def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, An
             values = [old if k else v for old, v, k in zip(merged.loc[found, column], values, keep, strict=True)]
         merged.loc[found, column] = values
     return merged
+
+
+class MixedDevicesError(DataError):
+    """Figures to be paired (variants at one setting) come from different device models."""
+
+
+def device_models(frame: pd.DataFrame) -> pd.Series:
+    """The device model of each row: ``device_model`` (GPU name, CPU model),
+    else ``device_name`` for results written before that column existed."""
+    model = frame["device_model"] if "device_model" in frame.columns else pd.Series(None, index=frame.index)
+    if "device_name" in frame.columns:
+        model = model.where(model.notna(), frame["device_name"])
+    return model
+
+
+def check_pairable(frame: pd.DataFrame) -> None:
+    """Refuse to pair variants measured on different device models at one
+    setting (a run merged from machines with different GPUs, or resumed on
+    another machine): their ratios would compare the devices, not the variants."""
+    if frame.empty:
+        return
+    data = frame.assign(_model=device_models(frame))
+    data = data[data["_model"].notna()]
+    keys = [k for k in CASE_KEYS if k != "pass"]
+    problems = []
+    for key, group in data.groupby(keys, sort=True, dropna=False):
+        models = list(dict.fromkeys(group["_model"]))
+        if len(models) > 1:
+            setting = dict(zip(keys, key, strict=True))
+            where = "; ".join(
+                f"{model}: {', '.join(dict.fromkeys(group.loc[group['_model'] == model, 'label']))}"
+                for model in models)
+            problems.append(f"N={setting['seq_len']}, {setting['heads']} heads, {describe_setting(setting)} — {where}")
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise MixedDevicesError(
+            "cannot compare variants measured on different device models (the ratios would compare the "
+            "devices):\n  " + "\n  ".join(shown) + "\nThe run mixes machines (merged shards or a resume "
+            "elsewhere): report each device's part on its own, or run those settings again on one device model.")
 
 
 def default_baseline(frame: pd.DataFrame, preferred: str | None = None) -> str | None:
@@ -217,6 +257,8 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
                          "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n"]
     rows: list[dict[str, Any]] = []
     data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
+    if baseline:
+        check_pairable(data)
     for setting, heads, sub in table_groups(data):
         base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
         for label in label_order(sub):

@@ -9,19 +9,15 @@ or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
-from typer.exceptions import TyperException
 
 from attnbench import cli_help  # noqa: F401 - plain option types and usage names in --help
+from attnbench.cli_boundary import ErrorBoundary
 from attnbench.cli_results import (
     PASS_NAMES_HELP,
     check_outputs,
@@ -46,56 +42,9 @@ from attnbench.console import (  # noqa: F401
 from attnbench.errors import AttnbenchError
 from attnbench.stats import MIN_EFFECT
 
-BUG_EXIT_CODE = 1
-
-
-
-
-def save_traceback(exc: BaseException) -> str:
-    """Write ``exc``'s full traceback to a new file in the temporary directory; its path."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    with tempfile.NamedTemporaryFile("w", prefix="attnbench-traceback-", suffix=".txt", delete=False,
-                                     encoding="utf-8") as f:
-        f.write(f"attnbench {' '.join(sys.argv[1:])}\n\n{text}")
-    return f.name
-
-
-class _ErrorBoundary(TyperGroup):
-    """The one place errors become exit codes: attnbench's own errors are the
-    user's to fix (a message, their exit code); anything else is a bug in
-    attnbench (exit 1, one line, and where the full traceback was saved)."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        ctx.meta["attnbench.argv"] = list(args)  # the command as typed, for run.json
-        return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: typer.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except AttnbenchError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:  # the reader went away (| head): not a bug; say nothing more
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort, TyperException, KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the boundary: report the bug, never a bare traceback
-            try:
-                where = f"the full traceback is in {save_traceback(exc)}"
-            except OSError as write_error:
-                where = f"the traceback could not be saved ({write_error})"
-            err.print(f"[bold red]internal error[/] (a bug in attnbench, please report it): "
-                      f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n"
-                      f"{where}", markup=True, highlight=False)
-            raise typer.Exit(BUG_EXIT_CODE) from None
-
-
-
 app = typer.Typer(
     name="attnbench",
-    cls=_ErrorBoundary,
+    cls=ErrorBoundary,
     help="Measure what self-attention mechanisms cost: time, memory and FLOPs of efficient variants.",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -147,24 +96,46 @@ def run(
     in_process: Annotated[bool, typer.Option("--in-process", help="Run cases in this process (for "
                                              "debugging: a crash or hang then stops the sweep).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    shard: Annotated[str | None, typer.Option(help="Run only part K of N of the suite (whole setting groups, "
+                                                   "balanced by estimated time), e.g. 2/8; join the parts with "
+                                                   "attnbench merge.", metavar="K/N")] = None,
+    devices: Annotated[str | None, typer.Option(help="One worker per device, each pinned to it: cuda:0,cuda:1,... "
+                                                     "or all (every GPU here).", metavar="LIST")] = None,
+    allow_shared_cpu: Annotated[bool, typer.Option("--allow-shared-cpu", help="With --devices cpu,cpu,...: run "
+                                                   "several CPU workers, each on its share of the cores (they "
+                                                   "still disturb each other; the run is marked).")] = False,
+    executor: Annotated[str, typer.Option(help="Where cases run: local (worker processes here) or ray (tasks "
+                                               "on a Ray cluster).", metavar="NAME")] = "local",
+    address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster to join (auto, or "
+                                                     "HOST:PORT); without it a local cluster is started.",
+                                                metavar="ADDRESS", show_default=False)] = None,
 ) -> None:
     """Run a suite and write results/<run-id>/ (run.json, cases.jsonl, results.csv).
 
     Example: [bold]attnbench run suites/quick.yaml[/]
+    Example: [bold]attnbench run suites/gpu.yaml --devices all[/]
+    Example: [bold]attnbench run suites/gpu.yaml --executor ray --address auto[/]
+    Example: [bold]attnbench run suites/gpu.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out shards[/]
     """
     from attnbench import suite as suite_mod
+    from attnbench.bench.shard import parse_shard
+    from attnbench.bench.spread import spread_options
     from attnbench.bench.sweep import RunOptions, resume_command, run_suite
     from attnbench.quality.tables import quality_tables
     from attnbench.report import failures_table, run_legend, run_tables, traceback_note
 
     with user_errors():
+        part = parse_shard(shard) if shard is not None else None
+        spread = spread_options(executor=executor, address=address, devices=devices,
+                                allow_shared_cpu=allow_shared_cpu, in_process=in_process, device=device)
         suite = suite_mod.load(suite_path, quick=quick)
         if quick and "quick" not in suite.raw:
             warn([f"{suite_path} has no quick: section; --quick runs the full suite"])
-        if device:
-            suite = suite.with_device(device)
-        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet,
-                             command=_command_line(ctx))
+        if device or spread.device:
+            suite = suite.with_device(device or spread.device)
+        options = RunOptions(out_dir=out_dir, resume=resume, in_process=in_process, quiet=quiet, shard=part,
+                             executor=executor, address=address, devices=spread.devices,
+                             allow_shared_cpu=allow_shared_cpu, command=_command_line(ctx))
         summary = run_suite(suite, options)
     warn(summary.warnings)
     from attnbench.results import records_frame
@@ -186,7 +157,7 @@ def run(
     if summary.interrupted:
         from rich.markup import escape
 
-        command = resume_command(summary, str(suite_path), quick=quick, device=device)
+        command = resume_command(summary, str(suite_path), quick=quick, device=device, extra=spread.args)
         err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  {escape(command)}",
                   markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
@@ -222,7 +193,7 @@ def report(
 
     Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
     """
-    from attnbench.analysis import select_rows
+    from attnbench.analysis import check_pairable, select_rows
     from attnbench.errors import ResultsError
     from attnbench.report import failures_table, nothing_measured, report_baseline
     from attnbench.results import load_run
@@ -239,6 +210,8 @@ def report(
                 out.print(failed)
             raise ResultsError(why)
         base = report_baseline(frame, run_data, baseline)
+        if base is not None:
+            check_pairable(frame)  # before anything is printed
     warn(run_data.warnings)
     if as_json:
         report_json(run_data, frame, base)
@@ -319,6 +292,30 @@ def compare(
             for table in comparison_tables(frame, base, p, run_data.records):
                 out.print(table)
         out.print(RELATIVE_LEGEND, highlight=False)
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="The parts: results directories of "
+                                                "one suite (e.g. its shards).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The merged results directory (new).",
+                                          metavar="RUN_DIR")],
+) -> None:
+    """Merge the parts of one sweep (shards of a batch array, runs on several
+    machines) into one results directory that report and compare read.
+
+    The parts must be runs of the same suite with the same attnbench version
+    and git commit, and no case may be in two of them.
+
+    Example: [bold]attnbench merge shards/* --out results/gpu-merged[/]
+    """
+    from attnbench.merge import merge_runs
+
+    with user_errors():
+        summary = merge_runs(parts, out_dir, command=list(sys.argv))
+    warn(summary.warnings)
+    out.print(f"merged {summary.parts} runs, {len(summary.records)} cases -> {summary.run_dir}"
+              + ("" if summary.complete else " (incomplete)"), highlight=False)
 
 
 @app.command("list")

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from attnbench.errors import AttnbenchError
 
@@ -42,8 +43,8 @@ def user_errors() -> Iterator[None]:
     error, such as warnings, from running)."""
     try:
         yield
-    except AttnbenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    except AttnbenchError as exc:  # escaped: a message may quote [brackets], e.g. attnbench[ray]
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -27,6 +27,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else what platform knows)."""
+    return _cpu_model()
+
+
 def _governors() -> list[str]:
     found = set()
     for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_governor"):

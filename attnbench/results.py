@@ -26,7 +26,7 @@ CSV_COLUMNS = [
     "dtype", "device", "causal", "threads", "pass", "status", "median_ms", "iqr_ms", "min_ms", "mean_ms",
     "std_ms", "samples", "rounds", "round_spread", "rel_iqr", "noisy", "peak_mem_mib", "peak_reserved_mib",
     "flops", "flops_source", "tflops", "tokens_per_s", "param_count", "error", "compile", "compile_s",
-    "sdpa_backend", "device_name", "case_id",
+    "sdpa_backend", "device_name", "case_id", "host", "worker_device", "device_model",
 ]
 
 
@@ -233,7 +233,8 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
             "param_count": record.get("param_count"), "error": result.get("error"),
             "compile": case.get("compile", False), "compile_s": record.get("compile_s"),
             "sdpa_backend": record.get("sdpa_backend"), "device_name": record.get("device_name"),
-            "case_id": record["case_id"],
+            "case_id": record["case_id"], "host": record.get("host"), "worker_device": record.get("worker_device"),
+            "device_model": record.get("device_model"),
         }
         row.update(_stats_row(samples) if result["status"] == Status.OK else _stats_row([]))
         medians = visit_medians(result) if result["status"] == Status.OK else []

@@ -6,6 +6,9 @@ import torch
 # FlexAttention variants: the unfused reference path, so that every registry-wide
 # test does not pay a torch.compile; tests/test_flex.py checks the compiled one.
 os.environ.setdefault("ATTNBENCH_FLEX_EAGER", "1")
+# A Ray cluster a test starts listens on loopback only (Ray reads this when it
+# is imported; on Linux it otherwise binds every interface).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(autouse=True)

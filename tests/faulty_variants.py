@@ -16,6 +16,9 @@ real broken variant's would.
   killer would -> ``oom``.
 * ``faulty-slow``: a working layer that sleeps ``delay_s`` per call, for tests
   that need a sweep slow enough to interrupt without burning CPU.
+* ``faulty-killhost``: inside a Ray task, SIGKILLs the Ray worker that runs the
+  unit (as when a node is lost) -> the unit is sent again once, then ``crashed``;
+  anywhere else it raises (it must never kill a local sweep's own process).
 
 Tests that register these should call :func:`unregister_all` when done, so
 that no other test enumerating ``attnbench.variant_names()`` meets them.
@@ -113,6 +116,17 @@ class SlowLayer(_Faulty):
         time.sleep(self.delay_s)
 
 
+class KillHostLayer(_Faulty):
+    """Kills the Ray worker process running its unit (and so itself)."""
+
+    def fault(self) -> None:
+        host = os.environ.get("ATTNBENCH_RAY_TASK_PID")
+        if not host:
+            raise RuntimeError("faulty-killhost only kills a Ray task's worker; this is not one")
+        os.kill(int(host), signal.SIGKILL)
+        time.sleep(60)
+
+
 VARIANTS = {
     "faulty-raise": RaiseLayer,
     "faulty-abort": AbortLayer,
@@ -121,6 +135,7 @@ VARIANTS = {
     "faulty-hog": HogLayer,
     "faulty-oomkill": OomKillLayer,
     "faulty-slow": SlowLayer,
+    "faulty-killhost": KillHostLayer,
 }
 
 

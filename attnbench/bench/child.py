@@ -172,6 +172,23 @@ def _worker_main(conn: Any, init_error: str | None = None) -> None:
         conn.send(Done())
 
 
+#: A worker that shares the machine's CPUs with others runs on these cores
+#: ("0,1") with as many threads (set by the executor that starts it).
+WORKER_CPUS_ENV = "ATTNBENCH_WORKER_CPUS"
+
+
+def _take_cpu_share() -> None:
+    cpus = os.environ.get(WORKER_CPUS_ENV)
+    if not cpus:
+        return
+    cores = {int(c) for c in cpus.split(",") if c.strip().isdigit()}
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    import torch
+
+    torch.set_num_threads(len(cores))
+
+
 def import_modules(modules: list[str]) -> None:
     import importlib
 
@@ -208,6 +225,7 @@ def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None 
     if environ is not None:  # a forked worker has the fork server's environment
         os.environ.clear()
         os.environ.update(environ)
+    _take_cpu_share()
     try:  # stdout carries the parent's results: a variant's prints go to stderr
         sys.stdout.flush()
         os.dup2(2, 1)
@@ -229,8 +247,9 @@ def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None 
 class WorkerPool:
     """One live worker, reused across cases and replaced when it dies."""
 
-    def __init__(self, preload: list[str] | None = None) -> None:
+    def __init__(self, preload: list[str] | None = None, environ: dict[str, str] | None = None) -> None:
         self.preload = list(preload or [])
+        self.environ = dict(environ or {})  # set in every worker's environment (a pinned GPU, a CPU share)
         self.process: Any = None
         self.conn: Any = None
         self._alive: Any = None  # the worker's liveness pipe: closing it ends the worker
@@ -258,7 +277,8 @@ class WorkerPool:
         alive_r, alive_w = self._ctx.Pipe(duplex=False)  # the worker exits when alive_w closes
         # Not a daemon: a daemonic process may not have children, and
         # torch.compile starts compiler workers. close()/kill() end it.
-        process = self._ctx.Process(target=_worker_entry, args=(child, self.preload, dict(os.environ), alive_r),
+        process = self._ctx.Process(target=_worker_entry,
+                                    args=(child, self.preload, {**os.environ, **self.environ}, alive_r),
                                     daemon=False, name="attnbench-worker")
         try:
             # Blocks while the fork server still imports torch; a Ctrl-C here

@@ -5,10 +5,13 @@ a list of cases run in order by one worker) and records every outcome; an
 executor decides *where*. It runs the cases it is handed and yields, per
 case, ``CaseStarted`` then the ``Outcome``; it never writes results.
 
-Two executors today: ``LocalPoolExecutor`` (a reusable worker process that is
-replaced when a case crashes, runs out of memory or times out) and
+Here: ``LocalPoolExecutor`` (a reusable worker process that is replaced
+when a case crashes, runs out of memory or times out) and
 ``InProcessExecutor`` (``--in-process``: in the sweep's own process, for
-debugging). A pool per device, shards or a cluster fill the same seam.
+debugging). Executors that run several units at once (one worker per device,
+``devices.py``; Ray tasks, ``ray_executor.py``) take units with ``submit``
+and hand back events with ``poll`` as units progress; a sequential executor
+runs what was submitted when polled.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from attnbench.bench.child import SERVER_PRELOAD, WorkerPool, calibrate_in_child, import_modules, run_in_process
 from attnbench.bench.messages import CaseStarted, Event, Outcome
+from attnbench.bench.placement import local_placement
 from attnbench.model import Case
 
 
@@ -39,6 +43,11 @@ class Executor(ABC):
     """Runs cases and hands back their outcomes, in the order it ran them."""
 
     in_process: bool = False
+    #: How many units it runs at once: the sweep keeps at most this many submitted.
+    slots: int = 1
+    #: Units go to several workers at once: the sweep then plans one unit per
+    #: setting group, so that the variants compared with each other share a device.
+    distributed: bool = False
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Called once there is work: start what takes long (a fork server)."""
@@ -58,6 +67,32 @@ class Executor(ABC):
     @abstractmethod
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
         """Run ``cases`` in order; per case yield ``CaseStarted``, then its ``Outcome``."""
+
+    def submit(self, unit: WorkUnit) -> None:
+        """Take ``unit`` to run. A sequential executor runs it when polled."""
+        self._submitted().append(unit)
+
+    def poll(self, timeout_s: float) -> Iterator[Event]:
+        """The events of submitted units, as they come (within about
+        ``timeout_s`` when none is ready). A sequential executor runs its
+        submitted units to the end here."""
+        queue = self._submitted()
+        while queue:
+            yield from self.run(queue.pop(0).cases)
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json says about how the cases were run."""
+        return {"kind": "in-process" if self.in_process else "local"}
+
+    @property
+    def in_flight(self) -> int:
+        """Units submitted and not finished."""
+        return len(self._submitted())
+
+    def _submitted(self) -> list[WorkUnit]:
+        if not hasattr(self, "_queue"):
+            self._queue: list[WorkUnit] = []
+        return self._queue
 
     @abstractmethod
     def close(self, interrupted: bool = False) -> None:
@@ -90,6 +125,7 @@ class LocalPoolExecutor(Executor):
             started, t0 = time.time(), time.perf_counter()
             outcome = self.pool.run(case, case.limits.case_timeout_s)
             outcome.started, outcome.wall_s = started, time.perf_counter() - t0
+            outcome.placement = local_placement(case.device)
             yield outcome
 
     def close(self, interrupted: bool = False) -> None:
@@ -123,6 +159,7 @@ class InProcessExecutor(Executor):
             started, t0 = time.time(), time.perf_counter()
             outcome: Outcome = run_in_process(case)
             outcome.started, outcome.wall_s = started, time.perf_counter() - t0
+            outcome.placement = local_placement(case.device)
             yield outcome
 
     def close(self, interrupted: bool = False) -> None:

@@ -125,6 +125,9 @@ class Outcome:
     worker_pid: int | None = None
     started: float = 0.0  # wall clock (time.time()) when the case was handed over
     wall_s: float = 0.0
+    #: Where it ran, as the executor knows it: host, worker_device, device_model
+    #: (and retry, when a cluster's worker died under the case's unit).
+    placement: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,13 @@ def make_record(case: Case, outcome: Outcome, started: float, wall_s: float) -> 
     record: dict[str, Any] = {"schema": RECORD_SCHEMA, "case_id": case.case_id, "case": case.to_dict(),
                               "round": case.round, "started_at": started, "wall_s": wall_s,
                               "worker_pid": outcome.worker_pid, "passes": []}
+    record.update(outcome.placement)
     error = None
     for message in outcome.messages:
         if isinstance(message, Meta):
             record.update(message.payload())
+            if message.device_name != "cpu":  # the GPU's name, as the worker that used it saw it
+                record["device_model"] = message.device_name
         elif isinstance(message, PassResult):
             record["passes"].append(message.payload())
         elif isinstance(message, Failure):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnbench.bench.shard import Shard
 from attnbench.env import collect_environment
 from attnbench.errors import AttnbenchError, ResultsError
 from attnbench.results import RECORD_SCHEMA, load_run, write_atomic
@@ -29,6 +30,11 @@ class RunOptions:
     quiet: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     preload: list[str] = field(default_factory=list)  # modules each worker imports (custom variants)
+    shard: Shard | None = None  # run only this part of the suite (--shard K/N)
+    executor: str = "local"  # local | ray
+    address: str | None = None  # ray: the cluster to join (auto, HOST:PORT); None starts one here
+    devices: list[str] | None = None  # local: one worker per device (--devices)
+    allow_shared_cpu: bool = False  # local: more than one CPU worker, each on its share of the cores
 
 
 def _new_run_dir(out_dir: Path, suite_name: str) -> Path:
@@ -128,7 +134,7 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
     contents, the records already there, warnings about them)."""
     if options.resume is not None:
         run = load_run(options.resume)
-        diffs = _differences(run.meta, suite, run.records)
+        diffs = _differences(run.meta, suite, run.records) + _shard_differences(run.meta, options.shard)
         if diffs:
             raise AttnbenchError(f"{options.resume}: the suite changed since this run, so the results would "
                                  "not be comparable:\n  " + "\n  ".join(diffs)
@@ -169,7 +175,24 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         "in_process": options.in_process,
         "environment": environment,
     }
+    if options.shard is not None:
+        meta["shard"] = {**options.shard.to_dict(), "suite_cases": len(suite.cases())}
     return run_dir, meta, [], []
+
+
+def _shard_differences(meta: dict[str, Any], shard: Shard | None) -> list[str]:
+    """A shard resumes as the same shard: --shard, when given, must be the run's."""
+    recorded = meta.get("shard")
+    if shard is None or (recorded and (recorded.get("index"), recorded.get("count")) == (shard.index, shard.count)):
+        return []
+    before = f"{recorded.get('index')}/{recorded.get('count')}" if recorded else "the whole suite"
+    return [f"shard: {before} -> {shard}"]
+
+
+def run_shard(meta: dict[str, Any]) -> Shard | None:
+    """The part of the suite a run directory holds (None: the whole suite)."""
+    recorded = meta.get("shard")
+    return Shard(int(recorded["index"]), int(recorded["count"])) if recorded else None
 
 
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:

@@ -20,27 +20,30 @@ from __future__ import annotations
 import datetime as dt
 import random
 import shlex
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from attnbench.bench.executor import Executor, InProcessExecutor, LocalPoolExecutor, WorkUnit
+from attnbench.bench.executor import Executor, WorkUnit
 from attnbench.bench.messages import CaseStarted
 from attnbench.bench.noise import NoiseMonitor, run_warnings
 from attnbench.bench.progress import Progress
 from attnbench.bench.quality import QUALITY_FAILURES, run_quality
 from attnbench.bench.records import finished_record, skipped_record
-from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
+from attnbench.bench.rundir import RunOptions, prepare_run_dir, run_shard, write_meta
+from attnbench.bench.shard import Shard, shard_cases
 from attnbench.bench.signals import Interrupted, SignalGuard
 from attnbench.bench.skip import skip_reason, unrunnable_warnings
+from attnbench.bench.spread import make_executor
 from attnbench.model import HARMLESS, Case, Status
 from attnbench.results import append_record, records_frame, rewrite_records, write_csv
 from attnbench.suite import Suite
-from attnbench.variants.registry import registered
 from attnbench.visits import merge_visits, visit_round
 
-__all__ = ["RunOptions", "RunSummary", "plan_units", "preload_modules", "resume_command", "run_suite",
-           "run_warnings", "setting_group"]
+POLL_S = 0.1  # how long the sweep waits for an event before checking signals again
+
+__all__ = ["RunOptions", "RunSummary", "plan_units", "resume_command", "run_suite", "setting_group"]
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     in_process: bool = False
     workers_started: int = 0
+    shard: Shard | None = None
     quality: list[dict[str, Any]] = field(default_factory=list)  # quality.jsonl's records
 
     @property
@@ -76,7 +80,7 @@ def setting_group(case: Case) -> tuple:
     return (case.device, case.dtype, case.batch, case.dim, case.causal, case.heads, case.seq_len)
 
 
-def plan_units(cases: list[Case], rounds: int = 1, seed: int = 0) -> list[WorkUnit]:
+def plan_units(cases: list[Case], rounds: int = 1, seed: int = 0, by_setting: bool = False) -> list[WorkUnit]:
     """The order of work: ``rounds`` rounds, each visiting every case once. A
     unit is one setting group in one round (its variants back to back, in a
     shuffled order); each round takes the groups in a shuffled order, except
@@ -84,16 +88,18 @@ def plan_units(cases: list[Case], rounds: int = 1, seed: int = 0) -> list[WorkUn
     that a series that runs out of memory skips its larger N before they run.
     The same cases, rounds and seed give the same plan (``--resume``). One
     round keeps the suite's order, one case a unit: without a second visit
-    there is nothing to pair or shuffle for.
+    there is nothing to pair or shuffle for; unless ``by_setting`` (an
+    executor that spreads units over devices): then one setting group a unit
+    all the same, so that the variants a report pairs share a device.
     """
-    if rounds <= 1:
+    if rounds <= 1 and not by_setting:
         return [WorkUnit((case,)) for case in cases]
     rng = random.Random(seed)
     groups: dict[tuple, list[Case]] = {}
     for case in cases:
         groups.setdefault(setting_group(case), []).append(case)
     units = []
-    for r in range(rounds):
+    for r in range(max(rounds, 1)):
         keys = list(groups)
         rng.shuffle(keys)
         if r == 0:
@@ -111,12 +117,6 @@ def _calibrate(executor: Executor, cases: list[Case]) -> list[dict[str, Any]]:
     return [executor.calibrate(device, dtype) for device, dtype in targets]
 
 
-def make_executor(suite: Suite, options: RunOptions) -> Executor:
-    if options.in_process:
-        return InProcessExecutor()
-    return LocalPoolExecutor(options.preload + preload_modules(suite))
-
-
 def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = None) -> RunSummary:
     """Run every visit of every case of ``suite`` not already in the run directory.
 
@@ -130,6 +130,7 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
         warnings = warnings + unrunnable
         meta.setdefault("order_seed", random.SystemRandom().randrange(2**32))
+        meta["executor"] = executor.describe()  # how this (part of the) run was spread, e.g. shared CPU
         write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
         jsonl.touch()  # a run directory always has its (maybe empty) list of cases
@@ -140,12 +141,17 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         executor.close(interrupted=True)
         raise
     done_visits = {(r["case_id"], visit_round(r)) for r in done}
+    shard = run_shard(meta)
+    if shard is not None:  # split the whole suite, never what is left: the parts must stay disjoint
+        all_cases = shard_cases(all_cases, shard)
+    planned = plan_units(all_cases, suite.timing.rounds, meta["order_seed"], by_setting=executor.distributed)
     units = [WorkUnit(tuple(c for c in unit.cases if (c.case_id, c.round) not in done_visits), unit.round)
-             for unit in plan_units(all_cases, suite.timing.rounds, meta["order_seed"])]
+             for unit in planned]
     units = [unit for unit in units if unit.cases]
     todo = sum(len(unit.cases) for unit in units)
     records = list(done)
-    summary = RunSummary(run_dir=run_dir, visits=records, warnings=warnings, in_process=executor.in_process)
+    summary = RunSummary(run_dir=run_dir, visits=records, warnings=warnings, in_process=executor.in_process,
+                         shard=shard)
     guard = SignalGuard().install()
     monitor = NoiseMonitor()
 
@@ -167,28 +173,35 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
             calibration.setdefault("start", _calibrate(executor, all_cases))
             write_meta(run_dir, meta)
         with Progress(todo, options.quiet, suite.timing.rounds) as progress:
-            current_round = None
-            for unit in units:
-                if unit.round != current_round:
-                    executor.fresh()
-                    current_round = unit.round
-                runnable = []
-                for case in unit.cases:
-                    guard.check()
-                    reason = skip_reason(case, records)
-                    if reason:
-                        progress.start(case)
-                        finish(skipped_record(case, reason), progress)
-                    else:
-                        runnable.append(case)
-                for event in executor.run(runnable):
+            waiting, current_round = deque(units), None
+            while waiting or executor.in_flight:
+                # Keep every slot busy; the skip policy judges a unit when it is handed over.
+                while waiting and executor.in_flight < executor.slots:
+                    unit = waiting.popleft()
+                    if unit.round != current_round:
+                        executor.fresh()  # a distributed executor starts each unit's round fresh itself
+                        current_round = unit.round
+                    runnable = []
+                    for case in unit.cases:
+                        guard.check()
+                        reason = skip_reason(case, records)
+                        if reason:
+                            progress.start(case)
+                            finish(skipped_record(case, reason), progress)
+                        else:
+                            runnable.append(case)
+                    if runnable:
+                        executor.submit(WorkUnit(tuple(runnable), unit.round))
+                for event in executor.poll(POLL_S):
                     if isinstance(event, CaseStarted):
                         progress.start(event.case)
                     else:
                         finish(finished_record(event), progress)
+                guard.check()
         if units:
             meta["calibration"]["end"] = _calibrate(executor, all_cases)
-        summary.quality, _ = run_quality(suite, run_dir, guard, options.quiet)
+        if shard is None or shard.index == 1:  # the quality tasks once per sweep: in its first shard
+            summary.quality, _ = run_quality(suite, run_dir, guard, options.quiet)
     except (Interrupted, KeyboardInterrupt):
         summary.interrupted = True
     finally:
@@ -215,27 +228,18 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     return summary
 
 
-def preload_modules(suite: Suite) -> list[str]:
-    """Modules a worker must import to know the suite's variants that were
-    registered outside attnbench (by a test, a script or a plugin)."""
-    variants = registered()
-    modules = []
-    for spec in suite.variants:
-        entry = variants.get(spec.name)
-        module = getattr(entry.target, "__module__", "") if entry else ""
-        if module and module != "__main__" and not module.startswith("attnbench.variants"):
-            modules.append(module)
-    return sorted(set(modules))
-
-
-def resume_command(summary: RunSummary, suite_path: str, quick: bool = False, device: str | None = None) -> str:
+def resume_command(summary: RunSummary, suite_path: str, quick: bool = False, device: str | None = None,
+                   extra: list[str] | None = None) -> str:
     """The command that finishes an interrupted run, ready to paste."""
     parts = ["attnbench", "run", suite_path]
     if quick:
         parts.append("--quick")
     if device:
         parts += ["--device", device]
+    parts += extra or []
     if summary.in_process:
         parts.append("--in-process")
+    if summary.shard is not None:
+        parts += ["--shard", str(summary.shard)]
     parts += ["--resume", str(summary.run_dir)]
     return shlex.join(parts)

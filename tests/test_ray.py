@@ -1,0 +1,239 @@
+"""``--executor ray``: a local Ray cluster, started here on loopback (see
+conftest) and shut down at the end, runs the units; the run must be what a
+local run gives (cases, statuses, columns), faults must be recorded as
+locally, a killed driver must resume without duplicates, and a lost Ray
+worker is retried once and recorded.
+
+Needs Ray (``pip install -e ".[ray]"``); skipped without it. Marked ``ray``:
+CI runs these in a step of their own (``pytest -m ray``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from attnbench import suite as suite_mod  # noqa: E402 - after the skip
+from attnbench.bench.ray_executor import RayExecutor  # noqa: E402
+from attnbench.bench.sweep import RunOptions, run_suite  # noqa: E402
+from attnbench.results import load_run  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+TESTS = Path(__file__).resolve().parent
+
+TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01, rounds: 1}"
+
+TINY = """\
+name: tiny
+defaults: {dim: 32, passes: [forward, backward]}
+grid: {seq_lens: [32, 64, 96], heads: [2], devices: [cpu]}
+variants: [softmax, fastformer, {name: linformer, params: {k: 16}}]
+timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01, rounds: 2}
+"""
+
+# One setting group per N: the faults share units with working variants.
+FAULTS = f"""\
+name: faults
+defaults: {{dim: 32, passes: [forward]}}
+grid: {{seq_lens: [64, 128], heads: [2], devices: [cpu]}}
+variants:
+  - faulty-abort
+  - softmax
+  - {{name: faulty-hang, seq_lens: [64]}}
+  - faulty-oom
+  - {{name: faulty-oomkill, seq_lens: [64]}}
+  - faulty-raise
+{TIMING}
+limits: {{case_timeout_s: 3}}
+"""
+
+SLOW = """\
+name: slow
+defaults: {dim: 32, passes: [forward]}
+grid: {seq_lens: [16, 32, 48, 64, 80, 96], heads: [2], devices: [cpu]}
+variants:
+  - name: faulty-slow
+    params: {delay_s: 0.15}
+timing: {warmup: 0, max_reps: 2, min_reps: 2, min_time_s: 0.01, rounds: 1}
+"""
+
+# The CLI in a subprocess, knowing the test variants (PYTHONPATH below).
+CLI = "import faulty_variants; from attnbench.cli import app; app(prog_name='attnbench')"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def faulty_variants():
+    import faulty_variants
+
+    faulty_variants.register_all()
+    yield faulty_variants
+    faulty_variants.unregister_all()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray cluster of this test module only, on loopback; its address for other drivers."""
+    assert not ray.is_initialized()
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    print(f"\nray.init: {time.perf_counter() - t0:.1f} s at {address}")
+    assert address.startswith("127.0.0.1:")
+    yield address
+    ray.shutdown()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run(text: str, out: Path, executor: str = "local", resume: Path | None = None):
+    path = write(out.parent / f"{out.name}.yaml", text)
+    suite = suite_mod.load(path)
+    options = RunOptions(out_dir=out, quiet=True, executor=executor, resume=resume)
+    executor_object = RayExecutor(["faulty_variants"], device_kind="cpu") if executor == "ray" else None
+    t0 = time.perf_counter()
+    summary = run_suite(suite, options, executor_object)
+    return summary, time.perf_counter() - t0
+
+
+def statuses(records: list[dict]) -> dict[str, str]:
+    return {r["case_id"]: r["status"] for r in records}
+
+
+def test_a_suite_through_ray_equals_a_local_run(cluster, tmp_path):
+    local, local_s = run(TINY, tmp_path / "local")
+    remote, remote_s = run(TINY, tmp_path / "ray", "ray")
+    print(f"\ntiny suite, {len(local.records)} cases: local {local_s:.1f} s, ray {remote_s:.1f} s")
+    assert local.exit_code == remote.exit_code == 0
+    assert statuses(remote.records) == statuses(local.records)
+    a, b = pd.read_csv(local.run_dir / "results.csv"), pd.read_csv(remote.run_dir / "results.csv")
+    assert list(a.columns) == list(b.columns)
+    assert sorted(zip(a["case_id"], a["pass"], strict=True)) == sorted(zip(b["case_id"], b["pass"], strict=True))
+    meta = json.loads((remote.run_dir / "run.json").read_text())
+    assert meta["executor"]["kind"] == "ray" and meta["executor"]["task"] == {"num_cpus": 2}
+    for record in remote.records:  # where it ran, and each setting group on one worker
+        assert record["host"] and record["worker_device"] == "cpu" and record["device_model"]
+        assert record["ray_node"] and "retry" not in record
+    pids = {}
+    for visit in load_run(remote.run_dir).visits:  # one worker per setting group and round
+        pids.setdefault((visit["case"]["seq_len"], visit["round"]), set()).add(visit["worker_pid"])
+    assert len(pids) == 6 and all(len(p) == 1 for p in pids.values())
+
+
+def test_faults_in_ray_tasks_are_recorded_like_local_ones(cluster, tmp_path):
+    local, _ = run(FAULTS, tmp_path / "local")
+    remote, _ = run(FAULTS, tmp_path / "ray", "ray")
+    assert statuses(remote.records) == statuses(local.records)
+    got = {(r["case"]["label"], r["case"]["seq_len"]): r for r in remote.records}
+    assert got[("faulty-abort", 64)]["status"] == "crashed" and "SIGABRT" in got[("faulty-abort", 64)]["error"]
+    assert got[("faulty-hang", 64)]["status"] == "timeout" and "case_timeout_s (3 s)" in got[("faulty-hang", 64)][
+        "error"]
+    assert got[("faulty-oom", 64)]["status"] == "oom"
+    assert got[("faulty-oomkill", 64)]["status"] == "oom"
+    assert got[("faulty-oom", 128)]["status"] == "skipped"  # the series' larger N, as locally
+    assert got[("faulty-raise", 128)]["status"] == "error"
+    assert got[("softmax", 64)]["status"] == got[("softmax", 128)]["status"] == "ok"
+    assert remote.exit_code == local.exit_code == 3
+
+
+def test_a_lost_ray_worker_is_retried_once_then_crashed(cluster, tmp_path):
+    text = FAULTS.replace("  - faulty-abort\n", "  - {name: faulty-killhost, seq_lens: [64]}\n").replace(
+        "  - {name: faulty-hang, seq_lens: [64]}\n", "")
+    summary, _ = run(text, tmp_path / "ray", "ray")
+    got = {(r["case"]["label"], r["case"]["seq_len"]): r for r in summary.records}
+    lost = got[("faulty-killhost", 64)]
+    assert lost["status"] == "crashed"
+    assert "the Ray worker died" in lost["error"] and "again after a retry" in lost["error"]
+    assert lost["retry"]["attempt"] == 2  # it was sent again once, and said so
+    # The rest of the unit (its order is shuffled) ran again after the first death and says so.
+    visits = load_run(summary.run_dir).visits
+    for visit in visits:
+        if visit["case"]["label"] == "faulty-killhost":
+            continue
+        assert visit["status"] in ("ok", "oom", "error", "skipped"), visit["error"]
+        if "retry" in visit:
+            assert visit["case"]["seq_len"] == 64 and visit["retry"]["attempt"] == 2
+            assert "the Ray worker died" in visit["retry"]["after"]
+    assert len(summary.records) == len(suite_mod.parse(text).cases())
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "300",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_cases(out: Path, count: int, proc: subprocess.Popen, timeout_s: float = 180) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = list(out.glob("*/cases.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= count:
+            return found[0].parent
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no cases finished in time")
+
+
+def test_killed_driver_resumes_without_duplicates(cluster, tmp_path):
+    suite = write(tmp_path / "slow.yaml", SLOW)
+    out = tmp_path / "results"
+    proc = start_cli(["run", str(suite), "--out", str(out), "-q", "--executor", "ray", "--address", cluster],
+                     tmp_path)
+    run_dir = wait_for_cases(out, 2, proc)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: Ray must drop its tasks
+    proc.communicate(timeout=60)
+    before = load_run(run_dir).records
+    assert 2 <= len(before) < 6
+    summary, _ = run(SLOW, out, "ray", resume=run_dir)
+    assert summary.exit_code == 0
+    lines = (run_dir / "cases.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["case_id"] for line in lines]
+    assert len(ids) == len(set(ids)) == 6  # every case once
+    assert all(r["status"] == "ok" for r in load_run(run_dir).records)
+
+
+def test_ctrl_c_cancels_ray_tasks_and_says_how_to_resume(cluster, tmp_path):
+    suite = write(tmp_path / "slow.yaml", SLOW)
+    out = tmp_path / "results"
+    proc = start_cli(["run", str(suite), "--out", str(out), "-q", "--executor", "ray", "--address", cluster],
+                     tmp_path)
+    run_dir = wait_for_cases(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    line = next(ln for ln in stderr.splitlines() if "--resume" in ln)
+    command = shlex.split(line.strip())
+    assert command[3:7] == ["--executor", "ray", "--address", cluster] and command[-1] == str(run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    done = len(load_run(run_dir).visits)
+    time.sleep(1.0)  # a cancelled task writes nothing: only the driver writes
+    assert len((run_dir / "cases.jsonl").read_text().splitlines()) == done
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path):
+    suite = write(tmp_path / "slow.yaml", SLOW)
+    proc = start_cli(["run", str(suite), "--out", str(tmp_path / "r"), "--executor", "ray", "--address",
+                      "127.0.0.1:1"], tmp_path)
+    _, stderr = proc.communicate(timeout=120)  # Ray alone would retry for minutes
+    assert proc.returncode == 2, stderr
+    assert "--address 127.0.0.1:1: nothing answers there" in stderr.replace("\n", "")
+    assert not (tmp_path / "r").exists()
