@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from attnbench.cli import app
 from attnbench.results import load_run
+from tests.test_compare_runs import record, write_run
 
 runner = CliRunner()
 
@@ -104,38 +105,23 @@ def test_ctrl_c_while_the_worker_starts_exits_130_and_can_resume(tmp_path: Path)
 # --- 2. compare: a gate that compared nothing does not pass -------------------------------
 
 def _record(label: str, n: int, samples: list[float] | str) -> dict:
-    case = {"suite": "t", "variant": label, "label": label, "params": {}, "batch": 1, "seq_len": n, "heads": 2,
-            "dim": 32, "dtype": "float32", "device": "cpu", "causal": False, "passes": ["forward"],
-            "compile": False}
-    if isinstance(samples, str):
-        p = {"pass": "forward", "status": samples, "error": samples, "samples_ms": []}
-    else:
-        p = {"pass": "forward", "status": "ok", "samples_ms": samples, "peak_mem_mib": 1.0}
-    return {"schema": 1, "case_id": f"{label}|N={n}|H=2|dim=32|B=1|float32|cpu|causal=0", "case": case,
-            "passes": [p], "status": p["status"], "threads": 1}
-
-
-def _run(path: Path, records: list[dict]) -> Path:
-    path.mkdir(parents=True)
-    (path / "run.json").write_text(json.dumps({"schema": 1, "run_id": path.name, "baseline": "softmax"}))
-    (path / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+    return record(label, n, {"forward": samples})
 
 
 SAMPLES = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]
 
 
 def test_a_gate_fails_when_cases_of_a_are_missing_from_b(tmp_path: Path):
-    a = _run(tmp_path / "a", [_record(v, n, SAMPLES) for v in ("softmax", "linear") for n in (64, 128, 256)])
-    b = _run(tmp_path / "b", [_record("softmax", 64, SAMPLES), _record("other", 64, SAMPLES)])
+    a = write_run(tmp_path / "a", [_record(v, n, SAMPLES) for v in ("softmax", "linear") for n in (64, 128, 256)])
+    b = write_run(tmp_path / "b", [_record("softmax", 64, SAMPLES), _record("other", 64, SAMPLES)])
     result = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "1.1"])
     assert result.exit_code == 1, result.output
     assert "missing" in flat(result.output)
 
 
 def test_a_gate_fails_when_a_case_of_a_failed_in_b(tmp_path: Path):
-    a = _run(tmp_path / "a", [_record("softmax", 64, SAMPLES), _record("softmax", 128, SAMPLES)])
-    b = _run(tmp_path / "b", [_record("softmax", 64, SAMPLES), _record("softmax", 128, "oom")])
+    a = write_run(tmp_path / "a", [_record("softmax", 64, SAMPLES), _record("softmax", 128, SAMPLES)])
+    b = write_run(tmp_path / "b", [_record("softmax", 64, SAMPLES), _record("softmax", 128, "oom")])
     result = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "1.1"])
     assert result.exit_code == 1, result.output
     assert "oom" in result.output
