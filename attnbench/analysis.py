@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench import paired, visits
+from attnbench import between_runs, visits
 from attnbench.errors import DataError
 from attnbench.model import Status
 from attnbench.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
@@ -314,8 +314,8 @@ COMPARE_COLUMNS = visits.COMPARE_COLUMNS
 
 
 def compare_run_visits(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
-                       min_effect: float = paired.MIN_EFFECT, level: float = paired.COMPARE_LEVEL
-                       ) -> tuple[pd.DataFrame, paired.CommonShift | None]:
+                       min_effect: float = between_runs.MIN_EFFECT, level: float = between_runs.COMPARE_LEVEL
+                       ) -> tuple[pd.DataFrame, between_runs.CommonShift | None]:
     """Run B against run A (case records, visits merged): one row per case and
     pass found in either run, with the ratio of visit medians B/A, its interval
     beyond the runs' common drift, and an asv-style mark: ``+`` slower, ``-``
@@ -327,7 +327,8 @@ def compare_run_visits(records_a: list[dict[str, Any]], records_b: list[dict[str
 
 
 def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
-                 min_effect: float = paired.MIN_EFFECT, level: float = paired.COMPARE_LEVEL) -> pd.DataFrame:
+                 min_effect: float = between_runs.MIN_EFFECT,
+                 level: float = between_runs.COMPARE_LEVEL) -> pd.DataFrame:
     """The rows of ``compare_run_visits``, without the common shift."""
     return compare_run_visits(records_a, records_b, min_effect, level)[0]
 

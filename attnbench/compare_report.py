@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
-from attnbench.paired import MIN_EFFECT, CommonShift
+from attnbench.between_runs import MIN_EFFECT, CommonShift
 from attnbench.report import PASS_SHORT, fmt_ms
 
 
@@ -26,13 +26,16 @@ def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: s
                         only_changed: bool = False, min_effect: float = MIN_EFFECT,
                         shift: CommonShift | None = None) -> list:
     """asv-style: per case and pass the mark, the medians of A's and B's visits,
-    their ratio, and the change beyond the runs' common drift with its 90%
-    interval; the common shift; then per variant the geometric mean of the ratios."""
+    their ratio, and the change relative to the case's peers (or beyond the
+    runs' common drift) with its 90% interval; the common shift; then per
+    variant the geometric mean of the ratios."""
     table = Table(title=f"{name_b} against {name_a}: the middle visit's median (ms), B/A the geometric mean "
                         "over visits",
-                  caption=f"+ slower, - faster: the 90% interval of the change (beyond the drift all cases share, "
-                          f"up to {min_effect:.0%}) lies wholly beyond ±{min_effect:.0%}; ~ no change that large; "
-                          "? too few rounds for a verdict (2 visits a side at least); x failed or missing")
+                  caption=f"+ slower, - faster: the 90% interval of the change lies wholly beyond ±{min_effect:.0%}; "
+                          "~ no change that large; ? too few rounds for a verdict (2 visits a side at least); "
+                          "x failed or missing. The change is relative to the variants visited beside the case "
+                          "(same setting, same rounds; 3 at least) so the machine's drift cancels; "
+                          f"* where there are fewer: beyond the drift all cases share, up to {min_effect:.0%}")
     for col in ("", "variant", "N", "heads", "pass", "visits", "A ms", "B ms", "B/A", "change [90%]"):
         table.add_column(col, justify="left" if col in ("", "variant", "pass") else "right", no_wrap=True)
     styles = {"+": "red", "-": "green", "x": "yellow", "?": "yellow"}
@@ -44,7 +47,8 @@ def compare_runs_tables(compared: pd.DataFrame, summary: pd.DataFrame, name_a: s
             cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['status_a']} / {r['status_b']}", ""]
         else:
             change = "" if pd.isna(r["low"]) else (f"{r['relative'] - 1:+.1%} [{r['low'] - 1:+.1%}, "
-                                                   f"{r['high'] - 1:+.1%}]")
+                                                   f"{r['high'] - 1:+.1%}]" + ("" if r.get("against") == "peers"
+                                                                               else "*"))
             cells = [fmt_ms(r["median_a_ms"]), fmt_ms(r["median_b_ms"]), f"{r['ratio']:.3f}",
                      change or "too few rounds"]
         style = styles.get(mark)
@@ -68,10 +72,10 @@ def shift_text(shift: CommonShift | None, min_effect: float = MIN_EFFECT) -> str
     if shift is None:
         return ("common shift: too few cases in both runs to tell the machine's drift from a change "
                 "(each case is judged as measured)")
-    verdict = {"same": f"within ±{min_effect:.0%}: the machine's drift between runs, discounted from every case",
+    verdict = {"same": f"within ±{min_effect:.0%}: the machine's drift between runs",
                "slower": "every case slower: a change under all of them (a library, the machine: see the "
                          "calibrations)",
                "faster": "every case faster: a change under all of them (a library, the machine: see the "
                          "calibrations)"}[shift.verdict]
     return (f"common shift over {shift.cases} cases: B/A = {shift.ratio:.3f} [{shift.low:.3f}–{shift.high:.3f}], "
-            f"{verdict}; up to {min_effect:.0%} of it is discounted")
+            f"{verdict}; cases with peers are judged against them, the others beyond up to {min_effect:.0%} of it")

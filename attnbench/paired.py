@@ -1,5 +1,4 @@
-"""Figures that repeat: paired ratios with intervals, and the between-runs test,
-with the *visit* as the unit.
+"""Figures that repeat: paired ratios with intervals, with the *visit* as the unit.
 
 A run visits every case in R rounds, each round all cases in a shuffled order;
 a visit is one worker that builds the layer and takes a few samples, and its
@@ -16,18 +15,8 @@ moment to the next: that is what the visits measure.
   With one round there is nothing to pair across: a bootstrap over the samples
   of that single visit each side, which ignores between-visit drift (said in
   the interval's ``note``).
-* ``compare_visits`` / ``visit_change``: is run B's case different from run
-  A's? A Welch-type t-test on the log visit medians, each run's variance
-  moderated towards a prior pooled over all the cases of that run (3 to 5
-  visits per case give a poor variance on their own), after dropping visits
-  disturbed far beyond the run's spread. Machines drift between back-to-back
-  runs by a few percent, uniformly: so the change common to all cases
-  (``common_shift``, reported on its own with its interval) is discounted,
-  up to the minimum effect (``drift_allowance``), and a change is called only
-  when the 90% interval of the case's remaining ratio lies wholly beyond the
-  minimum effect (5% by default): two one-sided tests at 5%, as in an
-  equivalence test. A test of "no change at all" on raw samples flags the
-  drift in nearly every case.
+* ``attnbench.between_runs``: is run B's case different from run A's (it
+  builds on the prior below).
 * ``estimate_prior``: the variance prior, by the empirical-Bayes method of
   limma (Smyth 2004, "Linear models and empirical Bayes methods for assessing
   differential expression"): the per-case variances of log visit medians are
@@ -46,26 +35,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import special, stats
 
 LEVEL = 0.95  # the intervals of ratios and correlations within a run
-# Between runs: two one-sided tests at 5% each (slower beyond the band, faster
-# beyond it), i.e. the 90% interval of the change lies outside the band.
-COMPARE_LEVEL = 0.90
-MIN_EFFECT = 0.05  # a change between runs smaller than 5% is never called
-MIN_ROUNDS = 2  # visits per side needed for a verdict between runs
-MIN_CASES_FOR_SHIFT = 16  # cases both runs measured, to estimate their common shift
 BOOTSTRAP = 2000  # resamples of the bootstrap intervals
 MAX_PRIOR_DF = 1000.0  # "no spread beyond chance": the prior then dominates every case
-
-# A visit this many of the run's standard deviations (and at least 5%) away from
-# its case's median visit is taken as disturbed (see ``undisturbed``).
-DISTURBED_SDS, DISTURBED_MIN, MIN_VISITS_TO_DROP = 4.0, math.log(1.05), 3
-
-SLOWER, FASTER, SAME, TOO_FEW = "slower", "faster", "same", "too few rounds"
 
 Rounds = Sequence[Sequence[float]]  # per round, the samples of that visit (ms, MiB, ...)
 
@@ -289,177 +265,3 @@ def spearman_interval(measured: Mapping[str, Sequence[float]], published: Mappin
     tail = (1 - level) / 2
     return Interval(point, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail)), rounds,
                     "bootstrap-rounds")
-
-
-# --- two runs ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VisitChange:
-    """Run B against run A for one case. ``ratio``: the geometric mean of B's
-    visit medians over A's, as measured. ``relative``: that ratio over the
-    machine's drift between the runs (``drift_allowance``), which is what the
-    verdict judges, with its interval ``low``–``high``. ``p_value``: of the test that
-    the change exceeds the minimum effect (NaN without a test). ``verdict``:
-    ``slower``, ``faster``, ``same`` or ``too few rounds``."""
-
-    ratio: float
-    relative: float
-    low: float
-    high: float
-    p_value: float
-    verdict: str
-    visits_a: int
-    visits_b: int
-
-    @property
-    def significant(self) -> bool:
-        return self.verdict in (SLOWER, FASTER)
-
-
-@dataclass(frozen=True)
-class CommonShift:
-    """How much every case moved together between two runs: the median over
-    cases of their log ratios B/A, with a bootstrap interval over cases and a
-    verdict against the minimum effect. Machines drift by a few percent
-    between back-to-back runs; a change under every case (a slower library, a
-    different clock) shows here, not in the cases' marks."""
-
-    ratio: float
-    low: float
-    high: float
-    cases: int
-    verdict: str
-    variance: float  # of the log shift: added to every case's variance
-
-
-def undisturbed(logs: np.ndarray, prior: VariancePrior | None) -> np.ndarray:
-    """The log visit medians without the disturbed ones: with at least
-    ``MIN_VISITS_TO_DROP`` visits, a visit further than ``DISTURBED_SDS`` prior
-    standard deviations (and more than ``DISTURBED_MIN`` in log) from the case's
-    median visit is dropped. A neighbour's burst of work slows every sample of
-    the visit it lands on; averaged in, one such visit of five moves the mean
-    by a fifth of its excess and inflates the variance, hiding real changes."""
-    if prior is None or len(logs) < MIN_VISITS_TO_DROP:
-        return logs
-    centre = float(np.median(logs))
-    limit = max(DISTURBED_SDS * math.sqrt(prior.variance), DISTURBED_MIN)
-    keep = np.abs(logs - centre) <= limit
-    return logs[keep] if keep.sum() >= MIN_ROUNDS else logs
-
-
-def _logs(values: Sequence[float]) -> np.ndarray:
-    return np.log(np.asarray([x for x in values if x > 0 and math.isfinite(x)], dtype=float))
-
-
-def visit_variance_prior(visit_medians: Sequence[Sequence[float]]) -> VariancePrior | None:
-    """A run's prior for the variance of log visit medians, from every case
-    (each item: that case's visit medians) with at least two visits."""
-    variances, dfs = [], []
-    for medians in visit_medians:
-        logs = _logs(medians)
-        if len(logs) >= 2:
-            variances.append(float(logs.var(ddof=1)))
-            dfs.append(len(logs) - 1)
-    return estimate_prior(variances, dfs)
-
-
-def visit_change(a: Sequence[float], b: Sequence[float], prior_a: VariancePrior | None = None,
-                 prior_b: VariancePrior | None = None, level: float = COMPARE_LEVEL,
-                 min_effect: float = MIN_EFFECT, shift: CommonShift | None = None) -> VisitChange:
-    """Is run B's case slower or faster than run A's, beyond ``min_effect`` and
-    beyond the machine's drift (the ``shift`` common to all cases, up to
-    ``min_effect``: see ``drift_allowance``)?
-
-    ``a``, ``b``: the case's visit medians in each run (one per round).
-    Welch's t on the log visit medians, each side's variance moderated towards
-    its run's prior (disturbed visits dropped first, see ``undisturbed``); a
-    change is called when the ``level`` interval of the relative ratio lies
-    entirely above ``1 + min_effect`` (slower) or below ``1 / (1 + min_effect)``
-    (faster): two one-sided tests at (1 - level) / 2 each. Fewer than
-    ``MIN_ROUNDS`` visits on either side: ``too few rounds``, no verdict."""
-    la, lb = _logs(a), _logs(b)
-    if len(la) == 0 or len(lb) == 0:
-        raise ValueError("visit_change: both sides need at least one positive visit median")
-    la, lb = undisturbed(la, prior_a), undisturbed(lb, prior_b)
-    measured = float(lb.mean() - la.mean())
-    band = math.log1p(min_effect)
-    diff = measured - drift_allowance(shift, min_effect)
-    ratio, relative = math.exp(measured), math.exp(diff)
-    if len(la) < MIN_ROUNDS or len(lb) < MIN_ROUNDS:
-        return VisitChange(ratio, relative, math.nan, math.nan, math.nan, TOO_FEW, len(la), len(lb))
-    va, da = moderated(float(la.var(ddof=1)), len(la) - 1, prior_a)
-    vb, db = moderated(float(lb.var(ddof=1)), len(lb) - 1, prior_b)
-    wa, wb = va / len(la), vb / len(lb)
-    # The allowance's own uncertainty, unless clipped (then it no longer moves with the shift).
-    clipped = shift is None or abs(math.log(shift.ratio)) >= band
-    se = math.sqrt(wa + wb + (0.0 if clipped else shift.variance))
-    if se == 0:  # identical visits on both sides: the change is known exactly
-        verdict = SLOWER if diff > band else FASTER if diff < -band else SAME
-        return VisitChange(ratio, relative, relative, relative, 0.0 if verdict != SAME else 1.0, verdict,
-                           len(la), len(lb))
-    df = (wa + wb) ** 2 / (wa**2 / da + wb**2 / db) if wa + wb > 0 else MAX_PRIOR_DF  # Welch–Satterthwaite
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    p_slow = float(stats.t.sf((diff - band) / se, df))  # H0: not slower than the band
-    p_fast = float(stats.t.cdf((diff + band) / se, df))  # H0: not faster than the band
-    p = min(1.0, 2 * min(p_slow, p_fast))
-    low, high = diff - half, diff + half
-    verdict = SLOWER if low > band else FASTER if high < -band else SAME
-    return VisitChange(ratio, relative, math.exp(low), math.exp(high), p, verdict, len(la), len(lb))
-
-
-def drift_allowance(shift: CommonShift | None, min_effect: float = MIN_EFFECT) -> float:
-    """The part of the common shift taken as the machine's drift between runs
-    (log): the shift, clipped to the minimum effect. Drift is a few percent;
-    a larger shift is more likely a change (a library, or the variant that is
-    half of a two-variant suite), so only this much of it is discounted and
-    the rest is judged with each case."""
-    if shift is None:
-        return 0.0
-    band = math.log1p(min_effect)
-    return min(max(math.log(shift.ratio), -band), band)
-
-
-def common_shift(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[float]],
-                 level: float = COMPARE_LEVEL, min_effect: float = MIN_EFFECT, seed: int = 0) -> CommonShift | None:
-    """The change every case shares between runs A and B (median over the cases
-    both measured of the difference of mean log visit medians); None with
-    fewer than ``MIN_CASES_FOR_SHIFT`` such cases, where a median says little."""
-    diffs = []
-    for key in a.keys() & b.keys():
-        la, lb = _logs(a[key]), _logs(b[key])
-        if len(la) and len(lb):
-            diffs.append(float(lb.mean() - la.mean()))
-    if len(diffs) < MIN_CASES_FOR_SHIFT:
-        return None
-    d = np.array(diffs)
-    rng = np.random.default_rng(seed)
-    boot = np.median(rng.choice(d, size=(BOOTSTRAP, len(d))), axis=1)
-    tail = (1 - level) / 2
-    low, high = float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))
-    band = math.log1p(min_effect)
-    verdict = SLOWER if low > band else FASTER if high < -band else SAME
-    return CommonShift(ratio=math.exp(float(np.median(d))), low=math.exp(low), high=math.exp(high),
-                       cases=len(d), verdict=verdict, variance=float(boot.var()))
-
-
-@dataclass(frozen=True)
-class RunsComparison:
-    changes: dict[Any, VisitChange]  # per key found in both runs
-    shift: CommonShift | None
-
-
-def compare_visits(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[float]],
-                   level: float = COMPARE_LEVEL, min_effect: float = MIN_EFFECT,
-                   adjust_shift: bool = True) -> RunsComparison:
-    """Every case of two runs: ``a`` and ``b`` map a case key to its visit
-    medians. Each run's variance prior comes from all its cases; each case is
-    judged beyond the common shift (``adjust_shift``) and the minimum effect."""
-    prior_a = visit_variance_prior(list(a.values()))
-    prior_b = visit_variance_prior(list(b.values()))
-    shift = common_shift(a, b, level, min_effect) if adjust_shift else None
-    changes = {}
-    for key in a:
-        if key in b and len(_logs(a[key])) and len(_logs(b[key])):
-            changes[key] = visit_change(a[key], b[key], prior_a, prior_b, level, min_effect, shift)
-    return RunsComparison(changes=changes, shift=shift)

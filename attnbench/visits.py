@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench import paired
+from attnbench import between_runs, paired
 from attnbench.model import worst_status
 
 CASE_KEYS = ["batch", "dim", "dtype", "device", "causal", "heads", "seq_len", "pass"]
@@ -105,6 +105,12 @@ def visit_medians(pass_result: dict[str, Any]) -> list[float]:
     return [statistics.median(s) for s in pass_result.get("rounds_ms") or [] if s]
 
 
+def visit_medians_by_round(pass_result: dict[str, Any]) -> dict[int, float]:
+    """Round -> the median of that visit, for the visits that have samples."""
+    return {r: statistics.median(s) for r, s in zip(pass_result.get("round_ids") or [],
+                                                   pass_result.get("rounds_ms") or [], strict=False) if s}
+
+
 def round_spread(pass_result: dict[str, Any]) -> float | None:
     """Standard deviation of the log visit medians (about the relative spread
     between rounds); None with fewer than two visits."""
@@ -175,11 +181,14 @@ def paired_table(records: list[dict[str, Any]], baseline: str, level: float = pa
 # --- two runs -------------------------------------------------------------------------
 
 MARK_SLOWER, MARK_FASTER, MARK_SAME, MARK_FAILED, MARK_UNDECIDED = "+", "-", "~", "x", "?"
-_MARKS = {paired.SLOWER: MARK_SLOWER, paired.FASTER: MARK_FASTER, paired.SAME: MARK_SAME,
-          paired.TOO_FEW: MARK_UNDECIDED}
+_MARKS = {between_runs.SLOWER: MARK_SLOWER, between_runs.FASTER: MARK_FASTER, between_runs.SAME: MARK_SAME,
+          between_runs.TOO_FEW: MARK_UNDECIDED}
+# What a case's change was judged against (``against``): the variants visited
+# beside it (its setting group, same rounds), or every case of the run.
+AGAINST_PEERS, AGAINST_ALL = "peers", "all cases"
 COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
                    "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "relative",
-                   "low", "high", "p_value", "verdict", "significant", "case_id"]
+                   "low", "high", "p_value", "verdict", "significant", "against", "case_id"]
 
 
 def _pass_index(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict, dict]]:
@@ -191,22 +200,33 @@ def _pass_index(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[di
     return out
 
 
+def _unit_group(case: dict[str, Any], pass_name: str) -> tuple:
+    """The cases a worker visits together in a round (``sweep.setting_group``), per pass."""
+    return (case["device"], case["dtype"], case["batch"], case["dim"], case["causal"], case["heads"],
+            case["seq_len"], pass_name)
+
+
 def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
-                    level: float = paired.COMPARE_LEVEL, min_effect: float = paired.MIN_EFFECT
-                    ) -> tuple[pd.DataFrame, paired.CommonShift | None]:
+                    level: float = between_runs.COMPARE_LEVEL, min_effect: float = between_runs.MIN_EFFECT
+                    ) -> tuple[pd.DataFrame, between_runs.CommonShift | None]:
     """Run B against run A (merged records), one row per case and pass in
-    either, with the visit as the unit (``paired.compare_visits``): the
-    geometric-mean ratio of visit medians B/A, the ratio relative to the
-    shift common to all cases with its interval, the verdict and a mark:
+    either, with the visit as the unit (``between_runs.compare_visits``): the
+    geometric-mean ratio of visit medians B/A; the ratio relative to the
+    variants visited beside the case (its setting group, where it has at least
+    three: ``against`` = ``peers``) or else to the shift common to all cases
+    (``all cases``), with its interval; the verdict and a mark:
     ``+`` slower, ``-`` faster, ``~`` no change beyond the minimum effect,
     ``?`` too few rounds for a verdict, ``x`` failed or missing in a run.
     ``n_a``/``n_b`` count visits."""
     ia, ib = _pass_index(records_a), _pass_index(records_b)
     keys = list(dict.fromkeys([*ia, *ib]))
-    medians_a = {k: visit_medians(ia[k][1]) for k in ia if ia[k][1].get("status") == "ok"}
-    medians_b = {k: visit_medians(ib[k][1]) for k in ib if ib[k][1].get("status") == "ok"}
-    result = paired.compare_visits({k: v for k, v in medians_a.items() if v},
-                                   {k: v for k, v in medians_b.items() if v}, level, min_effect)
+    by_round_a = {k: visit_medians_by_round(ia[k][1]) for k in ia if ia[k][1].get("status") == "ok"}
+    by_round_b = {k: visit_medians_by_round(ib[k][1]) for k in ib if ib[k][1].get("status") == "ok"}
+    medians_a = {k: list(v.values()) for k, v in by_round_a.items()}
+    medians_b = {k: list(v.values()) for k, v in by_round_b.items()}
+    groups = {k: _unit_group(rec["case"], k[1]) for k, (rec, _) in [*ia.items(), *ib.items()]}
+    result = between_runs.compare_visits({k: v for k, v in by_round_a.items() if v},
+                                   {k: v for k, v in by_round_b.items() if v}, level, min_effect, groups=groups)
     rows = []
     for key in keys:
         (rec_a, pa), (rec_b, pb) = ia.get(key, (None, None)), ib.get(key, (None, None))
@@ -221,10 +241,10 @@ def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, A
         change = result.changes.get(key)
         if change is None:
             row.update(ratio=math.nan, relative=math.nan, low=math.nan, high=math.nan, p_value=math.nan,
-                       verdict="failed", significant=False, mark=MARK_FAILED)
+                       verdict="failed", significant=False, mark=MARK_FAILED, against="")
         else:
             row.update(ratio=change.ratio, relative=change.relative, low=change.low, high=change.high,
                        p_value=change.p_value, verdict=change.verdict, significant=change.significant,
-                       mark=_MARKS[change.verdict])
+                       mark=_MARKS[change.verdict], against=AGAINST_PEERS if key in result.peer_judged else AGAINST_ALL)
         rows.append(row)
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS), result.shift

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "attnbench"
 # insides of the variants and bench packages.
 LAYERS: list[tuple[str, ...]] = [
     ("attnbench.model", "attnbench.stats", "attnbench.paired"),
+    ("attnbench.between_runs",),
     ("attnbench.errors",),
     ("attnbench.testing",),
     ("attnbench.variants.layer",),

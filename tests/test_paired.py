@@ -8,16 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from attnbench import paired
-from attnbench.paired import (
-    Interval,
-    compare_visits,
-    estimate_prior,
-    paired_ratio,
-    ratio_prior,
-    spearman_interval,
-    visit_change,
-)
+from attnbench import between_runs, paired
+from attnbench.between_runs import compare_visits, visit_change
+from attnbench.paired import Interval, estimate_prior, paired_ratio, ratio_prior, spearman_interval
 
 
 def visit(rng: np.random.Generator, median: float, n: int = 5, sigma: float = 0.02) -> list[float]:
@@ -187,8 +180,8 @@ def test_uniform_drift_is_discounted_up_to_the_minimum_effect_and_a_larger_shift
 
 def test_too_few_rounds_gives_no_verdict():
     one = visit_change([10.0], [20.0])
-    assert one.verdict == paired.TOO_FEW and not one.significant and one.ratio == pytest.approx(2.0)
-    assert visit_change([10.0, 10.1], [20.0]).verdict == paired.TOO_FEW
+    assert one.verdict == between_runs.TOO_FEW and not one.significant and one.ratio == pytest.approx(2.0)
+    assert visit_change([10.0, 10.1], [20.0]).verdict == between_runs.TOO_FEW
     assert visit_change([10.0, 10.2, 9.9], [20.0, 20.1, 19.8]).verdict == "slower"
     assert visit_change([10.0, 10.2, 9.9], [10.1, 9.8, 10.0]).verdict == "same"
     assert visit_change([10.0, 10.0], [10.0, 10.0]).verdict == "same"
@@ -202,6 +195,103 @@ def test_a_disturbed_visit_is_dropped_and_does_not_hide_a_change():
     b = [11.6, 11.4, 11.5, 11.6, 11.5]
     assert visit_change(a, b, prior, prior).verdict == "slower"
     assert visit_change(a, b).verdict == "same"  # without the run's prior, nothing says 13.5 is odd
+
+
+# --- two runs, each case judged against the variants visited beside it --------------------------
+
+VARIANTS, SETTINGS = 5, 24  # e.g. quick.yaml with the planted variant: 5 variants, 8 settings x 3 passes
+
+
+def grouped_run(rng, rounds, slow_variant=None, moment_sd=0.10, own_sd=0.035, run_drift=0.08, extra=0.15):
+    """A run as a shared VM gives it: every unit (a setting's variants visited
+    back to back in one round) runs at its moment's speed, which wanders by
+    ``moment_sd`` between rounds and by ``run_drift`` between runs; each visit
+    adds its own ``own_sd``. Keys (variant, setting) -> {round: visit median}."""
+    run = rng.normal(0, run_drift)
+    out = {}
+    for s in range(SETTINGS):
+        moments = rng.normal(0, moment_sd, rounds)
+        for v in range(VARIANTS):
+            factor = 1 + extra if v == slow_variant else 1.0
+            out[(v, s)] = {r: 10.0 * (1 + v) * (1 + s % 4) * factor
+                           * math.exp(run + moments[r] + rng.normal(0, own_sd)) for r in range(rounds)}
+    return out
+
+
+GROUPS = {(v, s): s for v in range(VARIANTS) for s in range(SETTINGS)}
+
+
+def test_peer_normalisation_removes_the_moment_each_unit_shares():
+    moments = [1.0, 1.3, 0.9]
+    visits = {(v, 0): {r: (1 + v) * m for r, m in enumerate(moments)} for v in range(3)}
+    normal = between_runs.peer_normalized(visits, GROUPS)
+    for v in range(3):
+        values = list(normal[(v, 0)].values())
+        assert np.ptp(values) == pytest.approx(0.0, abs=1e-12)  # the moments, gone
+        assert values[0] == pytest.approx((1 + v) * math.exp(np.mean(np.log(moments))))
+    two = {k: v for k, v in visits.items() if k[0] < 2}
+    assert between_runs.peer_normalized(two, GROUPS) == {}  # two variants: who moved cannot be told
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_a_a_runs_judged_against_peers_flag_at_most_5_percent(rounds):
+    rng = np.random.default_rng(200 + rounds)
+    flagged = total = 0
+    for _ in range(10):
+        result = compare_visits(grouped_run(rng, rounds), grouped_run(rng, rounds), groups=GROUPS)
+        assert len(result.peer_judged) >= 0.8 * len(GROUPS)  # a few groups' moments stand out: judged raw
+        flagged += sum(c.significant for c in result.changes.values())
+        total += len(result.changes)
+    assert flagged <= 0.05 * total, f"{flagged} of {total}"
+
+
+def test_a_planted_15_percent_slowdown_is_found_against_peers_where_the_raw_visits_cannot():
+    """Moments that wander by 10% between rounds hide a 15% change from the
+    raw visits of 5 rounds; judged against the peers of each unit it stands out."""
+    rng = np.random.default_rng(17)
+    found = raw_found = others = planted = 0
+    for _ in range(10):
+        a, b = grouped_run(rng, 5), grouped_run(rng, 5, slow_variant=2)
+        peers, raw = compare_visits(a, b, groups=GROUPS), compare_visits(a, b)
+        found += sum(peers.changes[(2, s)].verdict == "slower" for s in range(SETTINGS))
+        raw_found += sum(raw.changes[(2, s)].verdict == "slower" for s in range(SETTINGS))
+        others += sum(c.significant for k, c in peers.changes.items() if k[0] != 2)
+        planted += SETTINGS
+    assert found >= 0.9 * planted, f"{found} of {planted}"
+    assert raw_found < 0.6 * planted  # what the raw visits give on such a machine
+    assert others <= 0.05 * (VARIANTS - 1) * planted
+    change = peers.changes[(2, 0)]
+    assert change.relative == pytest.approx(1.15, rel=0.08) and change.low > 1.05
+
+
+def test_a_change_under_every_variant_of_one_setting_is_judged_against_all_cases():
+    rng = np.random.default_rng(29)
+    a = grouped_run(rng, 5, run_drift=0)
+    b = {k: {r: m * (2.0 if k[1] == 3 else 1.0) for r, m in v.items()}
+         for k, v in grouped_run(rng, 5, run_drift=0).items()}
+    result = compare_visits(a, b, groups=GROUPS)
+    moved = [k for k in result.changes if k[1] == 3]
+    assert not set(moved) & result.peer_judged
+    assert all(result.changes[k].verdict == "slower" for k in moved)
+
+
+def test_too_few_cases_for_a_common_shift_are_judged_raw():
+    rng = np.random.default_rng(31)
+    a = {k: v for k, v in grouped_run(rng, 5, run_drift=0).items() if k[1] < 2}  # 10 cases
+    b = {k: {r: m * 2 for r, m in v.items()} for k, v in a.items()}
+    result = compare_visits(a, b, groups=GROUPS)
+    assert result.shift is None and not result.peer_judged
+    assert all(c.verdict == "slower" for c in result.changes.values())
+
+
+def test_a_change_under_every_variant_shows_in_the_common_shift_not_in_the_cases():
+    rng = np.random.default_rng(23)
+    a = grouped_run(rng, 5, run_drift=0)
+    b = {k: {r: m * 1.2 for r, m in v.items()} for k, v in grouped_run(rng, 5, run_drift=0).items()}
+    result = compare_visits(a, b, groups=GROUPS)
+    assert sum(c.significant for c in result.changes.values()) <= 0.05 * len(result.changes)
+    assert result.shift.verdict == "slower" and result.shift.ratio == pytest.approx(1.2, rel=0.05)
+    assert np.median([c.ratio for c in result.changes.values()]) == pytest.approx(1.2, rel=0.05)  # as measured
 
 
 # --- a published table ---------------------------------------------------------------------------
