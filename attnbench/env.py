@@ -32,14 +32,18 @@ def cpu_model() -> str:
     return _cpu_model()
 
 
-def _governors() -> list[str]:
+CPU_SYSFS = Path("/sys/devices/system/cpu")
+
+
+def governors(root: Path = CPU_SYSFS) -> list[str]:
+    """The CPU frequency governors in use (empty where sysfs does not say)."""
     found = set()
-    for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_governor"):
+    for path in root.glob("cpu[0-9]*/cpufreq/scaling_governor"):
         try:
             found.add(path.read_text().strip())
         except OSError:
             continue
-    return sorted(found)
+    return sorted(g for g in found if g)
 
 
 def _git_commit() -> str | None:
@@ -127,7 +131,7 @@ def collect_environment() -> dict[str, Any]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "cpu_governors": _governors(),
+        "cpu_governors": governors(),
         "memory_total_gib": round(mem.total / 2**30, 2),
         "memory_available_gib": round(mem.available / 2**30, 2),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

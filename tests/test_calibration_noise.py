@@ -10,7 +10,8 @@ import torch
 
 from attnbench.bench import calibration, noise
 from attnbench.bench.calibration import calibrate, calibration_drift, format_rate
-from attnbench.bench.noise import NoiseMonitor, governors, noise_warnings
+from attnbench.bench.noise import NoiseMonitor, noise_warnings
+from attnbench.env import governors
 
 # --- calibration ------------------------------------------------------------------------------
 

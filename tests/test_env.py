@@ -25,7 +25,7 @@ KEYS = {"python", "torch", "cuda", "cudnn", "gpus", "gpu_processes", "cpu_model"
 @pytest.fixture
 def quiet_machine(monkeypatch: pytest.MonkeyPatch):
     """A machine with nothing to warn about: 'performance' governor, idle, 8 cores used by 8 threads."""
-    monkeypatch.setattr(env_mod, "_governors", lambda: ["performance"])
+    monkeypatch.setattr(env_mod, "governors", lambda: ["performance"])
     monkeypatch.setattr(env_mod.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 8)
     monkeypatch.setattr(env_mod.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)

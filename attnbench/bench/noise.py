@@ -11,27 +11,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from attnbench.bench.calibration import calibration_drift
+from attnbench.env import governors
 
 OTHER_SHARE_WARN = 0.10  # other processes took over 10% of all cores' time
 BUSY_LOAD = 0.5  # a load average over half the cores (besides our own threads)
-CPU_SYSFS = Path("/sys/devices/system/cpu")
-
-
-def governors(root: Path = CPU_SYSFS) -> list[str]:
-    """The CPU frequency governors in use (empty where sysfs does not say)."""
-    found = set()
-    for path in root.glob("cpu[0-9]*/cpufreq/scaling_governor"):
-        try:
-            found.add(path.read_text().strip())
-        except OSError:
-            continue
-    return sorted(g for g in found if g)
-
-
 def _busy_s(times: Any) -> float:
     """Busy seconds of the whole machine from ``psutil.cpu_times()``: all time
     but idle and I/O wait (guest time is already inside user time on Linux)."""
