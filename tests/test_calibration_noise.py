@@ -132,7 +132,7 @@ def test_other_processes_time_is_the_machines_busy_time_minus_our_tree():
 
 
 def test_a_quiet_run_has_no_warning_and_a_vanished_worker_is_no_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(noise, "CPU_SYSFS", tmp_path)
+    monkeypatch.setattr(noise, "governors", lambda: [])
     ps, clock = FakePsutil(), iter([0.0, 10.0])
     ps.procs[2] = (3.0, 0.0, 0.0, 0.0)
     monitor = NoiseMonitor(ps, loadavg=lambda: (0.1, 0.1, 0.1), clock=lambda: next(clock), pid=1)

@@ -60,7 +60,7 @@ def test_each_source_of_noise_is_warned_about(change: dict, expected: str):
 
 
 def test_collect_environment_warns_about_a_simulated_noisy_machine(monkeypatch: pytest.MonkeyPatch, quiet_machine):
-    monkeypatch.setattr(env_mod, "_governors", lambda: ["ondemand", "performance"])
+    monkeypatch.setattr(env_mod, "governors", lambda: ["ondemand", "performance"])
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(env_mod, "_gpus", lambda torch: [])
@@ -104,7 +104,7 @@ def test_gpu_fields_and_sdpa_backends_on_a_simulated_gpu(monkeypatch: pytest.Mon
 
 
 def test_env_command_prints_the_table_and_the_warnings(monkeypatch: pytest.MonkeyPatch, quiet_machine):
-    monkeypatch.setattr(env_mod, "_governors", lambda: ["powersave"])
+    monkeypatch.setattr(env_mod, "governors", lambda: ["powersave"])
     result = runner.invoke(app, ["env"], terminal_width=200)
     assert result.exit_code == 0
     for label in ("python", "torch", "CUDA", "cuDNN", "CPU cores", "torch threads", "SDPA backends"):
