@@ -246,7 +246,8 @@ def peer_normalized(visits: Mapping[Any, Mapping[int, float]], groups: Mapping[A
         usable = [k for k in members if len(logs[k]) >= MIN_ROUNDS]
         if len(usable) < min_peers:
             continue
-        centred = {k: {r: x - float(np.mean(list(logs[k].values()))) for r, x in logs[k].items()} for k in usable}
+        means = {k: float(np.mean(list(logs[k].values()))) for k in usable}
+        centred = {k: {r: x - means[k] for r, x in logs[k].items()} for k in usable}
         moment = {}
         for r in {r for k in usable for r in centred[k]}:
             present = [centred[k][r] for k in usable if r in centred[k]]

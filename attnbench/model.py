@@ -20,6 +20,8 @@ PASSES = ("forward", "backward", "forward_backward")
 REPORTED_PASSES = ("forward", "forward_backward")
 #: What a series of cases shares: everything but seq_len.
 SERIES_FIELDS = ("label", "heads", "dim", "batch", "dtype", "device", "causal")
+# What the variants of one setting group share (everything but the variant); N last.
+SETTING_FIELDS = ("device", "dtype", "batch", "dim", "causal", "heads", "seq_len")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,11 @@ class Case:
         """The case without N: cases of one series differ only in seq_len."""
         return tuple(getattr(self, name) for name in SERIES_FIELDS)
 
+    @property
+    def setting(self) -> tuple:
+        """The case without its variant: the setting group a worker visits together."""
+        return tuple(getattr(self, name) for name in SETTING_FIELDS)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passes"] = list(self.passes)
@@ -178,6 +185,11 @@ class Case:
         d["timing"] = TimingSettings(**d.get("timing", {}))
         d["limits"] = Limits(**d.get("limits", {}))
         return cls(**d)
+
+
+def setting_of(case: dict[str, Any]) -> tuple:
+    """The setting group (``Case.setting``) of a case as a record stores it."""
+    return tuple(case[name] for name in SETTING_FIELDS)
 
 
 def series_of(case: dict[str, Any]) -> tuple:

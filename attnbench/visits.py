@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench import between_runs, paired
-from attnbench.model import worst_status
+from attnbench.model import setting_of, worst_status
 
 CASE_KEYS = ["batch", "dim", "dtype", "device", "causal", "heads", "seq_len", "pass"]
 
@@ -200,12 +200,6 @@ def _pass_index(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[di
     return out
 
 
-def _unit_group(case: dict[str, Any], pass_name: str) -> tuple:
-    """The cases a worker visits together in a round (``sweep.setting_group``), per pass."""
-    return (case["device"], case["dtype"], case["batch"], case["dim"], case["causal"], case["heads"],
-            case["seq_len"], pass_name)
-
-
 def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
                     level: float = between_runs.COMPARE_LEVEL, min_effect: float = between_runs.MIN_EFFECT
                     ) -> tuple[pd.DataFrame, between_runs.CommonShift | None]:
@@ -224,7 +218,7 @@ def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, A
     by_round_b = {k: visit_medians_by_round(ib[k][1]) for k in ib if ib[k][1].get("status") == "ok"}
     medians_a = {k: list(v.values()) for k, v in by_round_a.items()}
     medians_b = {k: list(v.values()) for k, v in by_round_b.items()}
-    groups = {k: _unit_group(rec["case"], k[1]) for k, (rec, _) in [*ia.items(), *ib.items()]}
+    groups = {k: (*setting_of(rec["case"]), k[1]) for k, (rec, _) in [*ia.items(), *ib.items()]}  # a unit, per pass
     result = between_runs.compare_visits({k: v for k, v in by_round_a.items() if v},
                                    {k: v for k, v in by_round_b.items() if v}, level, min_effect, groups=groups)
     rows = []

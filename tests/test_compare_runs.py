@@ -20,9 +20,10 @@ runner = CliRunner()
 
 
 def record(label: str, n: int, passes: dict[str, list[float] | str], heads: int = 2,
-           rnd: int | None = None) -> dict:
+           rnd: int | None = None, mem: float | None = 1.0) -> dict:
     """A visit record (``rnd`` None: a run from before rounds); a pass given as
-    a string is a failure with that status."""
+    a string is a failure with that status. ``mem``: the peak memory, which
+    a pass measures on its first visit only."""
     case = {"suite": "t", "variant": label, "label": label, "params": {}, "batch": 1, "seq_len": n, "heads": heads,
             "dim": 32, "dtype": "float32", "device": "cpu", "causal": False, "passes": list(passes),
             "compile": False}
@@ -31,7 +32,8 @@ def record(label: str, n: int, passes: dict[str, list[float] | str], heads: int 
         if isinstance(value, str):
             out.append({"pass": name, "status": value, "error": value, "samples_ms": []})
         else:
-            out.append({"pass": name, "status": "ok", "samples_ms": list(value), "peak_mem_mib": 1.0})
+            out.append({"pass": name, "status": "ok", "samples_ms": list(value),
+                        "peak_mem_mib": mem if rnd in (0, None) else None})
     status = next((p["status"] for p in out if p["status"] != "ok"), "ok")
     rec = {"schema": 1, "case_id": f"{label}|N={n}|H={heads}|dim=32|B=1|float32|cpu|causal=0", "case": case,
            "passes": out, "status": status, "threads": 1}

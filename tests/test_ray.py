@@ -29,6 +29,7 @@ from attnbench import suite as suite_mod  # noqa: E402 - after the skip
 from attnbench.bench.ray_executor import RayExecutor  # noqa: E402
 from attnbench.bench.sweep import RunOptions, run_suite  # noqa: E402
 from attnbench.results import load_run  # noqa: E402
+from tests.test_sweep import wait_for_cases  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -179,25 +180,12 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def wait_for_cases(out: Path, count: int, proc: subprocess.Popen, timeout_s: float = 180) -> Path:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = list(out.glob("*/cases.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= count:
-            return found[0].parent
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before it could be interrupted: {proc.communicate()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("no cases finished in time")
-
-
 def test_killed_driver_resumes_without_duplicates(cluster, tmp_path):
     suite = write(tmp_path / "slow.yaml", SLOW)
     out = tmp_path / "results"
     proc = start_cli(["run", str(suite), "--out", str(out), "-q", "--executor", "ray", "--address", cluster],
                      tmp_path)
-    run_dir = wait_for_cases(out, 2, proc)
+    run_dir = wait_for_cases(out, 2, proc, timeout_s=180)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: Ray must drop its tasks
     proc.communicate(timeout=60)
     before = load_run(run_dir).records
@@ -215,7 +203,7 @@ def test_ctrl_c_cancels_ray_tasks_and_says_how_to_resume(cluster, tmp_path):
     out = tmp_path / "results"
     proc = start_cli(["run", str(suite), "--out", str(out), "-q", "--executor", "ray", "--address", cluster],
                      tmp_path)
-    run_dir = wait_for_cases(out, 2, proc)
+    run_dir = wait_for_cases(out, 2, proc, timeout_s=180)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

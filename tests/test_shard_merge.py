@@ -19,7 +19,6 @@ from attnbench.bench.shard import (
     Shard,
     assign,
     estimated_seconds,
-    group_key,
     parse_shard,
     setting_groups,
     shard_cases,
@@ -79,7 +78,7 @@ def test_gpu_suite_splits_into_whole_setting_groups():
     owner = {}
     for k, part in enumerate(parts):
         for case in part:  # every case of a setting group is in the same part
-            assert owner.setdefault(group_key(case), k) == k
+            assert owner.setdefault(case.setting, k) == k
     loads = [sum(estimated_seconds(c) for c in part) for part in parts]
     heaviest_group = max(sum(estimated_seconds(c) for c in g) for g in setting_groups(cases))
     assert max(loads) - min(loads) <= heaviest_group

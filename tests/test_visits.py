@@ -7,26 +7,12 @@ import numpy as np
 import pytest
 
 from attnbench.visits import compare_records, merge_visits, paired_table, round_spread, visit_medians
+from tests.test_compare_runs import record
 
 
 def visit(label: str, n: int, rnd: int | None, passes: dict, heads: int = 2, mem: float | None = 1.0) -> dict:
     """A visit record; a pass given as a string failed with that status."""
-    case = {"suite": "t", "variant": label, "label": label, "params": {}, "batch": 1, "seq_len": n, "heads": heads,
-            "dim": 32, "dtype": "float32", "device": "cpu", "causal": False, "passes": list(passes),
-            "compile": False}
-    out = []
-    for name, value in passes.items():
-        if isinstance(value, str):
-            out.append({"pass": name, "status": value, "error": value, "samples_ms": []})
-        else:
-            out.append({"pass": name, "status": "ok", "samples_ms": list(value),
-                        "peak_mem_mib": mem if rnd in (0, None) else None})
-    status = next((p["status"] for p in out if p["status"] != "ok"), "ok")
-    record = {"schema": 1, "case_id": f"{label}|N={n}|H={heads}|dim=32|B=1|float32|cpu|causal=0", "case": case,
-              "passes": out, "status": status, "threads": 1}
-    if rnd is not None:
-        record["round"] = rnd
-    return record
+    return record(label, n, passes, heads, rnd, mem)
 
 
 def test_visits_merge_into_one_case_record_with_rounds():

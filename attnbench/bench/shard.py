@@ -20,7 +20,6 @@ from attnbench.errors import AttnbenchError
 from attnbench.model import Case
 
 #: What the cases of one setting group share: everything but the variant.
-GROUP_FIELDS = ("seq_len", "heads", "dim", "batch", "dtype", "device", "causal")
 
 # Rough sustained rates, only to weigh groups against each other: a wrong
 # rate moves the balance between devices, never the split's correctness.
@@ -54,16 +53,12 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-def group_key(case: Case) -> tuple:
-    return tuple(getattr(case, name) for name in GROUP_FIELDS)
-
-
 def setting_groups(cases: Sequence[Case]) -> list[list[Case]]:
-    """The cases grouped by setting (``GROUP_FIELDS``), groups in the order
+    """The cases grouped by setting (``Case.setting``), groups in the order
     their first case appears, cases in suite order within a group."""
     groups: dict[tuple, list[Case]] = {}
     for case in cases:
-        groups.setdefault(group_key(case), []).append(case)
+        groups.setdefault(case.setting, []).append(case)
     return list(groups.values())
 
 

@@ -76,8 +76,8 @@ class RunSummary:
 
 
 def setting_group(case: Case) -> tuple:
-    """What the variants of one work unit share: everything but the variant."""
-    return (case.device, case.dtype, case.batch, case.dim, case.causal, case.heads, case.seq_len)
+    """What the variants of one work unit share: everything but the variant (N last)."""
+    return case.setting
 
 
 def plan_units(cases: list[Case], rounds: int = 1, seed: int = 0, by_setting: bool = False) -> list[WorkUnit]:
