@@ -6,24 +6,29 @@ A worker that raises reports ``error``; one that dies of a signal is
 ``limits.case_timeout_s`` is killed and ``timeout``; each is replaced by a
 fresh worker. A case's start-up is not counted in its timeout. With
 ``limits.memory_limit_mib`` an allocation past the limit fails inside the
-worker and the case is ``oom`` (see ``memory_limit``).
+worker and the case is ``oom`` (see ``worker_setup.memory_limit``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import multiprocessing as mp
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from attnbench.bench.messages import Done, Failure, Outcome, Ready
+from attnbench.bench.worker_setup import (
+    die_with_parent,
+    exit_with_parent,
+    memory_limit,
+    steady_malloc,
+    take_cpu_share,
+)
 from attnbench.errors import AttnbenchError
-from attnbench.model import MIB, Case, Status, resolve_device
+from attnbench.model import Case, Status
 
 POLL_S = 0.1
 
@@ -72,109 +77,6 @@ def _ensure_fork_server(ctx: Any) -> None:
             os.environ[key] = saved
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this worker if its parent dies (a runner
-    killed with SIGKILL must not leave a worker computing for hours)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-#: Set to ``default`` to keep the C allocator's own thresholds in workers.
-MALLOC_ENV = "ATTNBENCH_MALLOC"
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-STEADY_MMAP_THRESHOLD = 1 << 30
-
-
-def steady_malloc() -> str:
-    """Fix glibc malloc's thresholds for this process (Linux): large tensors
-    then come from the heap and freed memory stays there, as in the steady
-    state of a training loop. Left dynamic (glibc's default), a freed block
-    between 128 KiB and 32 MiB raises the threshold for the next ones, so
-    whether a pass pays for fresh pages (page faults, zeroing) depends on what
-    ran before it in the process: measured on a 2-core VM, it doubled the
-    spread of speed-ups between rounds (median 6.5% against 10%; 90th
-    percentile 10% against 25%). Returns what was set, for run.json."""
-    if os.environ.get(MALLOC_ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
-        return "default"
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        ok = libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return "default"
-    return "steady" if ok else "default"
-
-
-def _warm_thread_pool() -> None:
-    """Start the intra-op threads (and their malloc arenas) before a memory
-    limit is applied, so that the limit bites on the case's tensors, not on
-    the creation of a thread."""
-    global _threads_warm
-    if _threads_warm:
-        return
-    import torch
-
-    a = torch.ones(1 << 18)
-    a.add_(1.0)
-    (torch.ones(128, 128) @ torch.ones(128, 128)).sum()
-    _threads_warm = True
-
-
-_threads_warm = False
-
-
-@contextlib.contextmanager
-def memory_limit(case: Case) -> Iterator[None]:
-    """Apply ``limits.memory_limit_mib`` to the current process for one case
-    (see ``attnbench.model.Limits``): RLIMIT_AS on CPU, the caching
-    allocator's memory fraction on CUDA. A no-op without a limit."""
-    limit = case.limits.memory_limit_mib
-    if not limit:
-        yield
-        return
-    import torch
-
-    device = resolve_device(case.device)
-    if device.startswith("cuda"):
-        try:
-            dev = torch.device(device)
-            total = torch.cuda.get_device_properties(dev).total_memory
-            fraction = min(1.0, (torch.cuda.memory_reserved(dev) + limit * MIB) / total)
-            torch.cuda.set_per_process_memory_fraction(fraction, dev)
-        except Exception:  # noqa: BLE001 - no such device: run_case reports it
-            yield
-            return
-        try:
-            yield
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, dev)
-        return
-    try:
-        import resource
-
-        import psutil
-    except ImportError:  # not a POSIX system: no address-space limit
-        yield
-        return
-    _warm_thread_pool()
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = psutil.Process().memory_info().vms + int(limit * MIB)
-    for bound in (soft, hard):
-        if bound != resource.RLIM_INFINITY:
-            cap = min(cap, bound)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
 def _worker_main(conn: Any, init_error: str | None = None) -> None:
     """Loop: receive a case, run it, stream its messages back."""
     from attnbench.bench.measure import classify, run_case, short_error
@@ -199,45 +101,11 @@ def _worker_main(conn: Any, init_error: str | None = None) -> None:
         conn.send(Done())
 
 
-#: A worker that shares the machine's CPUs with others runs on these cores
-#: ("0,1") with as many threads (set by the executor that starts it).
-WORKER_CPUS_ENV = "ATTNBENCH_WORKER_CPUS"
-
-
-def _take_cpu_share() -> None:
-    cpus = os.environ.get(WORKER_CPUS_ENV)
-    if not cpus:
-        return
-    cores = {int(c) for c in cpus.split(",") if c.strip().isdigit()}
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-    import torch
-
-    torch.set_num_threads(len(cores))
-
-
 def import_modules(modules: list[str]) -> None:
     import importlib
 
     for name in modules:
         importlib.import_module(name)
-
-
-def _exit_with_parent(alive: Any) -> None:
-    """Exit once the sweep closes its end of ``alive`` (or dies). A forked
-    worker's parent is the fork server, which waits for its children (they
-    hold its liveness pipe), so PR_SET_PDEATHSIG alone would leave a worker
-    still importing a slow module running after the sweep ended."""
-    import threading
-
-    def watch() -> None:
-        try:
-            alive.poll(None)  # nothing is ever sent: this returns at end of file
-        except (EOFError, OSError):
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="attnbench-parent-watch", daemon=True).start()
 
 
 def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None = None,
@@ -246,13 +114,13 @@ def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None 
     # the terminal sends Ctrl-C to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     if alive is not None:
-        _exit_with_parent(alive)
+        exit_with_parent(alive)
     if environ is not None:  # a forked worker has the fork server's environment
         os.environ.clear()
         os.environ.update(environ)
-    _take_cpu_share()
+    take_cpu_share()
     steady_malloc()
     try:  # stdout carries the parent's results: a variant's prints go to stderr
         sys.stdout.flush()
@@ -311,7 +179,7 @@ class WorkerPool:
         try:
             # Blocks while the fork server still imports torch; a Ctrl-C here
             # leaves no process to join, and a worker forked later exits as
-            # alive_w is closed (see _exit_with_parent).
+            # alive_w is closed (see worker_setup.exit_with_parent).
             process.start()
         except BaseException:
             for end in (parent, child, alive_r, alive_w):
@@ -444,7 +312,7 @@ def _calibrate_entry(conn: Any, device: str, dtype: str, environ: dict[str, str]
     from attnbench.bench.calibration import calibrate
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     os.environ.clear()
     os.environ.update(environ)
     malloc = steady_malloc()  # as in the workers whose rates it calibrates

@@ -19,10 +19,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attnbench.bench.child import WORKER_CPUS_ENV, WorkerPool, calibrate_in_child
+from attnbench.bench.child import WorkerPool, calibrate_in_child
 from attnbench.bench.executor import Executor, WorkUnit
 from attnbench.bench.messages import CaseStarted, Event
 from attnbench.bench.placement import local_placement
+from attnbench.bench.worker_setup import WORKER_CPUS_ENV
 from attnbench.errors import AttnbenchError
 from attnbench.model import Case
 
