@@ -88,7 +88,9 @@ def resolve_device(device: str) -> str:
 class TimingSettings:
     """How a case is sampled. ``rounds``: how many times the sweep visits every
     case, each round all cases in a shuffled order, each visit in a fresh
-    worker; the other settings apply to each visit."""
+    worker; the other settings apply to each visit. ``interleave``: the
+    variants of a setting group are sampled in turns, pass by pass
+    (``bench.interleave``), instead of one case after another."""
 
     rounds: int = 3
     warmup: int = 3  # untimed runs first
@@ -96,6 +98,7 @@ class TimingSettings:
     max_reps: int = 50  # ... or this many samples
     min_reps: int = 5  # never fewer samples than this (unless max_reps is smaller)
     target_rel_iqr: float = 0.05  # stop early once IQR/median is under this
+    interleave: bool = True
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ TIMING_FIELDS: dict[str, Field] = {
     "max_reps": Field("integer", "... or this many samples are taken.", 1, MAX_REPS),
     "min_reps": Field("integer", "Never fewer samples than this.", 1, MAX_REPS),
     "target_rel_iqr": Field("number", "Stop early once IQR/median is under this."),
+    "interleave": Field("boolean", "Sample the variants of a setting group in turns (A B C A B C ...), pass by "
+                        "pass, so that their figures come from the same moments (false: one after another)."),
 }
 LIMIT_FIELDS: dict[str, Field] = {
     "case_timeout_s": Field("number", "A case running longer is killed and recorded as timeout.", positive=True),

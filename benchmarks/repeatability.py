@@ -113,10 +113,12 @@ def measure_pair(suite_a: Path, suite_b: Path, out: Path, quick: bool) -> dict[s
     compared = json.loads(attnbench("compare", str(run_a), str(run_b), "--json").stdout)
     rows = [r for r in compared["rows"] if r.get("mark") != "x"]
     judged = [r for r in rows if r.get("verdict", "") != "too few rounds"]
+    # The A/A figures leave the planted variant out: it is meant to change.
     logs = [math.log(r["median_b_ms"] / r["median_a_ms"]) for r in rows
-            if r.get("median_a_ms") and r.get("median_b_ms")]
+            if r.get("median_a_ms") and r.get("median_b_ms") and r.get("label") != PLANTED_LABEL]
     sa, sb = speedups(run_a), speedups(run_b)
-    speed_logs = [math.log(sb[k] / sa[k]) for k in sa.keys() & sb.keys() if sa[k] > 0 and sb[k] > 0]
+    speed_logs = [math.log(sb[k] / sa[k]) for k in sa.keys() & sb.keys()
+                  if sa[k] > 0 and sb[k] > 0 and k[0] != PLANTED_LABEL]
     planted = [r for r in judged if r.get("label") == PLANTED_LABEL]
     others = [r for r in judged if r.get("label") != PLANTED_LABEL]
     return {

@@ -14,6 +14,10 @@ real broken variant's would.
   ``limits.memory_limit_mib`` smaller than that the allocation fails -> ``oom``.
 * ``faulty-oomkill``: forward SIGKILLs its own process, as the kernel's OOM
   killer would -> ``oom``.
+* ``faulty-late-abort``: works for ``calls`` forward calls, then aborts: a
+  crash in the middle of a unit's sampling turns (``bench.interleave``).
+* ``faulty-oom-once``: raises ``torch.OutOfMemoryError`` on its ``call``-th
+  forward only (then works), as when its graph fits alone but not beside others'.
 * ``faulty-slow``: a working layer that sleeps ``delay_s`` per call, for tests
   that need a sweep slow enough to interrupt without burning CPU.
 * ``faulty-killhost``: inside a Ray task, SIGKILLs the Ray worker that runs the
@@ -105,6 +109,32 @@ class OomKillLayer(_Faulty):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class LateAbortLayer(_Faulty):
+    """Works for ``calls`` forward calls, then SIGABRTs its process."""
+
+    def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False, calls: int = 3) -> None:
+        super().__init__(dim, heads, seq_len, causal)
+        self.calls, self.count = calls, 0
+
+    def fault(self) -> None:
+        self.count += 1
+        if self.count > self.calls:
+            os.abort()
+
+
+class OomOnceLayer(_Faulty):
+    """Runs out of memory on its ``call``-th forward only."""
+
+    def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False, call: int = 2) -> None:
+        super().__init__(dim, heads, seq_len, causal)
+        self.call, self.count = call, 0
+
+    def fault(self) -> None:
+        self.count += 1
+        if self.count == self.call:
+            raise torch.OutOfMemoryError("out of memory (raised once, on purpose, by a test)")
+
+
 class SlowLayer(_Faulty):
     """Works, but each call sleeps ``delay_s`` seconds."""
 
@@ -134,6 +164,8 @@ VARIANTS = {
     "faulty-oom": OomLayer,
     "faulty-hog": HogLayer,
     "faulty-oomkill": OomKillLayer,
+    "faulty-late-abort": LateAbortLayer,
+    "faulty-oom-once": OomOnceLayer,
     "faulty-slow": SlowLayer,
     "faulty-killhost": KillHostLayer,
 }

@@ -17,9 +17,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from attnbench.bench.messages import Done, Failure, Outcome, Ready
+from attnbench.bench.messages import Done, Failure, Outcome, PassResult, Ready
 from attnbench.bench.worker_setup import (
     die_with_parent,
     exit_with_parent,
@@ -77,8 +78,10 @@ def _ensure_fork_server(ctx: Any) -> None:
             os.environ[key] = saved
 
 
-def _worker_main(conn: Any, init_error: str | None = None) -> None:
-    """Loop: receive a case, run it, stream its messages back."""
+def _worker_main(conn: Any, init_error: str | None = None, current: Any = None) -> None:
+    """Loop: receive a case (or a unit: a list of cases), run it, stream its
+    messages back (a unit's as ``(index, message)``). While a unit runs,
+    ``current`` holds the index of the case at work."""
     from attnbench.bench.measure import classify, run_case, short_error
 
     while True:
@@ -88,16 +91,27 @@ def _worker_main(conn: Any, init_error: str | None = None) -> None:
             return
         if message is None:
             return
+        unit = isinstance(message, list)
         if init_error:
-            conn.send(Failure(status=Status.ERROR, error=init_error))
-            conn.send(Done())
-            continue
-        case = Case.from_dict(message)
-        try:
-            with memory_limit(case):
-                run_case(case, conn.send)
-        except BaseException as exc:  # noqa: BLE001 - report, keep serving
-            conn.send(Failure(status=classify(exc), error=short_error(exc)))
+            conn.send((-1, Failure(status=Status.ERROR, error=init_error)) if unit
+                      else Failure(status=Status.ERROR, error=init_error))
+        elif unit:
+            from attnbench.bench.interleave import run_unit
+
+            def at(index: int) -> None:
+                current.value = index
+
+            try:
+                run_unit([Case.from_dict(m) for m in message], lambda i, m: conn.send((i, m)), at)
+            except BaseException as exc:  # noqa: BLE001 - the cases not finished share it
+                conn.send((-1, Failure(status=classify(exc), error=short_error(exc))))
+        else:
+            case = Case.from_dict(message)
+            try:
+                with memory_limit(case):
+                    run_case(case, conn.send)
+            except BaseException as exc:  # noqa: BLE001 - report, keep serving
+                conn.send(Failure(status=classify(exc), error=short_error(exc)))
         conn.send(Done())
 
 
@@ -109,7 +123,7 @@ def import_modules(modules: list[str]) -> None:
 
 
 def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None = None,
-                  alive: Any = None) -> None:
+                  alive: Any = None, current: Any = None) -> None:
     # The parent decides what Ctrl-C and SIGTERM mean (it kills this worker);
     # the terminal sends Ctrl-C to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -137,7 +151,7 @@ def _worker_entry(conn: Any, modules: list[str], environ: dict[str, str] | None 
     # (run after every pass) from scanning torch's and sympy's objects each time.
     gc.freeze()
     conn.send(Ready(pid=os.getpid()))
-    _worker_main(conn, init_error)
+    _worker_main(conn, init_error, current)
 
 
 class WorkerPool:
@@ -153,6 +167,7 @@ class WorkerPool:
         self.ready = False
         self.started = 0  # workers started so far
         self._ctx = mp.get_context(_start_method())
+        self._current: Any = None  # shared with the worker: the index of a unit's case at work
 
     def prestart(self) -> None:
         """Start the fork server (without waiting for it): its imports then
@@ -171,10 +186,11 @@ class WorkerPool:
             _ensure_fork_server(self._ctx)
         parent, child = self._ctx.Pipe()
         alive_r, alive_w = self._ctx.Pipe(duplex=False)  # the worker exits when alive_w closes
+        self._current = self._ctx.RawValue("i", -1)
         # Not a daemon: a daemonic process may not have children, and
         # torch.compile starts compiler workers. close()/kill() end it.
         process = self._ctx.Process(target=_worker_entry,
-                                    args=(child, self.preload, {**os.environ, **self.environ}, alive_r),
+                                    args=(child, self.preload, {**os.environ, **self.environ}, alive_r, self._current),
                                     daemon=False, name="attnbench-worker")
         try:
             # Blocks while the fork server still imports torch; a Ctrl-C here
@@ -237,22 +253,28 @@ class WorkerPool:
                 outcome.error = f"the worker did not start within {WORKER_READY_TIMEOUT_S:g} s"
                 return False
 
-    def run(self, case: Case, timeout_s: float) -> Outcome:
-        """Run ``case`` in the live worker (starting one if needed); the worker's
-        messages, or how it died or hung."""
-        outcome = Outcome(case=case)
+    def _hand_over(self, payload: Any, outcome: Outcome) -> bool:
+        """Send ``payload`` to the live worker (starting one if needed); False,
+        with ``outcome``'s status and error set, when no worker would take it."""
         for attempt in range(2):
             self.start()
             if not self.ready and not self._wait_ready(outcome):
-                return outcome
+                return False
             try:
-                self.conn.send(case.to_dict())
-                break
+                self.conn.send(payload)
+                return True
             except (OSError, ValueError):  # the idle worker died since the last case: start another
                 self.kill()
                 if attempt:
                     outcome.status, outcome.error = Status.CRASHED, "could not hand the case to a worker"
-                    return outcome
+        return False
+
+    def run(self, case: Case, timeout_s: float) -> Outcome:
+        """Run ``case`` in the live worker (starting one if needed); the worker's
+        messages, or how it died or hung."""
+        outcome = Outcome(case=case)
+        if not self._hand_over(case.to_dict(), outcome):
+            return outcome
         outcome.worker_pid = self.pid
         # The deadline starts once the worker has the case: start-up is not the case's time.
         deadline = time.monotonic() + timeout_s
@@ -278,6 +300,75 @@ class WorkerPool:
                 outcome.error = f"the case ran past limits.case_timeout_s ({timeout_s:g} s); its worker was killed"
                 return outcome
 
+    def run_unit(self, cases: Sequence[Case]) -> list[Outcome]:
+        """Run ``cases`` together (``bench.interleave``: sampled in turns) in the
+        live worker; their outcomes, each with its start and its share of the
+        unit's time. Each case has its own ``case_timeout_s``, counted while
+        the worker works on it. When the worker hangs or dies, the case at
+        work is timed out or crashed and the others run again, one at a time
+        (a worker killed by SIGKILL, most likely for memory that the cases
+        needed together, has every unfinished case run again alone)."""
+        started = time.time()
+        outcomes = [Outcome(case=case, started=started) for case in cases]
+        refused = Outcome(case=cases[0])
+        if not self._hand_over([case.to_dict() for case in cases], refused):
+            for outcome in outcomes:
+                outcome.status, outcome.error = refused.status, refused.error
+            return outcomes
+        self._current.value = -1
+        spent, last = [0.0] * len(cases), time.monotonic()
+        for outcome in outcomes:
+            outcome.worker_pid = self.pid
+        while True:
+            try:
+                ready = self.conn.poll(POLL_S)
+            except (EOFError, OSError):
+                ready = False
+            now, at = time.monotonic(), self._current.value
+            if 0 <= at < len(cases):
+                spent[at] += now - last
+            last = now
+            if ready:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    return self._unit_lost(outcomes, spent, at, self._died(Outcome(case=cases[max(at, 0)])))
+                if isinstance(message, Done):
+                    break
+                index, message = message
+                for i in ([index] if index >= 0 else
+                          [i for i, outcome in enumerate(outcomes) if not _finished(outcome)]):
+                    outcomes[i].messages.append(message)
+                continue
+            if not self.process.is_alive():
+                return self._unit_lost(outcomes, spent, at, self._died(Outcome(case=cases[max(at, 0)])))
+            late = next((i for i, case in enumerate(cases) if spent[i] > case.limits.case_timeout_s), None)
+            if late is not None:
+                self.kill()
+                limit = cases[late].limits.case_timeout_s
+                fate = Outcome(case=cases[late], status=Status.TIMEOUT,
+                               error=f"the case ran past limits.case_timeout_s ({limit:g} s, its own share of its "
+                                     "unit's time); its worker was killed")
+                return self._unit_lost(outcomes, spent, late, fate)
+        for outcome, seconds in zip(outcomes, spent, strict=True):
+            outcome.wall_s = seconds
+        return outcomes
+
+    def _unit_lost(self, outcomes: list[Outcome], spent: list[float], culprit: int, fate: Outcome) -> list[Outcome]:
+        """The worker died or hung under case ``culprit`` (-1: none had started):
+        it takes ``fate``; every other case not finished runs again alone."""
+        alone = fate.status == Status.OOM  # the cases' graphs together, maybe: none is to blame yet
+        for i, outcome in enumerate(outcomes):
+            outcome.wall_s = spent[i]
+            if i == culprit and not alone:
+                outcome.status, outcome.error = fate.status, fate.error
+            elif not _finished(outcome):
+                t0 = time.perf_counter()
+                again = self.run(outcome.case, outcome.case.limits.case_timeout_s)
+                again.started, again.wall_s = time.time(), time.perf_counter() - t0
+                outcomes[i] = again
+        return outcomes
+
     def _died(self, outcome: Outcome) -> Outcome:
         self.process.join(5)
         code = self.process.exitcode
@@ -295,6 +386,12 @@ class WorkerPool:
         return outcome
 
 
+def _finished(outcome: Outcome) -> bool:
+    """Whether the worker reported all of the case: a failure to start, or every pass."""
+    return any(isinstance(m, Failure) for m in outcome.messages) or \
+        sum(isinstance(m, PassResult) for m in outcome.messages) >= len(outcome.case.passes)
+
+
 def run_in_process(case: Case) -> Outcome:
     """Run ``case`` in this process (``--in-process``): no timeout, and a crash ends the sweep."""
     from attnbench.bench.measure import run_case
@@ -303,6 +400,25 @@ def run_in_process(case: Case) -> Outcome:
     with memory_limit(case):
         run_case(case, outcome.messages.append)
     return outcome
+
+
+def run_unit_in_process(cases: Sequence[Case]) -> list[Outcome]:
+    """``WorkerPool.run_unit`` in this process (``--in-process``): no timeout."""
+    from attnbench.bench.interleave import run_unit
+
+    started, pid = time.time(), os.getpid()
+    outcomes = [Outcome(case=case, worker_pid=pid, started=started) for case in cases]
+    clock = {"at": -1, "last": time.perf_counter()}
+
+    def at(index: int) -> None:
+        now = time.perf_counter()
+        if clock["at"] >= 0:
+            outcomes[clock["at"]].wall_s += now - clock["last"]
+        clock["at"], clock["last"] = index, now
+
+    run_unit(cases, lambda i, message: outcomes[i].messages.append(message), at)
+    at(-1)
+    return outcomes
 
 
 CALIBRATION_TIMEOUT_S = 120.0

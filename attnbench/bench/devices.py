@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attnbench.bench.child import WorkerPool, calibrate_in_child
-from attnbench.bench.executor import Executor, WorkUnit
+from attnbench.bench.executor import Executor, WorkUnit, interleavable
 from attnbench.bench.messages import CaseStarted, Event
 from attnbench.bench.placement import local_placement
 from attnbench.bench.worker_setup import WORKER_CPUS_ENV
@@ -158,6 +158,14 @@ class DevicePoolExecutor(Executor):
             if slot.round is not None and slot.round != unit.round:
                 slot.pool.close()  # each visit of a case in another process, as a sequential sweep does
             slot.round = unit.round
+            if interleavable(unit.cases):
+                for case in unit.cases:
+                    self._events.put(CaseStarted(case))
+                outcomes = slot.pool.run_unit(unit.cases)
+                for outcome in outcomes if not self._stop.is_set() else []:  # interrupted: killed under it
+                    outcome.placement = local_placement(outcome.case.device, worker_device=slot.device)
+                    self._events.put(outcome)
+                return
             for case in unit.cases:
                 if self._stop.is_set():
                     break

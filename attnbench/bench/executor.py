@@ -23,7 +23,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attnbench.bench.child import SERVER_PRELOAD, WorkerPool, calibrate_in_child, import_modules, run_in_process
+from attnbench.bench.child import (
+    SERVER_PRELOAD,
+    WorkerPool,
+    calibrate_in_child,
+    import_modules,
+    run_in_process,
+    run_unit_in_process,
+)
 from attnbench.bench.messages import CaseStarted, Event, Outcome
 from attnbench.bench.placement import local_placement
 from attnbench.model import Case
@@ -37,6 +44,15 @@ class WorkUnit:
 
     cases: tuple[Case, ...]
     round: int = 0
+
+
+def interleavable(cases: Sequence[Case]) -> bool:
+    """Whether a unit's cases are measured together, sampled in turns
+    (``bench.interleave``): more than one, on one device, with
+    ``timing.interleave`` on and no per-case memory limit (which applies to one
+    case at a time)."""
+    return (len(cases) > 1 and len({c.device for c in cases}) == 1
+            and all(c.timing.interleave and not c.limits.memory_limit_mib for c in cases))
 
 
 class Executor(ABC):
@@ -120,6 +136,12 @@ class LocalPoolExecutor(Executor):
         return calibrate_in_child(device, dtype)
 
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
+        if interleavable(cases):
+            yield from map(CaseStarted, cases)
+            for outcome in self.pool.run_unit(cases):
+                outcome.placement = local_placement(outcome.case.device)
+                yield outcome
+            return
         for case in cases:
             yield CaseStarted(case)
             started, t0 = time.time(), time.perf_counter()
@@ -154,6 +176,12 @@ class InProcessExecutor(Executor):
         self._frozen = True
 
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
+        if interleavable(cases):
+            yield from map(CaseStarted, cases)
+            for outcome in run_unit_in_process(cases):
+                outcome.placement = local_placement(outcome.case.device)
+                yield outcome
+            return
         for case in cases:
             yield CaseStarted(case)
             started, t0 = time.time(), time.perf_counter()

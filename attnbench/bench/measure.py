@@ -18,6 +18,7 @@ import gc
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -176,10 +177,22 @@ def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
     return layer
 
 
-def run_case(case: Case, emit: Emit) -> None:
-    """Measure ``case``; report through ``emit(message)``: ``Meta`` once the
-    layer is built, a ``PassResult`` after each pass, a ``Failure`` if the case
-    cannot even start."""
+@dataclass
+class BuiltCase:
+    """A case ready to measure: its layer and inputs on the device."""
+
+    case: Case
+    device: torch.device
+    layer: torch.nn.Module
+    x: torch.Tensor
+    grad: torch.Tensor  # the fixed upstream gradient of the backward passes
+    flops: int | None
+    flops_source: str | None
+
+
+def start_case(case: Case, emit: Emit) -> BuiltCase | None:
+    """Build ``case``'s layer and inputs; report ``Meta`` through ``emit``, or a
+    ``Failure`` (then None) when the case cannot even start."""
     started = time.perf_counter()
     try:
         device = torch_device(case.device)
@@ -194,35 +207,72 @@ def run_case(case: Case, emit: Emit) -> None:
         prepared = _prepare(case, layer, x, grad)
     except LayerCheckError as exc:
         emit(Failure(status=Status.ERROR, error=str(exc)))
-        return
+        return None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
         emit(Failure(status=classify(exc), error=short_error(exc), traceback=traceback.format_exc()))
-        return
+        return None
     emit(Meta(family=info.family, param_count=sum(p.numel() for p in layer.parameters()),
               threads=torch.get_num_threads(),
               device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               build_s=time.perf_counter() - started, prepared=prepared))
+    return BuiltCase(case, device, layer, x, grad, flops, flops_source)
+
+
+def new_result(built: BuiltCase, pass_name: str) -> PassResult:
+    """An empty result of one pass, with its FLOPs."""
+    result = PassResult(pass_name=pass_name)
+    if built.flops is not None:
+        result.flops, result.flops_source = built.flops * PASS_FLOPS_FACTOR[pass_name], built.flops_source
+    return result
+
+
+def pass_functions(built: BuiltCase, pass_name: str) -> tuple[Callable[[], object], Callable[[], float]]:
+    """(region for the memory run, one timed sample) of a pass; the backward
+    pass builds its retained graph here. Call under ``torch.enable_grad()``."""
+    built.x.requires_grad_(pass_name != "forward")
+    return _pass_functions(pass_name, built.layer, built.x, built.grad, built.device)
+
+
+def measure_memory(result: PassResult, memory_region: Callable[[], object], device: torch.device) -> None:
+    reading = memory.measure_peak(memory_region, device)
+    result.peak_mem_mib, result.peak_reserved_mib = reading.peak_mib, reading.reserved_mib
+    result.memory_measured = True
+
+
+def record_failure(result: PassResult, exc: BaseException) -> None:
+    """``exc`` as the pass's status and error (with a traceback for an error)."""
+    result.status, result.error = classify(exc), short_error(exc)
+    if result.status == Status.ERROR:
+        result.traceback = traceback.format_exc()
+
+
+def release(built: BuiltCase) -> None:
+    """Drop what a pass left (gradients; its graph once its functions are
+    dropped) before the next pass."""
+    _clear_grads(built.layer, built.x)
+    gc.collect()
+    if built.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_case(case: Case, emit: Emit) -> None:
+    """Measure ``case``; report through ``emit(message)``: ``Meta`` once the
+    layer is built, a ``PassResult`` after each pass, a ``Failure`` if the case
+    cannot even start."""
+    built = start_case(case, emit)
+    if built is None:
+        return
     for pass_name in case.passes:
-        result = PassResult(pass_name=pass_name)
-        if flops is not None:
-            result.flops, result.flops_source = flops * PASS_FLOPS_FACTOR[pass_name], flops_source
+        result = new_result(built, pass_name)
         try:
             with torch.enable_grad():
-                x.requires_grad_(pass_name != "forward")
-                memory_region, sample_once = _pass_functions(pass_name, layer, x, grad, device)
+                memory_region, sample_once = pass_functions(built, pass_name)
                 if case.round == 0:  # peak memory repeats exactly: measured on the first visit only
-                    reading = memory.measure_peak(memory_region, device)
-                    result.peak_mem_mib, result.peak_reserved_mib = reading.peak_mib, reading.reserved_mib
-                    result.memory_measured = True
+                    measure_memory(result, memory_region, built.device)
                 result.samples_ms = timing.sample(sample_once, case.timing)
         except Exception as exc:  # noqa: BLE001
-            result.status, result.error = classify(exc), short_error(exc)
-            if result.status == Status.ERROR:
-                result.traceback = traceback.format_exc()
+            record_failure(result, exc)
         finally:
-            _clear_grads(layer, x)
             memory_region = sample_once = None  # drop the retained graph before the next pass
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release(built)
         emit(result)

@@ -1,0 +1,215 @@
+"""A unit's cases measured together, sampled in turns (attnbench.bench.interleave):
+the turns and their stopping rule on fake samplers, a unit measured in this
+process, and units in a worker process whose cases fail in every way a case
+can (each blamed on the right case; the others measured all the same)."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from attnbench import suite as suite_mod
+from attnbench.bench.child import WorkerPool, run_unit_in_process
+from attnbench.bench.executor import interleavable
+from attnbench.bench.interleave import sample_in_turns, settled, unit_seed
+from attnbench.bench.messages import Meta, PassResult
+from attnbench.bench.records import finished_record
+from attnbench.bench.sweep import RunOptions, run_suite
+from attnbench.model import Limits, TimingSettings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def faulty_variants():
+    import faulty_variants
+
+    faulty_variants.register_all()
+    yield faulty_variants
+    faulty_variants.unregister_all()
+
+
+def unit_of(variants: str, timing: str = "{warmup: 1, max_reps: 4, min_reps: 2, min_time_s: 0.001}",
+            rounds: int = 1, limits: str = "{case_timeout_s: 30}", passes: str = "[forward, backward]") -> list:
+    text = f"""\
+        name: unit
+        defaults: {{dim: 32, passes: {passes}}}
+        grid: {{seq_lens: [64], heads: [2]}}
+        variants: {variants}
+        timing: {timing}
+        limits: {limits}
+        """
+    cases = suite_mod.parse(textwrap.dedent(text)).cases()
+    return [replace(c, round=r) for r in range(rounds) for c in cases]
+
+
+# ---- the turns, on fake samplers ------------------------------------------------------------------
+
+
+def recorder(calls: list, values: dict[int, list[float]]):
+    """Samplers that note each call and return their next value (the last one repeats)."""
+    def make(i: int):
+        def sample() -> float:
+            calls.append(i)
+            seen = sum(1 for c in calls if c == i)
+            return values[i][min(seen, len(values[i])) - 1]
+        return sample
+    return {i: make(i) for i in values}
+
+
+def test_every_turn_samples_every_case_once_in_a_seeded_order():
+    settings = TimingSettings(warmup=0, min_reps=5, max_reps=5)
+    orders = []
+    for _ in range(2):
+        calls: list[int] = []
+        got = sample_in_turns(recorder(calls, {0: [1.0], 1: [2.0], 2: [3.0]}), dict.fromkeys(range(3), settings),
+                              random.Random(7), lambda i: None, lambda i, e: None)
+        assert {i: len(v) for i, v in got.items()} == {0: 5, 1: 5, 2: 5}
+        turns = [calls[k:k + 3] for k in range(0, 15, 3)]
+        assert all(sorted(t) == [0, 1, 2] for t in turns)
+        orders.append(calls)
+    assert orders[0] == orders[1]  # the same seed, the same order
+    assert len({tuple(t) for t in (orders[0][k:k + 3] for k in range(0, 15, 3))}) > 1  # shuffled per turn
+
+
+def test_every_case_takes_turns_until_the_slowest_to_settle_is_settled():
+    steady = [10.0]  # IQR 0: settled at min_reps
+    noisy = [10.0, 20.0, 10.0, 20.0, 10.0, 20.0, 10.0, 20.0]  # never under the IQR target
+    settings = TimingSettings(warmup=0, min_reps=3, max_reps=6, target_rel_iqr=0.05, min_time_s=1e9)
+    calls: list[int] = []
+    got = sample_in_turns(recorder(calls, {0: steady, 1: noisy}), {0: settings, 1: settings},
+                          random.Random(0), lambda i: None, lambda i, e: None)
+    assert len(got[0]) == len(got[1]) == 6  # the steady one keeps pace with the noisy one, up to max_reps
+    calls.clear()
+    got = sample_in_turns(recorder(calls, {0: steady, 1: steady}), {0: settings, 1: settings},
+                          random.Random(0), lambda i: None, lambda i, e: None)
+    assert len(got[0]) == len(got[1]) == 3  # both settled at min_reps
+    assert settled([5.0, 5.0, 5.0], settings) and not settled([5.0, 5.0], settings)
+    assert settled([600.0, 700.0, 200.0], replace(settings, min_time_s=1.5))  # 1.5 s in its samples
+
+
+def test_warm_up_runs_first_and_a_case_that_raises_leaves_the_turns():
+    calls: list[int] = []
+    samplers = recorder(calls, {0: [1.0], 1: [1.0]})
+
+    def broken() -> float:
+        calls.append(2)
+        raise ValueError("broken")
+
+    samplers[2] = broken
+    failures, at = [], []
+    settings = TimingSettings(warmup=2, min_reps=3, max_reps=3)
+    got = sample_in_turns(samplers, dict.fromkeys(range(3), settings), random.Random(1), at.append,
+                          lambda i, exc: failures.append((i, str(exc))))
+    assert calls[:5] == [0, 0, 1, 1, 2]  # warm-up, case by case; the broken one fails there
+    assert failures == [(2, "broken")] and got[2] == [] and len(got[0]) == len(got[1]) == 3
+    assert at == calls  # the caller always knows which case is at work
+
+
+# ---- which units are measured together -------------------------------------------------------------
+
+
+def test_interleavable_units():
+    cases = unit_of("[softmax, fastformer]")
+    assert interleavable(cases)
+    assert not interleavable(cases[:1])
+    assert not interleavable([cases[0], replace(cases[1], device="cuda")])
+    assert not interleavable([cases[0], replace(cases[1], timing=replace(cases[1].timing, interleave=False))])
+    assert not interleavable([cases[0], replace(cases[1], limits=Limits(memory_limit_mib=256))])
+    off = suite_mod.parse("name: s\ngrid: {seq_lens: [64], heads: [2]}\nvariants: [softmax, sdpa]\n"
+                          "timing: {interleave: false}\n").cases()
+    assert not any(c.timing.interleave for c in off)
+
+
+def test_unit_seed_depends_on_the_cases_and_the_round_not_their_order():
+    cases = unit_of("[softmax, fastformer]", rounds=2)
+    assert unit_seed(cases[:2]) == unit_seed(cases[:2][::-1])
+    assert unit_seed(cases[:2]) != unit_seed(cases[2:])
+
+
+# ---- a unit in this process -----------------------------------------------------------------------
+
+
+def test_a_unit_in_process_reports_every_case_and_pass_with_paired_samples():
+    cases = unit_of("[softmax, fastformer, {name: linformer, params: {k: 16}}]", rounds=2)
+    for visit in (cases[:3], cases[3:]):
+        outcomes = run_unit_in_process(visit)
+        assert [o.case for o in outcomes] == list(visit)
+        for outcome in outcomes:
+            kinds = [type(m) for m in outcome.messages]
+            assert kinds == [Meta, PassResult, PassResult]
+            record = finished_record(outcome)
+            assert record["status"] == "ok" and [p["pass"] for p in record["passes"]] == ["forward", "backward"]
+            assert ("peak_mem_mib" in record["passes"][0]) == (visit[0].round == 0)  # memory on the first visit
+            assert outcome.wall_s > 0
+        for k in range(2):  # every case sampled in the same turns
+            assert len({len(o.messages[1 + k].samples_ms) for o in outcomes}) == 1
+
+
+def test_a_failing_case_is_reported_alone_and_the_others_measured():
+    visit = unit_of("[softmax, faulty-raise, faulty-oom, fastformer]")
+    got = {o.case.label: finished_record(o) for o in run_unit_in_process(visit)}
+    assert got["faulty-raise"]["status"] == "error" and "raised on purpose" in got["faulty-raise"]["error"]
+    assert got["faulty-oom"]["status"] == "oom"
+    assert got["softmax"]["status"] == got["fastformer"]["status"] == "ok"
+
+
+def test_graphs_that_do_not_fit_together_are_timed_alone():
+    # The 3rd call is the first sampling turn of round 1 (warm-up 1, then the
+    # turns; no memory run): it fails beside the others, then works alone.
+    visit = [replace(c, round=1) for c in unit_of("[softmax, {name: faulty-oom-once, params: {call: 3}}]",
+                                                  passes="[backward]")]
+    got = {o.case.label: finished_record(o) for o in run_unit_in_process(visit)}
+    assert got["faulty-oom-once"]["status"] == "ok" and got["faulty-oom-once"]["passes"][0]["samples_ms"]
+    assert got["softmax"]["status"] == "ok" and got["softmax"]["passes"][0]["samples_ms"]
+
+
+# ---- units in a worker: faults blamed on the right case ---------------------------------------------
+
+
+def test_a_worker_dying_or_hanging_under_a_unit_blames_its_case_and_reruns_the_others():
+    pool = WorkerPool(["faulty_variants"])
+    try:
+        visits = unit_of("[softmax, faulty-abort, {name: faulty-late-abort, params: {calls: 2}}, "
+                         "{name: faulty-slow, params: {delay_s: 0.4}}, faulty-oomkill, fastformer]",
+                         timing="{warmup: 0, max_reps: 8, min_reps: 8, min_time_s: 0.001}",
+                         limits="{case_timeout_s: 2}", rounds=2, passes="[forward]")
+        for visit in (visits[:6], visits[6:]):
+            outcomes = pool.run_unit(visit)
+            got = {o.case.label: finished_record(o) for o in outcomes}
+            assert got["softmax"]["status"] == got["fastformer"]["status"] == "ok"
+            assert len(got["softmax"]["passes"][0]["samples_ms"]) == 8
+            assert got["faulty-abort"]["status"] == "crashed" and "SIGABRT" in got["faulty-abort"]["error"]
+            assert got["faulty-late-abort"]["status"] == "crashed"
+            assert got["faulty-slow"]["status"] == "timeout" and "case_timeout_s (2 s" in got["faulty-slow"]["error"]
+            assert got["faulty-oomkill"]["status"] == "oom"  # run again alone: it is to blame
+            assert all(0 < o.wall_s < 10 for o in outcomes)
+    finally:
+        pool.kill()
+
+
+def test_a_sweep_with_rounds_measures_units_together_and_can_be_told_not_to(tmp_path: Path):
+    text = """\
+        name: together
+        defaults: {dim: 32, passes: [forward]}
+        grid: {seq_lens: [64, 128], heads: [2]}
+        variants: [softmax, fastformer, {name: faulty-raise, seq_lens: [64]}]
+        timing: {rounds: 2, warmup: 0, max_reps: 3, min_reps: 3, min_time_s: 0.001}
+        """
+    for interleave in (True, False):
+        suite_text = text.replace("min_time_s: 0.001}", f"min_time_s: 0.001, interleave: {str(interleave).lower()}}}")
+        suite = suite_mod.parse(textwrap.dedent(suite_text))
+        summary = run_suite(suite, RunOptions(out_dir=tmp_path / str(interleave), quiet=True))
+        visits = summary.visits
+        assert len(visits) == 5 * 2
+        assert {(r["case"]["label"], r["round"], r["status"]) for r in visits} == {
+            *((label, k, "ok") for label in ("softmax", "fastformer") for k in (0, 1)),
+            ("faulty-raise", 0, "error"), ("faulty-raise", 1, "skipped")}  # a failed case is not visited again
+        # A unit's cases share their start when measured together, and not otherwise.
+        starts: dict[tuple, set] = {}
+        for r in visits:
+            if r["status"] == "ok":
+                starts.setdefault((r["round"], r["case"]["seq_len"]), set()).add(r["started_at"])
+        assert all(len(s) == 1 for s in starts.values()) == interleave
