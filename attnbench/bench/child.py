@@ -105,6 +105,8 @@ def _worker_main(conn: Any, init_error: str | None = None, current: Any = None) 
                 run_unit([Case.from_dict(m) for m in message], lambda i, m: conn.send((i, m)), at)
             except BaseException as exc:  # noqa: BLE001 - the cases not finished share it
                 conn.send((-1, Failure(status=classify(exc), error=short_error(exc))))
+            finally:
+                at(-1)  # between units no case is at work
         else:
             case = Case.from_dict(message)
             try:
@@ -315,7 +317,6 @@ class WorkerPool:
             for outcome in outcomes:
                 outcome.status, outcome.error = refused.status, refused.error
             return outcomes
-        self._current.value = -1
         spent, last = [0.0] * len(cases), time.monotonic()
         for outcome in outcomes:
             outcome.worker_pid = self.pid
