@@ -355,6 +355,17 @@ def regressions(compared: pd.DataFrame, fail_above: float) -> pd.DataFrame:
     return compared[(compared["mark"] == MARK_SLOWER) & (compared["ratio"] > fail_above)]
 
 
+def moved_settings(compared: pd.DataFrame) -> list[str]:
+    """One line per setting group (and pass) whose variants moved together
+    between the runs beyond the other settings (``setting_moved``)."""
+    lines = []
+    keys = ["seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal"]
+    for key, group in compared[compared["setting_moved"].fillna(False).astype(bool)].groupby(keys, sort=False):
+        n, heads, pass_name = key[:3]
+        lines.append(f"N={n} H={heads} {pass_name}: {len(group)} variants, B/A {group['setting_shift'].iloc[0]:.3f}")
+    return lines
+
+
 def _isnan(value: Any) -> bool:
     try:
         return value is None or value is pd.NA or math.isnan(float(value))

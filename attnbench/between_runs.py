@@ -14,7 +14,8 @@
   the moment each unit ran at is divided out of its visits
   (``peer_normalized``) and the change the peers share is taken off
   (``peer_shifts``), so the machine's drift, between visits and between
-  runs, cancels. Other cases are judged on their raw visits, beyond the
+  runs, cancels; a group that moved together beyond the others is reported
+  (``standing_out``). Other cases are judged on their raw visits, beyond the
   change common to all cases (``common_shift``, reported on its own with its
   interval), discounted up to the minimum effect (``drift_allowance``).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -280,23 +281,25 @@ def peer_shifts(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[float
     return shifts
 
 
-def moving_alone(shifts: Mapping[Any, PeerShift], level: float = COMPARE_LEVEL,
+def standing_out(shifts: Mapping[Any, PeerShift], level: float = COMPARE_LEVEL,
                  min_effect: float = MIN_EFFECT) -> dict[Any, PeerShift]:
-    """The groups whose cases may be judged against their peers: those whose
-    shared change does not stand out from the other groups'. A group's shift
-    is the moment of its visits (it wanders by several percent between runs)
-    or a change under all its variants (a kernel they share): one beyond the
-    minimum effect, with a ``level`` interval from the spread of the groups'
-    shifts (median absolute deviation), is a change, and the cases of that
-    group are then judged against all cases. Fewer than ``MIN_GROUPS``
-    groups: none (the spread of the groups cannot be told)."""
+    """The groups whose shared change stands out from the other groups': beyond
+    the minimum effect, with a ``level`` interval from the spread of the groups'
+    shifts (median absolute deviation). Such a group moved together between
+    the runs: a change under all its variants (a kernel they share), or the
+    machine's state for that setting (measured on a 2-core VM: every variant
+    of N=256, forward, 20-28% slower in one run of an A/A pair, in all five
+    rounds). One pair of runs cannot tell the two apart, so the group is
+    reported (``RunsComparison.moved_together``) and its cases are still
+    judged against each other. Fewer than ``MIN_GROUPS`` groups: none (the
+    spread of the groups cannot be told)."""
     if len(shifts) < MIN_GROUPS:
         return {}
     logs = {g: math.log(s.ratio) for g, s in shifts.items()}
     centre = float(np.median(list(logs.values())))
     spread = 1.4826 * float(np.median([abs(x - centre) for x in logs.values()]))
     reach = math.log1p(min_effect) + float(stats.norm.ppf(0.5 + level / 2)) * spread
-    return {g: s for g, s in shifts.items() if abs(logs[g] - centre) <= reach}
+    return {g: s for g, s in shifts.items() if abs(logs[g] - centre) > reach}
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,8 @@ class RunsComparison:
     changes: dict[Any, VisitChange]  # per key found in both runs
     shift: CommonShift | None
     peer_judged: frozenset = frozenset()  # the keys judged against their peers
+    peer_shifts: Mapping[Any, PeerShift] = field(default_factory=dict)  # per group judged so
+    moved_together: Mapping[Any, PeerShift] = field(default_factory=dict)  # those standing out (``standing_out``)
 
 
 def _as_rounds(visits: Sequence[float] | Mapping[int, float]) -> dict[int, float]:
@@ -323,9 +328,9 @@ def compare_visits(a: Mapping[Any, Sequence[float] | Mapping[int, float]],
     judged against its peers: its visits are divided by their unit's moment
     (``peer_normalized``), and its change is taken relative to the change its
     group shares (``peer_shifts``), so the machine's drift, between visits and
-    between runs, cancels; unless the group moved together beyond the other
-    groups (``moving_alone``: a change under all its variants), or the run
-    has too few cases for a common shift (a change under every case would
+    between runs, cancels; a group whose shared change stands out from the
+    others' is reported in ``moved_together`` (``standing_out``). Unless the
+    run has too few cases for a common shift (a change under every case would
     then go unseen). Other cases are judged on their raw visits: each
     run's variance prior comes from all its cases, and the change is taken
     beyond the common shift (``adjust_shift``, up to the minimum effect). The
@@ -343,8 +348,10 @@ def compare_visits(a: Mapping[Any, Sequence[float] | Mapping[int, float]],
                   peer_normalized({k: _as_rounds(v) for k, v in a.items()}, groups, min_peers).items()}
         norm_b = {k: list(v.values()) for k, v in
                   peer_normalized({k: _as_rounds(v) for k, v in b.items()}, groups, min_peers).items()}
-        peers = moving_alone(peer_shifts(norm_a, norm_b, groups, min_peers), level, min_effect)
-    judged = {k for k in norm_a.keys() & norm_b.keys() if groups[k] in peers} if shift is not None else set()
+        peers = peer_shifts(norm_a, norm_b, groups, min_peers)
+    if shift is None:
+        peers = {}
+    judged = {k for k in norm_a.keys() & norm_b.keys() if groups[k] in peers}
     prior_na = visit_variance_prior([norm_a[k] for k in judged])
     prior_nb = visit_variance_prior([norm_b[k] for k in judged])
     changes = {}
@@ -358,4 +365,5 @@ def compare_visits(a: Mapping[Any, Sequence[float] | Mapping[int, float]],
             changes[key] = replace(change, ratio=raw)
         else:
             changes[key] = visit_change(raw_a[key], raw_b[key], prior_a, prior_b, level, min_effect, shift)
-    return RunsComparison(changes=changes, shift=shift, peer_judged=frozenset(judged))
+    return RunsComparison(changes=changes, shift=shift, peer_judged=frozenset(judged), peer_shifts=peers,
+                          moved_together=standing_out(peers, level, min_effect))

@@ -130,7 +130,7 @@ def compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above
     --fail-above or on a case of A that B lost."""
     from dataclasses import asdict
 
-    from attnbench.analysis import compare_run_visits, compare_summary, lost_cases, regressions
+    from attnbench.analysis import compare_run_visits, compare_summary, lost_cases, moved_settings, regressions
     from attnbench.compare_report import compare_runs_tables, lost_case_lines
     from attnbench.results import frame_records, load_run
     from attnbench.roofline import calibration_table
@@ -171,6 +171,11 @@ def compare_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above
     others = int((compared["mark"] == "x").sum()) - len(lost)
     if others:
         warn([f"{others} case(s) not measured in RUN_A (marked x): nothing to compare them with"])
+    moved = moved_settings(compared)
+    if moved:
+        warn([f"{len(moved)} setting(s) whose variants all moved together, beyond the other settings (each "
+              "variant is judged against the others, so this shows only here: a change under all of them, or "
+              "the machine's state for that setting):\n  " + "\n  ".join(moved)])
     undecided = int((compared["mark"] == "?").sum())
     if undecided:
         warn([f"{undecided} case(s) have too few rounds for a verdict (marked ?): a run needs timing.rounds >= 2 "

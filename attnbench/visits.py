@@ -188,7 +188,8 @@ _MARKS = {between_runs.SLOWER: MARK_SLOWER, between_runs.FASTER: MARK_FASTER, be
 AGAINST_PEERS, AGAINST_ALL = "peers", "all cases"
 COMPARE_COLUMNS = ["mark", "label", "seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal",
                    "status_a", "status_b", "n_a", "n_b", "median_a_ms", "median_b_ms", "ratio", "relative",
-                   "low", "high", "p_value", "verdict", "significant", "against", "case_id"]
+                   "low", "high", "p_value", "verdict", "significant", "against", "setting_shift",
+                   "setting_moved", "case_id"]
 
 
 def _pass_index(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[dict, dict]]:
@@ -211,7 +212,10 @@ def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, A
     (``all cases``), with its interval; the verdict and a mark:
     ``+`` slower, ``-`` faster, ``~`` no change beyond the minimum effect,
     ``?`` too few rounds for a verdict, ``x`` failed or missing in a run.
-    ``n_a``/``n_b`` count visits."""
+    ``n_a``/``n_b`` count visits. ``setting_shift``: the change the case's
+    setting group shares (its peers', NaN when not judged against them);
+    ``setting_moved``: that shared change stands out from the other
+    settings' (``between_runs.standing_out``)."""
     ia, ib = _pass_index(records_a), _pass_index(records_b)
     keys = list(dict.fromkeys([*ia, *ib]))
     by_round_a = {k: visit_medians_by_round(ia[k][1]) for k in ia if ia[k][1].get("status") == "ok"}
@@ -232,6 +236,9 @@ def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, A
                "status_b": pb["status"] if pb else "missing", "n_a": len(ma), "n_b": len(mb),
                "median_a_ms": statistics.median(ma) if ma else math.nan,
                "median_b_ms": statistics.median(mb) if mb else math.nan, "case_id": key[0]}
+        group = groups[key]
+        shared = result.peer_shifts.get(group)
+        row.update(setting_shift=shared.ratio if shared else math.nan, setting_moved=group in result.moved_together)
         change = result.changes.get(key)
         if change is None:
             row.update(ratio=math.nan, relative=math.nan, low=math.nan, high=math.nan, p_value=math.nan,

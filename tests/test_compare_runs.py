@@ -247,6 +247,29 @@ def test_cli_says_when_runs_have_too_few_rounds(tmp_path: Path):
     assert result.exit_code == 0 and "too few rounds" in result.output and "timing.rounds" in result.output
 
 
+def test_cli_reports_a_setting_whose_variants_all_moved_together(tmp_path: Path):
+    # Four variants at four N (16 cases, enough for a common shift): in run B
+    # every variant at N=256 takes 30% longer, as whole settings did between
+    # A/A runs on the 2-core VM. Against its peers no variant changed; the
+    # setting did, and compare says so instead of marking each case.
+    rng = np.random.default_rng(8)
+    labels, ns = ("softmax", "sdpa", "linear", "fast"), (64, 128, 256, 512)
+
+    def run(slower_n: int | None) -> list[dict]:
+        return [rec for v, label in enumerate(labels) for n in ns
+                for rec in visits(rng, label, n, {"forward": (1 + v) * n / 64 * (1.3 if n == slower_n else 1.0)},
+                                  sigma=0.01)]
+
+    a, b = write_run(tmp_path / "a", run(None)), write_run(tmp_path / "b", run(256))
+    result = runner.invoke(app, ["compare", str(a), str(b), "--json"])
+    rows = json.loads(result.stdout)["rows"]
+    moved = [r for r in rows if r["setting_moved"]]
+    assert {r["seq_len"] for r in moved} == {256} and len(moved) == 4
+    assert all(r["against"] == "peers" and not r["significant"] for r in moved)
+    assert moved[0]["setting_shift"] == pytest.approx(1.3, rel=0.03)
+    assert "moved together" in result.stderr and "N=256 H=2 forward: 4 variants, B/A 1.2" in result.stderr
+
+
 def test_one_argument_form_still_compares_against_a_baseline(runs):
     a, _, _ = runs
     result = runner.invoke(app, ["compare", str(a), "--baseline", "softmax"])

@@ -58,7 +58,9 @@ def unit_seed(cases: Sequence[Case]) -> int:
 
 
 def settled(samples: list[float], settings: TimingSettings) -> bool:
-    """Whether a case's samples meet its stopping rule (as ``timing.sample``'s)."""
+    """Whether a case's samples meet its stopping rule: ``timing.sample``'s,
+    with ``min_time_s`` counted in the case's own samples (the turns share the
+    clock)."""
     if len(samples) < min(settings.min_reps, settings.max_reps):
         return False
     return rel_iqr(samples) <= settings.target_rel_iqr or sum(samples) / 1e3 >= settings.min_time_s
