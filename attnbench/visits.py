@@ -237,7 +237,7 @@ def compare_records(records_a: list[dict[str, Any]], records_b: list[dict[str, A
                "median_a_ms": statistics.median(ma) if ma else math.nan,
                "median_b_ms": statistics.median(mb) if mb else math.nan, "case_id": key[0]}
         group = groups[key]
-        shared = result.peer_shifts.get(group)
+        shared = result.group_shifts.get(group)
         row.update(setting_shift=shared.ratio if shared else math.nan, setting_moved=group in result.moved_together)
         change = result.changes.get(key)
         if change is None:

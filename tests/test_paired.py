@@ -275,7 +275,21 @@ def test_a_change_under_every_variant_of_one_setting_is_reported_as_that_setting
     assert not any(result.changes[k].significant for k in moved)
     assert 3 in result.moved_together  # the setting as a whole, where a reader sees it
     assert result.moved_together[3].ratio == pytest.approx(2.0, rel=0.1)  # the moments of 5 rounds: +-6%
-    assert all(abs(math.log(s.ratio)) < 0.2 for g, s in result.peer_shifts.items() if g != 3)
+    assert all(abs(math.log(s.ratio)) < 0.2 for g, s in result.group_shifts.items() if g != 3)
+
+
+def test_a_case_is_judged_against_the_change_of_the_others_not_its_own():
+    changes = [0.0, 0.02, -0.02, 0.04, 0.15]  # the last one slowed down; the others drifted a little
+    a = {(v, 0): [10.0, 10.0, 10.0] for v in range(5)}
+    b = {(v, 0): [10.0 * math.exp(c)] * 3 for v, c in enumerate(changes)}
+    others = between_runs.shifts_of_others(a, b, GROUPS)
+    assert math.log(others[(4, 0)].ratio) == pytest.approx(0.01)  # the median of the four others
+    assert math.log(others[(0, 0)].ratio) == pytest.approx(0.03)  # the others include the one that changed
+    assert others[(4, 0)].peers == 4
+    whole = between_runs.peer_shifts(a, b, GROUPS)[0]
+    assert math.log(whole.ratio) == pytest.approx(0.02)  # the setting as a whole, itself included
+    # The spread of the others is never taken below the one pooled over the groups.
+    assert others[(4, 0)].variance >= math.pi / 2 * (1.4826 * 0.02) ** 2 / 4 - 1e-12
 
 
 def test_too_few_cases_for_a_common_shift_are_judged_raw():
