@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.bench.child import WORKER_READY_TIMEOUT_S, WorkerPool
-from attnbench.bench.executor import Executor, WorkUnit, interleavable
+from attnbench.bench.executor import Executor, WorkUnit
 from attnbench.bench.messages import CaseStarted, Event, Outcome
 from attnbench.bench.placement import cpu_model, host_name
 from attnbench.errors import AttnbenchError
@@ -85,17 +85,15 @@ def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[s
     placement = {"host": host_name(), "worker_device": f"cuda:{gpus[0]}" if gpus else "cpu",
                  "device_model": None if gpus else cpu_model(), "ray_node": ray.get_runtime_context().get_node_id()}
     yield placement
-    given = [Case.from_dict(data) for data in cases]
-    # The task's GPU is the only one its worker sees.
-    runnable = [dataclasses.replace(c, device="cuda") if c.device.startswith("cuda") else c for c in given]
-    if interleavable(runnable):
-        for case, outcome in zip(given, pool.run_unit(runnable), strict=True):
-            outcome.case = case
-            yield outcome
-        return
-    for case, run_as in zip(given, runnable, strict=True):
+    # One case after another, never in turns (bench.interleave): the driver
+    # streams each case's outcome, times each out and blames a lost worker on
+    # the case in flight, all of which assume the unit's order.
+    for data in cases:
+        case = Case.from_dict(data)
+        # The task's GPU is the only one its worker sees.
+        runnable = dataclasses.replace(case, device="cuda") if case.device.startswith("cuda") else case
         started, t0 = time.time(), time.perf_counter()
-        outcome = pool.run(run_as, case.limits.case_timeout_s)
+        outcome = pool.run(runnable, case.limits.case_timeout_s)
         outcome.case, outcome.started, outcome.wall_s = case, started, time.perf_counter() - t0
         yield outcome
 
