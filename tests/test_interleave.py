@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 import textwrap
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -213,3 +215,25 @@ def test_a_sweep_with_rounds_measures_units_together_and_can_be_told_not_to(tmp_
             if r["status"] == "ok":
                 starts.setdefault((r["round"], r["case"]["seq_len"]), set()).add(r["started_at"])
         assert all(len(s) == 1 for s in starts.values()) == interleave
+
+
+def test_a_unit_killed_to_stop_the_sweep_runs_nothing_again():
+    pool = WorkerPool(["faulty_variants"])
+    try:
+        visit = unit_of("[softmax, {name: faulty-slow, params: {delay_s: 0.2}}, fastformer]",
+                        timing="{warmup: 0, max_reps: 50, min_reps: 50, min_time_s: 0.001}", passes="[forward]")
+
+        def stop() -> None:  # as DeviceExecutor.close(interrupted=True) does
+            pool.stopping = True
+            pool.process.kill()
+
+        assert finished_record(pool.run(visit[0], 60))["status"] == "ok"  # the worker is up
+        timer = threading.Timer(1.5, stop)
+        timer.start()
+        t0 = time.perf_counter()
+        outcomes = pool.run_unit(visit)
+        timer.join()
+        assert time.perf_counter() - t0 < 10 and pool.started == 1  # no worker started to run the rest again
+        assert len(outcomes) == 3
+    finally:
+        pool.kill()

@@ -168,6 +168,7 @@ class WorkerPool:
         self.pid: int | None = None
         self.ready = False
         self.started = 0  # workers started so far
+        self.stopping = False  # set by an executor that kills the worker to stop: nothing is run again
         self._ctx = mp.get_context(_start_method())
         self._current: Any = None  # shared with the worker: the index of a unit's case at work
 
@@ -361,6 +362,8 @@ class WorkerPool:
         alone = fate.status == Status.OOM  # the cases' graphs together, maybe: none is to blame yet
         for i, outcome in enumerate(outcomes):
             outcome.wall_s = spent[i]
+            if self.stopping:  # killed to stop the sweep: its executor drops these outcomes
+                continue
             if i == culprit and not alone:
                 outcome.status, outcome.error = fate.status, fate.error
             elif not _finished(outcome):

@@ -210,6 +210,7 @@ class DevicePoolExecutor(Executor):
         self._stop.set()
         if interrupted:  # stop the cases in flight: their threads then see a dead worker and stop
             for slot in self._slots:
+                slot.pool.stopping = True  # a unit's other cases are not run again
                 process = slot.pool.process
                 if process is not None and process.is_alive():
                     process.kill()
