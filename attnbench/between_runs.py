@@ -289,7 +289,11 @@ def peer_shifts(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[float
     """Per group with at least ``min_peers`` members in both runs (``a``, ``b``:
     their peer-normalised visits), the change the members share (``_shift``):
     how the setting as a whole moved."""
-    return {g: _shift(np.array(list(m.values()))) for g, m in _member_changes(a, b, groups, min_peers).items()}
+    return _group_shifts(_member_changes(a, b, groups, min_peers))
+
+
+def _group_shifts(members: Mapping[Any, Mapping[Any, float]]) -> dict[Any, PeerShift]:
+    return {g: _shift(np.array(list(m.values()))) for g, m in members.items()}
 
 
 def shifts_of_others(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[float]], groups: Mapping[Any, Any],
@@ -302,7 +306,10 @@ def shifts_of_others(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[
     slowdown was found in 84% of its cases with it, 95% without). The spread
     of the others is taken no lower than the spread pooled over all groups
     (two or three others can agree by chance)."""
-    members = _member_changes(a, b, groups, min_peers)
+    return _shifts_of_others(_member_changes(a, b, groups, min_peers))
+
+
+def _shifts_of_others(members: Mapping[Any, Mapping[Any, float]]) -> dict[Any, PeerShift]:
     residuals = [x - float(np.median(list(m.values()))) for m in members.values() for x in m.values()]
     pooled = _spread(np.array(residuals)) if residuals else 0.0
     out = {}
@@ -374,17 +381,15 @@ def compare_visits(a: Mapping[Any, Sequence[float] | Mapping[int, float]],
     shift = common_shift(raw_a, raw_b, level, min_effect) if adjust_shift else None
     norm_a: dict[Any, list[float]] = {}
     norm_b: dict[Any, list[float]] = {}
-    peers: dict[Any, PeerShift] = {}
     if groups:
         norm_a = {k: list(v.values()) for k, v in
                   peer_normalized({k: _as_rounds(v) for k, v in a.items()}, groups, min_peers).items()}
         norm_b = {k: list(v.values()) for k, v in
                   peer_normalized({k: _as_rounds(v) for k, v in b.items()}, groups, min_peers).items()}
-        peers = shifts_of_others(norm_a, norm_b, groups, min_peers)
-    if shift is None:
-        peers = {}
+    members = _member_changes(norm_a, norm_b, groups, min_peers) if groups and shift is not None else {}
+    peers = _shifts_of_others(members)
     judged = set(peers)
-    group_shifts = peer_shifts(norm_a, norm_b, groups, min_peers) if peers else {}
+    group_shifts = _group_shifts(members)
     prior_na = visit_variance_prior([norm_a[k] for k in judged])
     prior_nb = visit_variance_prior([norm_b[k] for k in judged])
     changes = {}

@@ -412,13 +412,14 @@ def run_unit_in_process(cases: Sequence[Case]) -> list[Outcome]:
 
     started, pid = time.time(), os.getpid()
     outcomes = [Outcome(case=case, worker_pid=pid, started=started) for case in cases]
-    clock = {"at": -1, "last": time.perf_counter()}
+    current, last = -1, time.perf_counter()
 
-    def at(index: int) -> None:
+    def at(index: int) -> None:  # the time since the last call is the case at work's
+        nonlocal current, last
         now = time.perf_counter()
-        if clock["at"] >= 0:
-            outcomes[clock["at"]].wall_s += now - clock["last"]
-        clock["at"], clock["last"] = index, now
+        if current >= 0:
+            outcomes[current].wall_s += now - last
+        current, last = index, now
 
     run_unit(cases, lambda i, message: outcomes[i].messages.append(message), at)
     at(-1)

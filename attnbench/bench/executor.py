@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,14 @@ def interleavable(cases: Sequence[Case]) -> bool:
     case at a time)."""
     return (len(cases) > 1 and len({c.device for c in cases}) == 1
             and all(c.timing.interleave and not c.limits.memory_limit_mib for c in cases))
+
+
+def _together(cases: Sequence[Case], run_unit: Callable[[Sequence[Case]], list[Outcome]]) -> Iterator[Event]:
+    """The events of ``cases`` measured together by ``run_unit``: all start, then their outcomes."""
+    yield from map(CaseStarted, cases)
+    for outcome in run_unit(cases):
+        outcome.placement = local_placement(outcome.case.device)
+        yield outcome
 
 
 class Executor(ABC):
@@ -137,10 +145,7 @@ class LocalPoolExecutor(Executor):
 
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
         if interleavable(cases):
-            yield from map(CaseStarted, cases)
-            for outcome in self.pool.run_unit(cases):
-                outcome.placement = local_placement(outcome.case.device)
-                yield outcome
+            yield from _together(cases, self.pool.run_unit)
             return
         for case in cases:
             yield CaseStarted(case)
@@ -177,10 +182,7 @@ class InProcessExecutor(Executor):
 
     def run(self, cases: Sequence[Case]) -> Iterator[Event]:
         if interleavable(cases):
-            yield from map(CaseStarted, cases)
-            for outcome in run_unit_in_process(cases):
-                outcome.placement = local_placement(outcome.case.device)
-                yield outcome
+            yield from _together(cases, run_unit_in_process)
             return
         for case in cases:
             yield CaseStarted(case)

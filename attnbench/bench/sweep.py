@@ -32,7 +32,7 @@ from attnbench.bench.progress import Progress
 from attnbench.bench.quality import QUALITY_FAILURES, run_quality
 from attnbench.bench.records import finished_record, skipped_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, run_shard, write_meta
-from attnbench.bench.shard import Shard, shard_cases
+from attnbench.bench.shard import Shard, setting_groups, shard_cases
 from attnbench.bench.signals import Interrupted, SignalGuard
 from attnbench.bench.skip import skip_reason, unrunnable_warnings
 from attnbench.bench.spread import make_executor
@@ -95,17 +95,15 @@ def plan_units(cases: list[Case], rounds: int = 1, seed: int = 0, by_setting: bo
     if rounds <= 1 and not by_setting:
         return [WorkUnit((case,)) for case in cases]
     rng = random.Random(seed)
-    groups: dict[tuple, list[Case]] = {}
-    for case in cases:
-        groups.setdefault(setting_group(case), []).append(case)
+    groups = setting_groups(cases)
     units = []
     for r in range(max(rounds, 1)):
-        keys = list(groups)
-        rng.shuffle(keys)
+        order = list(groups)
+        rng.shuffle(order)
         if r == 0:
-            keys.sort(key=lambda k: k[-1])  # stable: shuffled among equal N
-        for key in keys:
-            members = [replace(c, round=r) for c in groups[key]]
+            order.sort(key=lambda group: group[0].seq_len)  # stable: shuffled among equal N
+        for group in order:
+            members = [replace(c, round=r) for c in group]
             rng.shuffle(members)
             units.append(WorkUnit(tuple(members), round=r))
     return units
