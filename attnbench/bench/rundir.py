@@ -71,6 +71,12 @@ def _check_writable(path: Path) -> None:
 
 _COMPARABLE_CASE_KEYS = ("variant", "params", "passes", "compile")
 
+#: Timing keys added after runs were recorded, and how such a run measured:
+#: a run recorded before ``rounds`` visited each case once, one before
+#: ``interleave`` measured one case after another. Its suite resumes with
+#: those values set, and is refused, saying so, with anything else.
+TIMING_BEFORE_KEY = {"rounds": 1, "interleave": False}
+
 
 def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]]) -> list[str]:
     """What changed between the suite a run was started with and ``suite`` in
@@ -85,8 +91,11 @@ def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]])
     old_timing, new_timing = old.get("timing"), new.get("timing")
     if isinstance(old_timing, dict):
         for key in sorted(set(old_timing) | set(new_timing)):
-            if old_timing.get(key) != new_timing.get(key):
-                diffs.append(f"timing.{key}: {old_timing.get(key)!r} -> {new_timing.get(key)!r}")
+            implied = key not in old_timing and key in TIMING_BEFORE_KEY
+            before = TIMING_BEFORE_KEY[key] if implied else old_timing.get(key)
+            if before != new_timing.get(key):
+                note = " (the run predates this key)" if implied else ""
+                diffs.append(f"timing.{key}: {before!r}{note} -> {new_timing.get(key)!r}")
     elif old_timing != new_timing:
         diffs.append(f"timing settings: {old_timing!r} -> {new_timing!r}")
     diffs += _quality_differences(old.get("quality"), new.get("quality"))
@@ -138,7 +147,8 @@ def prepare_run_dir(suite: Suite, options: RunOptions) -> tuple[Path, dict[str, 
         if diffs:
             raise AttnbenchError(f"{options.resume}: the suite changed since this run, so the results would "
                                  "not be comparable:\n  " + "\n  ".join(diffs)
-                                 + "\nStart a new run instead (drop --resume).")
+                                 + "\nSet the suite back to the run's values, or start a new run instead "
+                                 "(drop --resume).")
         _check_writable(run.path)
         meta = run.meta
         now = dt.datetime.now().astimezone().isoformat()
