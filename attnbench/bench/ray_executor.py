@@ -4,16 +4,21 @@ Each work unit (a setting group) is one Ray task: ``num_gpus=1`` on CUDA, the
 whole of the largest node's CPUs on CPU, so a unit never shares its device.
 Inside the task the unit's cases run through the same worker-process pool as
 a local run (``child.WorkerPool``), so a case that crashes, hangs or runs out
-of memory is ``crashed``, ``timeout`` or ``oom`` exactly as it is locally. The
-task streams each case's outcome back as it ends (a streaming generator read
-with ``ray.wait``), and only the driver writes the run directory.
+of memory is ``crashed``, ``timeout`` or ``oom`` exactly as it is locally, and
+a unit that can be is measured in turns (``bench.interleave``), as locally.
+The task streams each case's outcome back as it ends (in turns: all at the
+end of the unit; a streaming generator read with ``ray.wait``), and only the
+driver writes the run directory.
 
 Beyond a case's own failures, Ray's worker itself may die (a node lost, Ray's
-memory monitor): the rest of the unit is sent again once; a case in flight
+memory monitor): the rest of the unit is sent again once, one case after
+another (so that a second death has one case to blame); a case in flight
 during a second death is recorded ``crashed`` (``oom`` when Ray's memory
 monitor killed it), and cases run again say so in ``retry``. A task that
-reports nothing for a case's timeout plus a start-up allowance is cancelled
-and its case is ``timeout``. Ray is optional: ``pip install "attnbench[ray]"``.
+reports nothing for its cases' timeouts plus a start-up allowance is
+cancelled: one case after another, that case is ``timeout``; in turns, the
+unit is sent again one case after another. Ray is optional:
+``pip install "attnbench[ray]"``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.bench.child import WORKER_READY_TIMEOUT_S, WorkerPool
-from attnbench.bench.executor import Executor, WorkUnit
+from attnbench.bench.executor import Executor, WorkUnit, interleavable
 from attnbench.bench.messages import CaseStarted, Event, Outcome
 from attnbench.bench.placement import cpu_model, host_name
 from attnbench.errors import AttnbenchError
@@ -64,9 +69,9 @@ _POOL_ROUNDS: dict[tuple[str, ...], int] = {}
 
 
 def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[str],
-                  round_: int = 0) -> Iterator[Any]:
+                  round_: int = 0, together: bool = False) -> Iterator[Any]:
     """The body of a unit's Ray task: first where it runs (a dict), then each
-    case's ``Outcome``, in order."""
+    case's ``Outcome``, in order; ``together``: the cases sampled in turns."""
     import ray
 
     os.environ[RAY_TASK_PID_ENV] = str(os.getpid())
@@ -85,15 +90,17 @@ def run_unit_task(cases: list[dict[str, Any]], preload: list[str], paths: list[s
     placement = {"host": host_name(), "worker_device": f"cuda:{gpus[0]}" if gpus else "cpu",
                  "device_model": None if gpus else cpu_model(), "ray_node": ray.get_runtime_context().get_node_id()}
     yield placement
-    # One case after another, never in turns (bench.interleave): the driver
-    # streams each case's outcome, times each out and blames a lost worker on
-    # the case in flight, all of which assume the unit's order.
-    for data in cases:
-        case = Case.from_dict(data)
-        # The task's GPU is the only one its worker sees.
-        runnable = dataclasses.replace(case, device="cuda") if case.device.startswith("cuda") else case
+    unit = [Case.from_dict(data) for data in cases]
+    # The task's GPU is the only one its worker sees.
+    runnable = [dataclasses.replace(c, device="cuda") if c.device.startswith("cuda") else c for c in unit]
+    if together:
+        for case, outcome in zip(unit, pool.run_unit(runnable), strict=True):
+            outcome.case = case
+            yield outcome
+        return
+    for case, one in zip(unit, runnable, strict=True):
         started, t0 = time.time(), time.perf_counter()
-        outcome = pool.run(runnable, case.limits.case_timeout_s)
+        outcome = pool.run(one, case.limits.case_timeout_s)
         outcome.case, outcome.started, outcome.wall_s = case, started, time.perf_counter() - t0
         yield outcome
 
@@ -140,6 +147,14 @@ class _Flight:
     retry: dict[str, Any] | None = None  # set when these cases are sent again after a worker died
     placement: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # None until the task starts (it may wait for a free device)
+    together: bool = False  # sampled in turns: the outcomes come at the end, and no case is alone in flight
+
+    def allowed_s(self) -> float:
+        """How long the task may stay silent: the case in flight's timeout, in
+        turns every unfinished case's (the worker pool times each case out
+        itself), plus a fresh worker's start-up."""
+        cases = self.cases if self.together else self.cases[:1]
+        return sum(c.limits.case_timeout_s for c in cases) + SILENCE_ALLOWANCE_S
 
 
 class RayExecutor(Executor):
@@ -212,11 +227,12 @@ class RayExecutor(Executor):
             return {"device": device, "dtype": dtype, "error": f"the calibration task failed: {_first_line(exc)}"}
 
     def submit(self, unit: WorkUnit) -> None:
-        self._launch(list(unit.cases), unit.round)
+        self._launch(list(unit.cases), unit.round, together=interleavable(unit.cases))
 
-    def _launch(self, cases: list[Case], round_: int = 0, retry: dict[str, Any] | None = None) -> None:
-        generator = self._remote.remote([c.to_dict() for c in cases], self.preload, self.paths, round_)
-        self._flights[generator] = _Flight(cases, round_, retry)
+    def _launch(self, cases: list[Case], round_: int = 0, retry: dict[str, Any] | None = None,
+                together: bool = False) -> None:
+        generator = self._remote.remote([c.to_dict() for c in cases], self.preload, self.paths, round_, together)
+        self._flights[generator] = _Flight(cases, round_, retry, together=together)
 
     @property
     def in_flight(self) -> int:
@@ -268,8 +284,7 @@ class RayExecutor(Executor):
             outcome.placement = self._placement(flight)
             yield CaseStarted(case)
             yield outcome
-        flight.deadline = (time.monotonic() + flight.cases[0].limits.case_timeout_s + SILENCE_ALLOWANCE_S
-                           if flight.cases else None)
+        flight.deadline = time.monotonic() + flight.allowed_s() if flight.cases else None
 
     def _placement(self, flight: _Flight) -> dict[str, Any]:
         placement = dict(flight.placement)
@@ -280,6 +295,9 @@ class RayExecutor(Executor):
     def _worker_lost(self, flight: _Flight, reason: str, status: str = Status.CRASHED) -> Iterator[Event]:
         """The task's worker died under ``flight``: send its cases again once;
         a case in flight during a second death keeps ``status``."""
+        if flight.together:  # no one case to blame: every case again, one after another
+            self._again_one_by_one(flight, reason)
+            return
         case = flight.cases[0]
         if (case.case_id, case.round) not in self._retried:
             self._retried.add((case.case_id, case.round))
@@ -290,6 +308,12 @@ class RayExecutor(Executor):
                       placement=self._placement(flight))
         if flight.cases[1:]:
             self._launch(flight.cases[1:], flight.round, flight.retry)
+
+    def _again_one_by_one(self, flight: _Flight, reason: str) -> None:
+        """Send a unit that was measured in turns again, its cases one after
+        another, each marked as sent again once."""
+        self._retried.update((c.case_id, c.round) for c in flight.cases)
+        self._launch(flight.cases, flight.round, {"attempt": 2, "after": reason})
 
     def _all_failed(self, flight: _Flight, status: str, error: str) -> Iterator[Event]:
         for case in flight.cases:
@@ -304,8 +328,10 @@ class RayExecutor(Executor):
                 continue
             self._ray.cancel(generator, force=True)
             del self._flights[generator]
-            case = flight.cases[0]
-            allowed = case.limits.case_timeout_s + SILENCE_ALLOWANCE_S
+            case, allowed = flight.cases[0], flight.allowed_s()
+            if flight.together:
+                self._again_one_by_one(flight, f"the Ray task reported nothing for {allowed:g} s")
+                continue
             yield CaseStarted(case)
             yield Outcome(case=case, status=Status.TIMEOUT, placement=self._placement(flight),
                           error=f"the Ray task reported nothing for {allowed:g} s (limits.case_timeout_s plus "
