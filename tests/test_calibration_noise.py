@@ -166,3 +166,15 @@ def test_governors_read_from_sysfs(tmp_path: Path):
     (tmp_path / "cpufreq").mkdir()  # not a cpu folder
     assert governors(tmp_path) == ["performance", "schedutil"]
     assert governors(tmp_path / "missing") == []
+
+
+def test_a_ray_run_is_not_told_that_its_own_ray_workers_were_other_processes():
+    from attnbench.bench.noise import run_warnings
+
+    noise = {"cores": 2, "other_share": 0.91, "other_cpu_s": 172.0, "wall_s": 95.0,
+             "load_average_start": [1.5, 1, 1], "load_average_end": [3.0, 2, 1], "governors": ["powersave"]}
+    local = run_warnings({"noise": noise, "executor": {"kind": "local"}}, [])
+    assert any("other processes used 91%" in w for w in local) and any("busy" in w for w in local)
+    ray = run_warnings({"noise": noise, "executor": {"kind": "ray"}}, [])
+    assert not any("other processes" in w or "busy" in w for w in ray)
+    assert any("powersave" in w for w in ray)  # what the driver's machine itself says still counts

@@ -125,6 +125,13 @@ def run_warnings(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[st
     threads = max((r.get("threads") or 0 for r in records), default=0) or None
     environment = meta.get("environment") or {}
     usable = environment.get("cpu_affinity") or environment.get("cpu_cores_logical")
-    if meta.get("noise"):
-        out += noise_warnings(meta["noise"], threads, usable)
+    noise = meta.get("noise")
+    if noise and (meta.get("executor") or {}).get("kind") == "ray":
+        # The cases ran in Ray's worker processes, which are not the driver's
+        # children (and may be on other machines): their time would read as
+        # other processes' and their threads as this machine's load.
+        noise = {k: v for k, v in noise.items()
+                 if k not in ("other_share", "load_average_start", "load_average_end")}
+    if noise:
+        out += noise_warnings(noise, threads, usable)
     return out
