@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from attnbench import paired
+from attnbench import paired, visits
 from attnbench.analysis import label_order, table_groups
 from attnbench.model import Status
 from attnbench.published import PublishedTable
@@ -165,20 +164,17 @@ def _map_models(table: PublishedTable, frame: pd.DataFrame, labels: list[str],
 def agreement_interval(agreement: Agreement, records: list[dict[str, Any]], level: float = paired.LEVEL
                        ) -> paired.Interval:
     """A bootstrap interval over rounds for ``agreement``'s rank correlation: per
-    model its speed-up in each round (the baseline's visit median over the
-    model's, same round), rounds resampled alike for every model."""
+    model its speed-up in each round (``visits.round_ratios``: the baseline's
+    time over the model's, same round), rounds resampled alike for every
+    model."""
     by_id = {r["case_id"]: r for r in records}
 
-    def rounds_of(case_id: str) -> dict[int, float]:
+    def pass_of(case_id: str) -> dict[str, Any]:
         record = by_id.get(case_id) or {}
-        result = next((p for p in record.get("passes", []) if p["pass"] == agreement.pass_name), {})
-        return {r: float(np.median(s)) for r, s in zip(result.get("round_ids") or [], result.get("rounds_ms") or [],
-                                                        strict=True) if s}
+        return next((p for p in record.get("passes", []) if p["pass"] == agreement.pass_name), {})
 
-    per_model: dict[str, dict[int, float]] = {}
-    for pair in agreement.pairs.to_dict("records"):
-        mine, base = rounds_of(pair["case_id"]), rounds_of(pair["baseline_case_id"] or "")
-        per_model[pair["model"]] = {r: base[r] / mine[r] for r in mine.keys() & base.keys()}
+    per_model = {pair["model"]: visits.round_ratios(pass_of(pair["baseline_case_id"] or ""), pass_of(pair["case_id"]))
+                 for pair in agreement.pairs.to_dict("records")}
     rounds = sorted(set().union(*per_model.values())) if per_model else []
     measured = {m: [v.get(r, math.nan) for r in rounds] for m, v in per_model.items()}
     published = dict(zip(agreement.pairs["model"], agreement.pairs["published"], strict=True))

@@ -51,6 +51,8 @@ def merge_visits(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``status`` (the worst over visits). Each pass has ``samples_ms`` (every
     visit's samples, in round order), ``rounds_ms`` (the samples of each
     visited round, aligned with ``round_ids``; empty where that visit failed),
+    ``rounds_turns`` (each visit's turns token, None where it was not
+    sampled in turns),
     the peak memory of the first visit that measured it, and the worst status
     with its error."""
     by_case: dict[str, list[dict[str, Any]]] = {}
@@ -94,6 +96,7 @@ def _merge_pass(name: str, visits: list[dict[str, Any]]) -> dict[str, Any]:
     out["round_ids"] = [r for r, _ in results]
     out["rounds_ms"] = [list(p.get("samples_ms") or []) if p is not None and p["status"] == "ok" else []
                         for _, p in results]
+    out["rounds_turns"] = [p.get("turns") if p is not None else None for _, p in results]
     out["samples_ms"] = [x for samples in out["rounds_ms"] for x in samples]
     for key in ("peak_mem_mib", "peak_reserved_mib"):
         out[key] = next((p.get(key) for _, p in present if p.get(key) is not None), None)
@@ -123,14 +126,34 @@ def round_spread(pass_result: dict[str, Any]) -> float | None:
 # --- paired ratios against a baseline ------------------------------------------------
 
 
+def paired_rounds(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[int], list[list[float]], list[list[float]],
+                                                                  list[bool]]:
+    """Per round both passes visited (merged pass results): the round, the two
+    sides' samples, and whether the two were sampled in the same turns (the
+    same turns token; a record made before tokens has none: medians then)."""
+    def by_round(p: dict[str, Any]) -> dict[int, tuple[list[float], str | None]]:
+        ids, samples = p.get("round_ids") or [], p.get("rounds_ms") or []
+        turns = p.get("rounds_turns") or [None] * len(ids)
+        return {r: (s, t) for r, s, t in zip(ids, samples, turns, strict=True)}
+
+    ra, rb = by_round(a), by_round(b)
+    common = sorted(ra.keys() & rb.keys())
+    together = [ra[r][1] is not None and ra[r][1] == rb[r][1] for r in common]
+    return common, [ra[r][0] for r in common], [rb[r][0] for r in common], together
+
+
+def round_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[int, float]:
+    """Round -> the ratio of pass ``a`` to pass ``b`` in that round
+    (``paired.round_log_ratio``: turn by turn where sampled in turns), for the
+    rounds where both have samples."""
+    rounds, num, den, together = paired_rounds(a, b)
+    logs = {r: paired.round_log_ratio(x, y, t) for r, x, y, t in zip(rounds, num, den, together, strict=True)}
+    return {r: math.exp(v) for r, v in logs.items() if math.isfinite(v)}
+
+
 def _aligned(a: dict[str, Any], b: dict[str, Any], key: str) -> tuple[list[list[float]], list[list[float]]]:
-    """Per round both visited, the two sides' samples (``key``: ``rounds_ms``,
-    or a memory figure of the round that measured it)."""
-    if key == "rounds_ms":
-        ra = dict(zip(a.get("round_ids") or [], a.get("rounds_ms") or [], strict=True))
-        rb = dict(zip(b.get("round_ids") or [], b.get("rounds_ms") or [], strict=True))
-        common = sorted(ra.keys() & rb.keys())
-        return [ra[r] for r in common], [rb[r] for r in common]
+    """Per round both visited, the two sides' figure (a memory figure of the
+    round that measured it: ``key``)."""
     va, vb = a.get(key), b.get(key)
     if va is None or vb is None or _nan(va) or _nan(vb) or va <= 0 or vb <= 0:
         return [], []
@@ -151,7 +174,7 @@ PAIRED_COLUMNS = ["label", *CASE_KEYS, "rounds", "speedup", "speedup_low", "spee
 def paired_table(records: list[dict[str, Any]], baseline: str, level: float = paired.LEVEL) -> pd.DataFrame:
     """Per variant, case and pass (merged records, see ``merge_visits``): the
     paired speed-up over ``baseline`` (baseline time / variant time, from the
-    visits of the same round) and memory ratio (peak / the baseline's), each
+    visits of the same round, turn by turn where they took turns) and memory ratio (peak / the baseline's), each
     with its ``level`` interval. The variance of the log ratios is pooled
     over the run's pairs (``paired.ratio_prior``)."""
     base: dict[tuple, dict[str, Any]] = {}
@@ -164,10 +187,11 @@ def paired_table(records: list[dict[str, Any]], baseline: str, level: float = pa
                 base[key] = p
             rows.append((case, key, p))
     pairs = [(key, case, base[key], p) for case, key, p in rows if key in base and p["status"] == "ok"]
-    prior = paired.ratio_prior([_aligned(b, p, "rounds_ms") for _, _, b, p in pairs])
+    prior = paired.ratio_prior([paired_rounds(b, p)[1:] for _, _, b, p in pairs])
     out = []
     for key, case, b, p in pairs:
-        speed = paired.paired_ratio(*_aligned(b, p, "rounds_ms"), level=level, prior=prior)
+        _, num, den, together = paired_rounds(b, p)
+        speed = paired.paired_ratio(num, den, level=level, prior=prior, in_turns=together)
         mem_a, mem_b = _aligned(p, b, "peak_mem_mib")
         mem = paired.paired_ratio(mem_a, mem_b, level=level) if mem_a else None
         out.append({"label": case["label"], **dict(zip(CASE_KEYS, key, strict=True)), "rounds": speed.rounds,

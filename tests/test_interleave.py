@@ -146,8 +146,15 @@ def test_a_unit_in_process_reports_every_case_and_pass_with_paired_samples():
             assert record["status"] == "ok" and [p["pass"] for p in record["passes"]] == ["forward", "backward"]
             assert ("peak_mem_mib" in record["passes"][0]) == (visit[0].round == 0)  # memory on the first visit
             assert outcome.wall_s > 0
-        for k in range(2):  # every case sampled in the same turns
+        for k in range(2):  # every case sampled in the same turns, which the pass says
             assert len({len(o.messages[1 + k].samples_ms) for o in outcomes}) == 1
+            tokens = {o.messages[1 + k].turns for o in outcomes}
+            assert len(tokens) == 1 and None not in tokens
+            assert finished_record(outcomes[0])["passes"][k]["turns"] in tokens
+        tokens_of_visit = {o.messages[1].turns for o in outcomes}
+        assert tokens_of_visit != getattr(test_a_unit_in_process_reports_every_case_and_pass_with_paired_samples,
+                                          "last", None)  # each visit of a unit has its own
+        test_a_unit_in_process_reports_every_case_and_pass_with_paired_samples.last = tokens_of_visit
 
 
 def test_a_failing_case_is_reported_alone_and_the_others_measured():
@@ -159,13 +166,15 @@ def test_a_failing_case_is_reported_alone_and_the_others_measured():
 
 
 def test_graphs_that_do_not_fit_together_are_timed_alone():
-    # The 3rd call is the first sampling turn of round 1 (warm-up 1, then the
-    # turns; no memory run): it fails beside the others, then works alone.
-    visit = [replace(c, round=1) for c in unit_of("[softmax, {name: faulty-oom-once, params: {call: 3}}]",
+    # Round 1 has no memory run, and the backward pass builds each case's
+    # graph once (its only forward call): the faulty layer's first call builds
+    # its graph beside softmax's, runs out of memory there, then works alone.
+    visit = [replace(c, round=1) for c in unit_of("[softmax, {name: faulty-oom-once, params: {call: 1}}]",
                                                   passes="[backward]")]
     got = {o.case.label: finished_record(o) for o in run_unit_in_process(visit)}
     assert got["faulty-oom-once"]["status"] == "ok" and got["faulty-oom-once"]["passes"][0]["samples_ms"]
     assert got["softmax"]["status"] == "ok" and got["softmax"]["passes"][0]["samples_ms"]
+    assert "turns" not in got["softmax"]["passes"][0]  # timed alone: not paired turn by turn
 
 
 # ---- units in a worker: faults blamed on the right case ---------------------------------------------

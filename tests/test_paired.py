@@ -81,6 +81,63 @@ def test_deterministic_figures_have_an_exact_interval_and_missing_rounds_are_dro
         paired_ratio([[1.0]], [[1.0], [1.0]])
 
 
+def test_hodges_lehmann_is_the_median_of_the_walsh_averages():
+    assert paired.hodges_lehmann(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)
+    assert paired.hodges_lehmann(np.array([0.0, 0.0, 10.0])) == pytest.approx(2.5)  # 0 0 0 5 5 10
+    assert paired.hodges_lehmann(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 10.0]])) == pytest.approx([2.0, 2.5])
+    assert paired.hodges_lehmann(np.array([0.1] * 6 + [2.0])) == pytest.approx(0.1)  # one wild turn
+
+
+def test_visits_sampled_in_turns_are_divided_turn_by_turn():
+    """Each turn's samples share a moment: here the machine slowed to half
+    its speed after four turns, when the variant had left the turns (its
+    max_reps). Turn by turn the ratio is exactly 3; the medians of the two
+    visits cover different moments and miss it."""
+    moments = np.array([1.0, 1.1, 1.0, 1.2, 2.0, 1.9, 2.0, 1.8])
+    base, variant = list(3.0 * moments), list(moments[:4])
+    assert paired.round_log_ratio(base, variant, in_turns=True) == pytest.approx(math.log(3.0))
+    assert paired.round_log_ratio(base, variant) == pytest.approx(math.log(np.median(base) / np.median(variant)))
+    assert abs(paired.round_log_ratio(base, variant) - math.log(3.0)) > 0.3
+    assert math.isnan(paired.round_log_ratio([], variant, in_turns=True))
+    interval = paired_ratio([base] * 3, [variant] * 3, in_turns=[True, False, True])
+    assert interval.rounds == 3
+    assert interval.estimate == pytest.approx(math.exp((2 * math.log(3.0) + paired.round_log_ratio(base, variant)) / 3))
+
+
+def test_turn_pairing_takes_the_moments_out_of_a_speed_up():
+    """Simulated rounds whose samples move with the moment (15% per turn,
+    shared within a turn) and by 4% of their own: paired turn by turn the
+    rounds' log ratios spread by about the samples' own noise (4% × √2 per
+    turn, over 6 turns), their medians' ratios by more; both centre on the
+    truth."""
+    rng = np.random.default_rng(5)
+    by_turn, by_median = [], []
+    for _ in range(400):
+        moments = np.exp(rng.normal(0, 0.15, 6))
+        base = 5.0 * moments * np.exp(rng.normal(0, 0.04, 6))
+        variant = moments * np.exp(rng.normal(0, 0.04, 6))
+        by_turn.append(paired.round_log_ratio(list(base), list(variant), in_turns=True))
+        by_median.append(paired.round_log_ratio(list(base), list(variant)))
+    assert np.mean(by_turn) == pytest.approx(math.log(5.0), abs=0.01)
+    assert np.mean(by_median) == pytest.approx(math.log(5.0), abs=0.02)
+    assert np.std(by_turn) == pytest.approx(0.04 * math.sqrt(2 / 6), rel=0.25)
+    assert np.std(by_median) > 1.3 * np.std(by_turn)
+
+
+def test_one_round_in_turns_resamples_its_turns():
+    rng = np.random.default_rng(4)
+    moments = np.exp(rng.normal(0, 0.2, 9))
+    base = list(10.0 * moments * np.exp(rng.normal(0, 0.02, 9)))
+    variant = list(4.0 * moments * np.exp(rng.normal(0, 0.02, 9)))
+    paired_turns = paired_ratio([base], [variant], in_turns=[True])
+    alone = paired_ratio([base], [variant])
+    assert paired_turns.method == "bootstrap-samples" and paired_turns.low < 2.5 < paired_turns.high
+    width = math.log(paired_turns.high / paired_turns.low)
+    assert width < 0.5 * math.log(alone.high / alone.low)  # the moments divided out
+    exact = paired_ratio([[3.0, 6.0, 4.5]], [[1.0, 2.0, 1.5]], in_turns=[True])
+    assert exact.low == pytest.approx(3.0) and exact.high == pytest.approx(3.0)
+
+
 def test_interval_format():
     assert Interval(18.43, 17.91, 19.02, 5, "t-rounds").format() == "18.4× [17.9–19.0]"
     assert Interval(0.512, 0.5, 0.53, 5, "t-rounds").format(unit="") == "0.512 [0.500–0.530]"

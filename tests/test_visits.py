@@ -60,6 +60,34 @@ def test_paired_speed_ups_recover_the_truth_with_intervals():
         assert base["speedup"] == 1.0 and base["speedup_method"] == "exact"
 
 
+def test_speed_ups_pair_turn_by_turn_only_visits_that_took_the_same_turns():
+    """Two rounds with the machine's speed moving between turns: where both
+    visits carry the same turns token the speed-up is exact; a visit from
+    another unit (another token, or none: a run made before tokens, or timed
+    alone) falls back to the ratio of medians."""
+    moments = [1.0, 1.1, 1.0, 2.0, 1.9]  # the variant left after three turns, before the slow ones
+    base, fast = [4.0 * m for m in moments], moments[:3]
+
+    def run(tokens: tuple) -> list[dict]:
+        out = []
+        for rnd in range(2):
+            for label, samples, token in (("softmax", base, tokens[0]), ("linear", fast, tokens[1])):
+                rec = visit(label, 64, rnd, {"forward": samples})
+                if token is not None:
+                    rec["passes"][0]["turns"] = f"{token}{rnd}"
+                out.append(rec)
+        return merge_visits(out)
+
+    same = run(("u", "u"))
+    assert same[0]["passes"][0]["rounds_turns"] == ["u0", "u1"]
+    assert paired_table(same, "softmax").set_index("label").loc["linear", "speedup"] == pytest.approx(4.0)
+    medians = float(np.median(base) / np.median(fast))
+    for tokens in (("u", "v"), (None, None), ("u", None)):
+        table = paired_table(run(tokens), "softmax").set_index("label")
+        assert table.loc["linear", "speedup"] == pytest.approx(medians), tokens
+    assert medians != pytest.approx(4.0, rel=0.05)
+
+
 def test_comparing_runs_visit_by_visit():
     rng = np.random.default_rng(1)
     a, same, slow = _run(rng, 5), _run(rng, 5), _run(rng, 5, slow=1.3)

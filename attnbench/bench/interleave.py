@@ -23,11 +23,17 @@ they are sampled: if that runs out of memory, the pass falls back to timing
 each case alone. A case that fails is reported as it would be alone, and the
 others go on. ``at(i)`` tells the caller which case is running, so that a
 worker that hangs or dies is blamed on the right case (``child.py``).
+
+The k-th sample of every case comes from the k-th turn, so the ratio of two
+cases can be taken turn by turn (``paired.round_log_ratio``): each pass
+sampled in turns carries the unit visit's token (``turns``), and only
+samples with the same token are paired that way.
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -121,7 +127,7 @@ def _time_alone(built: BuiltCase, pass_name: str, result: PassResult) -> None:
 
 
 def _measure_pass(pass_name: str, members: dict[int, BuiltCase], rng: random.Random,
-                  at: Callable[[int], None]) -> dict[int, PassResult]:
+                  at: Callable[[int], None], token: str) -> dict[int, PassResult]:
     results = {i: new_result(built, pass_name) for i, built in members.items()}
     for i, built in members.items():  # memory alone: another case's graph must not count, nor crowd it out
         if built.case.round != 0:
@@ -154,6 +160,7 @@ def _measure_pass(pass_name: str, members: dict[int, BuiltCase], rng: random.Ran
         for i, values in samples.items():
             if results[i].status == Status.OK:
                 results[i].samples_ms = values
+                results[i].turns = token
     except _TogetherOOM:
         together_oom = True  # handled below, once the exception and its frames are gone
     finally:
@@ -179,8 +186,9 @@ def run_unit(cases: Sequence[Case], emit: EmitTo, at: Callable[[int], None] = la
         if one is not None:
             built[i] = one
     rng = random.Random(unit_seed(cases))
+    token = uuid.uuid4().hex[:16]  # this visit of the unit: its samples pair turn by turn
     passes = list(dict.fromkeys(p for case in cases for p in case.passes))
     for pass_name in passes:
         members = {i: b for i, b in built.items() if pass_name in b.case.passes}
-        for i, result in _measure_pass(pass_name, members, rng, at).items():
+        for i, result in _measure_pass(pass_name, members, rng, at, token).items():
             emit(i, result)

@@ -69,6 +69,7 @@ class PassResult:
     peak_reserved_mib: float | None = None
     memory_measured: bool = False  # the memory run finished: the record then carries its figures
     traceback: str | None = None  # of an error (not an OOM or a skip): kept in cases.jsonl only
+    turns: str | None = None  # sampled in turns: the unit's token, shared by the cases sampled with it
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pass": self.pass_name, "status": self.status, "error": self.error,
@@ -76,6 +77,8 @@ class PassResult:
                                "flops_source": self.flops_source}
         if self.traceback:
             out["traceback"] = self.traceback
+        if self.turns:
+            out["turns"] = self.turns
         if self.memory_measured:
             out.update(peak_mem_mib=self.peak_mem_mib, peak_reserved_mib=self.peak_reserved_mib)
         return out
