@@ -5,7 +5,9 @@ through the command line into a temporary directory, and prints per pair:
   it could judge; an A/A pair should flag at most 5%);
 * the median and 90th percentile of |log ratio| of the case medians B/A
   (shown as percentages);
-* the same for the speed-ups against the baseline (``compare RUN --json``);
+* the same for the speed-ups against the baseline (``compare RUN --json``),
+  and their signed median: speed-ups that all moved one way say the baseline
+  itself moved between the runs, against every variant;
 * each run's wall time, and its start/end calibration where it has one;
 
 then the same over all pairs. ``--planted-slowdown`` adds a variant to the
@@ -127,6 +129,8 @@ def measure_pair(suite_a: Path, suite_b: Path, out: Path, quick: bool) -> dict[s
         "planted": len(planted), "planted_slower": sum(r.get("mark") == "+" for r in planted),
         "planted_ratio": statistics.median([r["ratio"] for r in planted]) if planted else math.nan,
         "case_change": _quantiles(logs), "speedup_change": _quantiles(speed_logs),
+        # Signed: speed-ups that moved together say the baseline moved against every variant.
+        "speedup_together": statistics.median(speed_logs) * 100 if speed_logs else math.nan,
         "shift": compared.get("shift"), "calibration": [calibration(run_a), calibration(run_b)],
     }
 
@@ -138,7 +142,8 @@ def describe(result: dict[str, Any], planted: bool) -> list[str]:
              f"({result['flagged'] / max(result['others'], 1):.1%}); {result['cases'] - result['judged']} "
              "without a verdict (too few rounds)",
              f"  |change| of case medians: median {c50:.1f}%, 90th percentile {c90:.1f}%",
-             f"  |change| of speed-ups against the baseline: median {s50:.1f}%, 90th percentile {s90:.1f}%",
+             f"  |change| of speed-ups against the baseline: median {s50:.1f}%, 90th percentile {s90:.1f}%; "
+             f"together {result['speedup_together']:+.1f}% (their signed median: the baseline's own move)",
              f"  wall time: {result['wall_s'][0]:.1f} s, {result['wall_s'][1]:.1f} s"]
     if planted:
         lines.append(f"  planted slowdown: {result['planted_slower']} of {result['planted']} cases flagged slower "
@@ -191,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  |change| of {what}: median per pair "
               + ", ".join(f"{r[key][0]:.1f}%" for r in results) + "; 90th percentile per pair "
               + ", ".join(f"{r[key][1]:.1f}%" for r in results))
+    print("  speed-ups moved together (signed median) per pair "
+          + ", ".join(f"{r['speedup_together']:+.1f}%" for r in results))
     walls = [w for r in results for w in r["wall_s"]]
     print(f"  wall time per run: median {statistics.median(walls):.1f} s, max {max(walls):.1f} s")
     if planted:
