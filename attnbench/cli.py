@@ -276,7 +276,7 @@ def compare(
         return compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
     if as_json:
         return compare_json(run_dir, baseline, only_pass)
-    from attnbench.report import RELATIVE_LEGEND, comparison_tables, report_baseline
+    from attnbench.report import comparison_tables, relative_legend, report_baseline
     from attnbench.results import load_run
     from attnbench.suite import PASSES
 
@@ -291,7 +291,7 @@ def compare(
         for p in passes:
             for table in comparison_tables(frame, base, p, run_data.records):
                 out.print(table)
-        out.print(RELATIVE_LEGEND, highlight=False)
+        out.print(relative_legend(run_data.records), highlight=False)
 
 
 @app.command()

@@ -99,7 +99,8 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
              ("command", " ".join(meta.get("command") or []) or None), ("baseline", baseline)]
     lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "", [])]
     lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time, paired "
-                  f"within rounds, with its 95% interval over rounds in brackets; `{NOISY_MARK}` marks a noisy "
+                  f"within rounds, with its 95% interval over this run's rounds in brackets (the drift between "
+                  f"runs is not in it); `{NOISY_MARK}` marks a noisy "
                   "figure (IQR/median > 10%).", ""]
     if plot:
         lines += [f"![time and memory vs N]({plot})", ""]

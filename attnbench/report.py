@@ -166,7 +166,14 @@ def n_table(title: str, labels: list[str], ns: list[int], rows: list[list[str]],
 
 
 RELATIVE_LEGEND = "speed-up = baseline time / time; memory ratio = peak / baseline peak"
-PAIRED_LEGEND = "; paired within rounds: geometric mean [95% interval] over rounds"
+PAIRED_LEGEND = ("; paired within rounds: geometric mean [95% interval] over this run's rounds "
+                 "(the drift between runs is not in it)")
+
+
+def relative_legend(records: list[dict]) -> str:
+    """RELATIVE_LEGEND, and what the brackets are where cases have rounds to pair."""
+    paired = any(len(r.get("rounds") or []) >= 2 for r in records)
+    return RELATIVE_LEGEND + (PAIRED_LEGEND if paired else "")
 
 
 def comparison_tables(frame: pd.DataFrame, baseline: str, pass_name: str,
@@ -409,8 +416,7 @@ def terminal_report(run, frame: pd.DataFrame, baseline: str | None) -> list:
     if baseline is not None and len(set(frame["label"])) > 1:
         for pass_name in measured_passes(frame):
             out.extend(comparison_tables(frame, baseline, pass_name, run.records))
-        paired = "speedup_method" in frame and (frame["speedup_method"] == "t-rounds").any()
-        out.append(RELATIVE_LEGEND + (PAIRED_LEGEND if paired else ""))
+        out.append(relative_legend(run.records))
     out.extend(roofline_tables(frame, run.meta))
     out.extend(run_notes(run.meta, run.records))
     out.extend(report_sections(run, baseline, frame))

@@ -79,8 +79,15 @@ def test_compare_against_baseline_is_laid_out_like_lra(tiny_run: Path):
     result = runner.invoke(app, ["compare", str(tiny_run), "--baseline", "softmax", "--pass", "forward"])
     assert result.exit_code == 0, result.output
     assert "(1.00x)" in result.stdout  # the baseline against itself
+    assert "[95% interval] over this run's rounds" in " ".join(result.stdout.split())  # what the brackets are
     frame = load_run(tiny_run).frame()
     assert "steps/s" in result.stdout and set(frame["label"]) <= set(result.stdout.split())
+
+
+def test_the_report_says_what_its_brackets_are(tiny_run: Path):
+    result = runner.invoke(app, ["report", str(tiny_run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[" in result.stdout and "[95% interval] over this run's rounds" in result.stdout
 
 
 def test_compare_with_an_unknown_baseline_is_exit_2(tiny_run: Path):
