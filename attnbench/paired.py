@@ -97,11 +97,6 @@ class VariancePrior:
     items: int
 
 
-def round_medians(rounds: Rounds) -> np.ndarray:
-    """The median of each round's samples; NaN for a round without samples."""
-    return np.array([float(np.median(r)) if len(r) else math.nan for r in rounds], dtype=float)
-
-
 # --- the variance prior -------------------------------------------------------------
 
 
@@ -192,14 +187,18 @@ def round_log_ratio(numerator: Sequence[float], denominator: Sequence[float], in
     return math.log(num / den) if num > 0 and den > 0 else math.nan
 
 
+def _turn_flags(in_turns: Sequence[bool] | None, rounds: int) -> list[bool]:
+    return list(in_turns) if in_turns is not None else [False] * rounds
+
+
 def log_ratios(numerator: Rounds, denominator: Rounds, in_turns: Sequence[bool] | None = None) -> np.ndarray:
     """``round_log_ratio`` per round, for the rounds where both sides have
     samples (paired by round index; ``in_turns``: per round, whether the two
     visits took their samples in the same turns)."""
     if len(numerator) != len(denominator):
         raise ValueError(f"paired ratio: {len(numerator)} rounds against {len(denominator)}; pair them by round")
-    turns = list(in_turns) if in_turns is not None else [False] * len(numerator)
-    logs = np.array([round_log_ratio(a, b, t) for a, b, t in zip(numerator, denominator, turns, strict=True)],
+    logs = np.array([round_log_ratio(a, b, t)
+                     for a, b, t in zip(numerator, denominator, _turn_flags(in_turns, len(numerator)), strict=True)],
                     dtype=float)
     return logs[np.isfinite(logs)]
 
@@ -226,8 +225,8 @@ def paired_ratio(numerator: Rounds, denominator: Rounds, level: float = LEVEL,
         return Interval(math.nan, math.nan, math.nan, 0, "none", "no round with both sides measured")
     estimate = float(math.exp(logs.mean()))
     if rounds == 1:
-        turns = list(in_turns) if in_turns is not None else [False] * len(numerator)
-        a, b, together = [(a, b, t) for a, b, t in zip(numerator, denominator, turns, strict=True)
+        a, b, together = [(a, b, t) for a, b, t in zip(numerator, denominator,
+                                                       _turn_flags(in_turns, len(numerator)), strict=True)
                           if len(a) and len(b)][0]
         if np.ptp(a) == 0 and np.ptp(b) == 0:
             return Interval(estimate, estimate, estimate, 1, "exact")
