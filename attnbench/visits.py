@@ -187,10 +187,10 @@ def paired_table(records: list[dict[str, Any]], baseline: str, level: float = pa
                 base[key] = p
             rows.append((case, key, p))
     pairs = [(key, case, base[key], p) for case, key, p in rows if key in base and p["status"] == "ok"]
-    prior = paired.ratio_prior([paired_rounds(b, p)[1:] for _, _, b, p in pairs])
+    aligned = [paired_rounds(b, p)[1:] for _, _, b, p in pairs]  # (baseline, variant, in turns) per round
+    prior = paired.ratio_prior(aligned)
     out = []
-    for key, case, b, p in pairs:
-        _, num, den, together = paired_rounds(b, p)
+    for (key, case, b, p), (num, den, together) in zip(pairs, aligned, strict=True):
         speed = paired.paired_ratio(num, den, level=level, prior=prior, in_turns=together)
         mem_a, mem_b = _aligned(p, b, "peak_mem_mib")
         mem = paired.paired_ratio(mem_a, mem_b, level=level) if mem_a else None
