@@ -22,7 +22,7 @@ import statistics
 import torch
 
 import attnbench
-from attnbench.bench.timing import timed
+from attnbench.bench.worker.timing import timed
 
 DIM, HEADS = 512, 8
 

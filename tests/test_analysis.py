@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnbench.agreement import published_correlation, published_side_by_side, spearman
-from attnbench.analysis import (
+from attnbench.analysis.agreement import published_correlation, published_side_by_side, spearman
+from attnbench.analysis.baseline import (
     add_quartiles,
     crossover,
     fit_power_law,
     scaling_summary,
 )
-from attnbench.published import load_published, published_names
-from attnbench.results import CSV_COLUMNS
+from attnbench.store.published import load_published, published_names
+from attnbench.store.results import CSV_COLUMNS
 
 NS = [256, 512, 1024, 2048, 4096]
 

@@ -10,8 +10,8 @@ import torch
 
 from attnbench.bench import calibration, noise
 from attnbench.bench.calibration import calibrate, calibration_drift, format_rate
+from attnbench.bench.environment import governors
 from attnbench.bench.noise import NoiseMonitor, noise_warnings
-from attnbench.env import governors
 
 # --- calibration ------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from attnbench.catalog import parameter_meanings, parameter_rows
-from attnbench.cli import app
+from attnbench.cli.app import app
+from attnbench.report.catalog import parameter_meanings, parameter_rows
 from attnbench.variants import variant_info, variant_names
 
 runner = CliRunner()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnbench.cli import app
-from attnbench.results import CSV_COLUMNS, load_run
+from attnbench.cli.app import app
+from attnbench.store.results import CSV_COLUMNS, load_run
 
 runner = CliRunner()
 
@@ -140,12 +140,12 @@ def test_an_unexpected_exception_is_a_bug_with_its_traceback_saved(tmp_path, mon
     inside the library is a bug: exit 1, one line, and the saved traceback."""
     import re
 
-    import attnbench.results
+    import attnbench.store.results
 
     def broken(path):
         raise ValueError("something inside went wrong")
 
-    monkeypatch.setattr(attnbench.results, "load_run", broken)
+    monkeypatch.setattr(attnbench.store.results, "load_run", broken)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnbench import suite as suite_mod
-from attnbench.bench.messages import Meta, Outcome, PassResult
 from attnbench.bench.records import make_record
 from attnbench.bench.rundir import RunOptions, prepare_run_dir, write_meta
-from attnbench.cli import app
-from attnbench.results import append_record
+from attnbench.bench.worker.messages import Meta, Outcome, PassResult
+from attnbench.cli.app import app
+from attnbench.store.results import append_record
+from attnbench.suite import load as suite_mod
 
 GOOD = """\
 name: good
@@ -118,7 +118,7 @@ def test_missing_suite_and_directory_as_suite(tmp_path):
 def test_bad_suite_in_a_real_process_prints_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(GOOD.replace("dim: 32", "dim: [32]"))
-    proc = subprocess.run([sys.executable, "-c", "from attnbench.cli import app; app(prog_name='attnbench')",
+    proc = subprocess.run([sys.executable, "-c", "from attnbench.cli.app import app; app(prog_name='attnbench')",
                            "run", str(path), "--out", str(tmp_path / "results")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

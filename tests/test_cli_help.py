@@ -4,7 +4,7 @@ metavars and the defaults; `attnbench help` works (issue 18, item 8)."""
 import pytest
 from typer.testing import CliRunner
 
-from attnbench.cli import app
+from attnbench.cli.app import app
 
 runner = CliRunner()
 COMMANDS = ["run", "report", "compare", "list", "validate", "runs", "schema", "env"]

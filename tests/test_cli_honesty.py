@@ -13,13 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnbench.cli import app
-from attnbench.results import load_run
+from attnbench.cli.app import app
+from attnbench.store.results import load_run
 from tests.test_compare_runs import record, write_run
 
 runner = CliRunner()
 
-CLI = "import sys; from attnbench.cli import app; sys.argv[0] = 'attnbench'; app()"
+CLI = "import sys; from attnbench.cli.app import app; sys.argv[0] = 'attnbench'; app()"
 
 TINY = """\
 name: tiny

@@ -14,8 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 import attnbench
-from attnbench.cli import JSON_SCHEMA, app
-from attnbench.results import CSV_COLUMNS
+from attnbench.cli.app import JSON_SCHEMA, app
+from attnbench.store.results import CSV_COLUMNS
 from attnbench.variants.registry import unregister
 
 runner = CliRunner()

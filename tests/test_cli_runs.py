@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from attnbench.cli import app
+from attnbench.cli.app import app
 
 runner = CliRunner()
 

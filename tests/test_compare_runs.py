@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from attnbench.analysis import ALPHA, change, compare_runs, compare_summary, regressions
-from attnbench.cli import app
-from attnbench.results import load_run
-from attnbench.visits import merge_visits
+from attnbench.analysis.baseline import ALPHA, change, compare_runs, compare_summary, regressions
+from attnbench.cli.app import app
+from attnbench.store.results import load_run
+from attnbench.store.visits import merge_visits
 
 runner = CliRunner()
 

@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from attnbench import suite as suite_mod
-from attnbench.analysis import MixedDevicesError, check_pairable
-from attnbench.bench.devices import DevicePoolExecutor, cpu_shares, parse_devices
-from attnbench.bench.executor import WorkUnit
-from attnbench.bench.spread import spread_options
+from attnbench.analysis.baseline import MixedDevicesError, check_pairable
+from attnbench.bench.executors.base import WorkUnit
+from attnbench.bench.executors.devices import DevicePoolExecutor, cpu_shares, parse_devices
+from attnbench.bench.executors.spread import spread_options
 from attnbench.bench.sweep import RunOptions, plan_units, run_suite
-from attnbench.cli import app
+from attnbench.cli.app import app
 from attnbench.errors import AttnbenchError
-from attnbench.results import CSV_COLUMNS, load_run, rewrite_records
+from attnbench.store.results import CSV_COLUMNS, load_run, rewrite_records
+from attnbench.suite import load as suite_mod
 
 TIMING = "timing: {warmup: 0, max_reps: 2, min_reps: 1, min_time_s: 0.01, rounds: 2}"
 TINY = f"""\
@@ -217,7 +217,7 @@ def test_report_refuses_to_pair_different_device_models(shared_run, tmp_path):
 def test_an_interrupt_inside_ray_code_stays_an_interrupt():
     """Ray's compiled code turns an exception raised by a signal handler into a
     SystemError; the Ray executor hands the sweep the interrupt itself."""
-    from attnbench.bench.ray_executor import signals_pass_through
+    from attnbench.bench.executors.ray_executor import signals_pass_through
     from attnbench.bench.signals import Interrupted
 
     def compiled_call_interrupted():

@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnbench import env as env_mod
-from attnbench.cli import app
+from attnbench.bench import environment as env_mod
+from attnbench.cli.app import app
 
 runner = CliRunner()
 

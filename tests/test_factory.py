@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 import attnbench
 import attnbench.variants
-from attnbench.bench.checks import check_layer
-from attnbench.bench.measure import run_case
-from attnbench.cli import app
+from attnbench.bench.worker.checks import check_layer
+from attnbench.bench.worker.measure import run_case
+from attnbench.cli.app import app
 from attnbench.errors import SuiteError
-from attnbench.results import records_frame, write_csv
-from attnbench.suite import parse
+from attnbench.store.results import records_frame, write_csv
+from attnbench.suite.load import parse
 from attnbench.variants import factory
 from attnbench.variants.registry import registered, unregister
 
@@ -449,7 +449,7 @@ def test_the_example_suite_runs_end_to_end_in_a_spawned_worker(tmp_path: Path):
     (python -I: the current directory is not on sys.path unless attnbench adds it)."""
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", "import sys; from attnbench.cli import app; sys.argv[0] = 'attnbench'; app()",
+        [sys.executable, "-I", "-c", "import sys; from attnbench.cli.app import app; sys.argv[0] = 'attnbench'; app()",
          "run", "examples/my_suite.yaml", "--quick", "--out", str(out), "-q"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 import attnbench
-from attnbench.bench.measure import sdpa_backends_used
-from attnbench.cli import app
-from attnbench.results import load_run
+from attnbench.bench.worker.measure import sdpa_backends_used
+from attnbench.cli.app import app
+from attnbench.store.results import load_run
 
 runner = CliRunner()
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -172,7 +172,7 @@ class _FakeCuda:
 
 
 def test_cuda_timing_brackets_the_region_with_events_and_synchronisation(monkeypatch):
-    from attnbench.bench.timing import timed
+    from attnbench.bench.worker.timing import timed
 
     fake = _FakeCuda(monkeypatch)
     ms = timed(lambda: fake.calls.append("region"), torch.device("cuda"))
@@ -182,7 +182,7 @@ def test_cuda_timing_brackets_the_region_with_events_and_synchronisation(monkeyp
 
 
 def test_cuda_memory_is_the_allocator_peak_above_the_baseline(monkeypatch):
-    from attnbench.bench.memory import measure_peak
+    from attnbench.bench.worker.memory import measure_peak
 
     fake = _FakeCuda(monkeypatch)
     reading = measure_peak(lambda: fake.calls.append("region"), torch.device("cuda"))

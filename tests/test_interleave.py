@@ -1,4 +1,4 @@
-"""A unit's cases measured together, sampled in turns (attnbench.bench.interleave):
+"""A unit's cases measured together, sampled in turns (attnbench.bench.worker.interleave):
 the turns and their stopping rule on fake samplers, a unit measured in this
 process, and units in a worker process whose cases fail in every way a case
 can (each blamed on the right case; the others measured all the same)."""
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import suite as suite_mod
-from attnbench.bench.child import WorkerPool, run_unit_in_process
-from attnbench.bench.executor import interleavable
-from attnbench.bench.interleave import sample_in_turns, settled, unit_seed
-from attnbench.bench.messages import Meta, PassResult
+from attnbench.bench.executors.base import interleavable
 from attnbench.bench.records import finished_record
 from attnbench.bench.sweep import RunOptions, run_suite
+from attnbench.bench.worker.interleave import sample_in_turns, settled, unit_seed
+from attnbench.bench.worker.messages import Meta, PassResult
+from attnbench.bench.worker.process import WorkerPool, run_unit_in_process
 from attnbench.model import Limits, TimingSettings
+from attnbench.suite import load as suite_mod
 
 
 @pytest.fixture(scope="module", autouse=True)

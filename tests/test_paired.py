@@ -1,4 +1,4 @@
-"""attnbench.paired on synthetic runs with a known answer: paired ratios and
+"""attnbench.stats.paired on synthetic runs with a known answer: paired ratios and
 their intervals, the variance prior, the between-runs test at the visit level
 (A/A flags few cases, a planted 15% slowdown is found), and the bootstrap
 interval of a rank correlation."""
@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from attnbench import between_runs, paired
-from attnbench.between_runs import compare_visits, visit_change
-from attnbench.paired import Interval, estimate_prior, paired_ratio, ratio_prior, spearman_interval
+from attnbench.stats import between_runs, paired
+from attnbench.stats.between_runs import compare_visits, visit_change
+from attnbench.stats.paired import Interval, estimate_prior, paired_ratio, ratio_prior, spearman_interval
 
 
 def visit(rng: np.random.Generator, median: float, n: int = 5, sigma: float = 0.02) -> list[float]:

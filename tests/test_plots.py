@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from attnbench.cli import app
+from attnbench.cli.app import app
 from attnbench.errors import AttnbenchError
-from attnbench.plots import plot_tradeoff, published_tradeoff_points, tradeoff_points
+from attnbench.report.plots import plot_tradeoff, published_tradeoff_points, tradeoff_points
 from tests.test_analysis import frame_of
 
 REFERENCE_LRA = Path(__file__).resolve().parents[1] / "results" / "reference-cpu" / "lra"

@@ -4,9 +4,9 @@ quality scores (LRA Table 1) load apart from the efficiency tables."""
 
 import pytest
 
-from attnbench.agreement import alternative_choices, published_correlation
-from attnbench.published import load_published, published_names
-from attnbench.report import agreement_lines
+from attnbench.analysis.agreement import alternative_choices, published_correlation
+from attnbench.report.terminal import agreement_lines
+from attnbench.store.published import load_published, published_names
 from tests.test_analysis import frame_of
 
 NS = [1024, 2048, 3072, 4096]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from attnbench.analysis.quality import approx_table, measured_scores, mqar_summary
 from attnbench.quality import NOT_AN_APPROXIMATION
 from attnbench.quality.mqar import MQARConfig
 from attnbench.quality.plan import (
@@ -16,7 +17,6 @@ from attnbench.quality.plan import (
     quality_tasks,
     run_task,
 )
-from attnbench.quality.summary import approx_table, measured_scores, mqar_summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

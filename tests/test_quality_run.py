@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnbench import suite as suite_mod
-from attnbench.cli import app
+from attnbench.cli.app import app
 from attnbench.errors import SuiteError
-from attnbench.results import QUALITY_FILE, load_run
+from attnbench.store.results import QUALITY_FILE, load_run
+from attnbench.suite import load as suite_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -25,10 +25,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from attnbench import suite as suite_mod  # noqa: E402 - after the skip
-from attnbench.bench.ray_executor import RayExecutor  # noqa: E402
+from attnbench.bench.executors.ray_executor import RayExecutor  # noqa: E402
 from attnbench.bench.sweep import RunOptions, run_suite  # noqa: E402
-from attnbench.results import load_run  # noqa: E402
+from attnbench.store.results import load_run  # noqa: E402
+from attnbench.suite import load as suite_mod  # noqa: E402 - after the skip
 from tests.test_sweep import wait_for_cases  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -72,7 +72,7 @@ timing: {warmup: 0, max_reps: 2, min_reps: 2, min_time_s: 0.01, rounds: 1}
 """
 
 # The CLI in a subprocess, knowing the test variants (PYTHONPATH below).
-CLI = "import faulty_variants; from attnbench.cli import app; app(prog_name='attnbench')"
+CLI = "import faulty_variants; from attnbench.cli.app import app; app(prog_name='attnbench')"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnbench import suite as suite_mod
-from attnbench.cli import app
-from attnbench.markdown import markdown_report
-from attnbench.results import load_run
+from attnbench.cli.app import app
+from attnbench.report.markdown import markdown_report
+from attnbench.store.results import load_run
+from attnbench.suite import load as suite_mod
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_report_prints_lra_tables_scaling_and_the_published_table(run_dir: Path)
 def test_crossover_value_is_right(run_dir: Path):
     # linear 15·x ms vs softmax 10·x² ms (x = N/1024) meet at x = 1.5, i.e. N = 1536; interpolated in
     # log-log between 1024 and 2048 the lines are straight, so the crossover is exact
-    from attnbench.analysis import scaling_summary
+    from attnbench.analysis.baseline import scaling_summary
 
     s = scaling_summary(load_run(run_dir).frame(), "softmax", "forward_backward").set_index("label")
     assert s.loc["linear", "crossover_n"] == pytest.approx(1536, rel=1e-6)
@@ -155,7 +155,7 @@ def test_shipped_suites_validate(name: str):
         assert full.published == "lra_table2"
         assert full.defaults["batch"] == 32 and full.defaults["dim"] == 256 and full.grid["heads"] == [4]
         assert full.grid["seq_lens"] == [1024, 2048, 3072, 4096]
-        from attnbench.analysis import load_published
+        from attnbench.analysis.baseline import load_published
 
         assert {v.name for v in full.variants} == set(load_published("lra_table2").frame["variant"])
         assert quick.defaults["batch"] < 32 and quick.grid["seq_lens"] == full.grid["seq_lens"]
@@ -195,7 +195,7 @@ def test_a_log_axis_within_a_decade_still_has_tick_labels():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from attnbench.plots import readable_log_ticks
+    from attnbench.report.plots import readable_log_ticks
 
     fig, ax = plt.subplots()
     ax.plot([1, 2, 3], [1.1, 1.4, 1.9])

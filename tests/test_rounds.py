@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.bench.executor import Executor
-from attnbench.bench.messages import CaseStarted, Meta, Outcome, PassResult
+from attnbench.bench.executors.base import Executor
 from attnbench.bench.rundir import RunOptions
 from attnbench.bench.sweep import plan_units, run_suite, setting_group
-from attnbench.results import load_run
-from attnbench.suite import parse
+from attnbench.bench.worker.messages import CaseStarted, Meta, Outcome, PassResult
+from attnbench.store.results import load_run
+from attnbench.suite.load import parse
 
 SUITE = """\
 name: rounds

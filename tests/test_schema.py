@@ -1,4 +1,4 @@
-"""The suite schema (attnbench.schema): generated from the validator's key
+"""The suite schema (attnbench.suite.schema): generated from the validator's key
 tables, shipped in the package, printed by `attnbench schema`; every shipped
 suite validates against it and a misspelt key does not."""
 
@@ -13,10 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from attnbench import schema as schema_mod
-from attnbench import suite as suite_mod
-from attnbench.cli import app
+from attnbench.cli.app import app
 from attnbench.errors import SuiteError
+from attnbench.suite import load as suite_mod
+from attnbench.suite import schema as schema_mod
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted([*(REPO / "suites").glob("*.yaml"), *(REPO / "examples").glob("*.yaml")])

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from attnbench import suite as suite_mod
 from attnbench.bench.shard import (
     Shard,
     assign,
@@ -24,10 +23,11 @@ from attnbench.bench.shard import (
     shard_cases,
 )
 from attnbench.bench.sweep import RunOptions, run_suite
-from attnbench.cli import app
+from attnbench.cli.app import app
 from attnbench.errors import AttnbenchError
-from attnbench.merge import merge_runs
-from attnbench.results import load_run
+from attnbench.store.merge import merge_runs
+from attnbench.store.results import load_run
+from attnbench.suite import load as suite_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 

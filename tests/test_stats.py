@@ -1,8 +1,8 @@
-"""Statistics of timing samples (attnbench.stats)."""
+"""Statistics of timing samples (attnbench.stats.samples)."""
 
 import pytest
 
-from attnbench.stats import summarize as summary_of
+from attnbench.stats.samples import summarize as summary_of
 
 
 def test_summary_statistics():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from attnbench.errors import SuiteError
-from attnbench.suite import load, parse
+from attnbench.suite.load import load, parse
 
 BASE = """\
 name: t

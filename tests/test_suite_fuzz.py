@@ -16,8 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnbench import suite as suite_mod
 from attnbench.errors import SuiteError
+from attnbench.suite import load as suite_mod
 from attnbench.variants import registry
 
 SUITES = sorted((Path(__file__).resolve().parent.parent / "suites").glob("*.yaml"))

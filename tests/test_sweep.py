@@ -25,14 +25,14 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from attnbench import suite as suite_mod
-from attnbench.bench.executor import Executor
-from attnbench.bench.messages import CaseStarted, Failure, Outcome, PassResult
+from attnbench.bench.executors.base import Executor
 from attnbench.bench.skip import skip_reason
 from attnbench.bench.sweep import RunOptions, plan_units, run_suite
-from attnbench.cli import app
+from attnbench.bench.worker.messages import CaseStarted, Failure, Outcome, PassResult
+from attnbench.cli.app import app
 from attnbench.model import Status
-from attnbench.results import load_run
+from attnbench.store.results import load_run
+from attnbench.suite import load as suite_mod
 
 TESTS = Path(__file__).resolve().parent  # on the path (pyproject: pytest pythonpath): faulty_variants
 
@@ -79,7 +79,7 @@ variants: [softmax, fastformer]
 """
 
 # The CLI in a subprocess, knowing the test variants (a worker imports their module).
-CLI = "import faulty_variants; from attnbench.cli import app; app(prog_name='attnbench')"
+CLI = "import faulty_variants; from attnbench.cli.app import app; app(prog_name='attnbench')"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.bench import memory, timing
+from attnbench.bench.worker import memory, timing
 from attnbench.model import TimingSettings
 
 

@@ -1,4 +1,4 @@
-"""attnbench.visits: visit records merged into case records, paired speed-ups
+"""attnbench.store.visits: visit records merged into case records, paired speed-ups
 with intervals from them, and the visit-level comparison of two runs."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from attnbench.visits import compare_records, merge_visits, paired_table, round_spread, visit_medians
+from attnbench.store.visits import compare_records, merge_visits, paired_table, round_spread, visit_medians
 from tests.test_compare_runs import record
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attnbench.bench.calibration import calibration_drift
-from attnbench.env import governors
+from attnbench.bench.environment import governors
 
 OTHER_SHARE_WARN = 0.10  # other processes took over 10% of all cores' time
 BUSY_LOAD = 0.5  # a load average over half the cores (besides our own threads)

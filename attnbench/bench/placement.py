@@ -21,7 +21,7 @@ def host_name() -> str:
 
 @functools.cache
 def cpu_model() -> str:
-    from attnbench.env import cpu_model as read
+    from attnbench.bench.environment import cpu_model as read
 
     return read()
 

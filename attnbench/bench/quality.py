@@ -17,9 +17,9 @@ from typing import Any
 
 from attnbench.bench.signals import SignalGuard
 from attnbench.quality.plan import QualityTask, quality_tasks, run_task
-from attnbench.results import QUALITY_FILE, append_record, read_quality, rewrite_records
-from attnbench.suite import Suite
-from attnbench.suite_quality import quality_variants
+from attnbench.store.results import QUALITY_FILE, append_record, read_quality, rewrite_records
+from attnbench.suite.load import Suite
+from attnbench.suite.quality import quality_variants
 
 #: statuses of a quality measurement that count as a failure of the run (exit 3)
 QUALITY_FAILURES = ("error",)

@@ -1,16 +1,16 @@
 """A finished case as the results record ``cases.jsonl`` stores: assembled from
 the worker's typed messages and how the worker ended (the record schema is
-``attnbench.results``'s)."""
+``attnbench.store.results``'s)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from attnbench.bench.messages import Failure, Meta, Outcome, PassResult
+from attnbench.bench.worker.messages import Failure, Meta, Outcome, PassResult
 from attnbench.errors import VariantError
 from attnbench.model import Case, Status, worst_status
-from attnbench.results import RECORD_SCHEMA
+from attnbench.store.results import RECORD_SCHEMA
 from attnbench.variants import variant_info
 
 

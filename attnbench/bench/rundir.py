@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnbench.bench.environment import collect_environment
 from attnbench.bench.shard import Shard
-from attnbench.env import collect_environment
 from attnbench.errors import AttnbenchError, ResultsError
-from attnbench.results import RECORD_SCHEMA, load_run, write_atomic
-from attnbench.suite import Suite
+from attnbench.store.results import RECORD_SCHEMA, load_run, write_atomic
+from attnbench.suite.load import Suite
 
 
 @dataclass

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from attnbench.bench.executor import Executor, WorkUnit
-from attnbench.bench.messages import CaseStarted
+from attnbench.bench.executors.base import Executor, WorkUnit
+from attnbench.bench.executors.spread import make_executor
 from attnbench.bench.noise import NoiseMonitor, run_warnings
 from attnbench.bench.progress import Progress
 from attnbench.bench.quality import QUALITY_FAILURES, run_quality
@@ -35,11 +35,11 @@ from attnbench.bench.rundir import RunOptions, prepare_run_dir, run_shard, write
 from attnbench.bench.shard import Shard, setting_groups, shard_cases
 from attnbench.bench.signals import Interrupted, SignalGuard
 from attnbench.bench.skip import skip_reason, unrunnable_warnings
-from attnbench.bench.spread import make_executor
+from attnbench.bench.worker.messages import CaseStarted
 from attnbench.model import HARMLESS, Case, Status
-from attnbench.results import append_record, records_frame, rewrite_records, write_csv
-from attnbench.suite import Suite
-from attnbench.visits import merge_visits, visit_round
+from attnbench.store.results import append_record, records_frame, rewrite_records, write_csv
+from attnbench.store.visits import merge_visits, visit_round
+from attnbench.suite.load import Suite
 
 POLL_S = 0.1  # how long the sweep waits for an event before checking signals again
 

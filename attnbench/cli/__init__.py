@@ -1,0 +1,1 @@
+"""The command line: the Typer app, its outputs, error boundary, help, consoles."""

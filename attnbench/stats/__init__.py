@@ -1,0 +1,3 @@
+"""Statistics that decide verdicts: samples, paired ratios, two runs.
+
+The bottom layer: imports nothing else of attnbench."""
