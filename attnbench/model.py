@@ -18,10 +18,14 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 PASSES = ("forward", "backward", "forward_backward")
 #: The passes a report shows: the papers' inference and training step.
 REPORTED_PASSES = ("forward", "forward_backward")
+PASS_SHORT = {"forward": "fwd", "backward": "bwd", "forward_backward": "f+b"}  # table cells and --pass
 #: What a series of cases shares: everything but seq_len.
 SERIES_FIELDS = ("label", "heads", "dim", "batch", "dtype", "device", "causal")
 # What the variants of one setting group share (everything but the variant); N last.
 SETTING_FIELDS = ("device", "dtype", "batch", "dim", "causal", "heads", "seq_len")
+# A results row's experiment apart from the variant: its setting, then heads, N and pass.
+SETTING = ["batch", "dim", "dtype", "device", "causal"]
+CASE_KEYS = [*SETTING, "heads", "seq_len", "pass"]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent  # benchmarks.planted is found here
-CLI = [sys.executable, "-c", "from attnbench.cli.app import main; main()"]
+CLI = [sys.executable, "-c", "from attnbench.cli.app import app; app(prog_name='attnbench')"]
 REPO = [ROOT]  # where the command line runs: its attnbench is the one measured (--repo)
 PLANTED = "benchmarks.planted:PlantedSlowdown"
 PLANTED_LABEL = "planted"

@@ -7,13 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnbench.analysis.agreement import published_correlation, published_side_by_side, spearman
-from attnbench.analysis.baseline import (
-    add_quartiles,
-    crossover,
-    fit_power_law,
-    scaling_summary,
-)
+from attnbench.analysis.agreement import published_correlation, published_side_by_side
+from attnbench.analysis.baseline import add_quartiles
+from attnbench.analysis.scaling import crossover, fit_power_law, scaling_summary
+from attnbench.stats.paired import spearman
 from attnbench.store.published import load_published, published_names
 from attnbench.store.results import CSV_COLUMNS
 

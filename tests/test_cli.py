@@ -140,12 +140,12 @@ def test_an_unexpected_exception_is_a_bug_with_its_traceback_saved(tmp_path, mon
     inside the library is a bug: exit 1, one line, and the saved traceback."""
     import re
 
-    import attnbench.store.results
+    import attnbench.report.build
 
     def broken(path):
         raise ValueError("something inside went wrong")
 
-    monkeypatch.setattr(attnbench.store.results, "load_run", broken)
+    monkeypatch.setattr(attnbench.report.build, "load_run", broken)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 

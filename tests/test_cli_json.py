@@ -14,7 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 import attnbench
-from attnbench.cli.app import JSON_SCHEMA, app
+from attnbench.cli.app import app
+from attnbench.cli.console import JSON_SCHEMA
 from attnbench.store.results import CSV_COLUMNS
 from attnbench.variants.registry import unregister
 

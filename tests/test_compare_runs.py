@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from attnbench.analysis.baseline import ALPHA, change, compare_runs, compare_summary, regressions
+from attnbench.analysis.two_runs import compare_run_visits, compare_summary, regressions
 from attnbench.cli.app import app
 from attnbench.store.results import load_run
 from attnbench.store.visits import merge_visits
@@ -68,38 +68,13 @@ def merged(records: list[dict]) -> list[dict]:
     return merge_visits(records)
 
 
+def compare_rows(a, b):
+    """The rows of ``compare_run_visits`` without the common shift."""
+    return compare_run_visits(a, b)[0]
+
+
 def draw(rng, median: float, sigma: float = 0.03, n: int = 12) -> list[float]:
     return [float(x) for x in median * np.exp(rng.normal(0.0, sigma, n))]
-
-
-# --- the test on one case ----------------------------------------------------------
-
-def test_change_marks():
-    rng = np.random.default_rng(0)
-    a = draw(rng, 10.0)
-    assert change(a, draw(rng, 20.0)).mark == "+"
-    assert change(a, draw(rng, 5.0)).mark == "-"
-    assert change(a, draw(rng, 10.0)).mark == "~"
-    slow = change(a, [2 * x for x in a])
-    assert slow.ratio == pytest.approx(2.0) and slow.p_value < ALPHA and slow.significant
-
-
-def test_tiny_shifts_are_not_significant_even_when_the_test_says_so():
-    a = [10.0 + 0.001 * k for k in range(30)]
-    b = [x * 1.03 for x in a]  # a clean 3% shift: Mann-Whitney p is tiny, but under the 5% minimum effect
-    c = change(a, b)
-    assert c.p_value < 1e-6 and not c.significant and c.mark == "~"
-    assert change(a, b, min_effect=0.02).mark == "+"
-
-
-def test_one_sample_is_never_significant():
-    # pyperf's defect: a single sample says nothing about spread
-    c = change([10.0], [30.0])
-    assert c.ratio == pytest.approx(3.0) and not c.significant and c.mark == "~"
-    assert not change([10.0, 10.1, 9.9], [30.0]).significant
-    assert change([5.0] * 5, [5.0] * 5).p_value == 1.0
-    with pytest.raises(ValueError):
-        change([], [1.0])
 
 
 # --- whole runs ---------------------------------------------------------------------
@@ -112,7 +87,7 @@ def test_compare_runs_marks_failures_and_missing_cases_with_x():
     b = [*visits(rng, "softmax", 64, {"forward": 2.0, "forward_backward": 3.0}),
          *visits(rng, "linear", 64, {"forward": "oom", "forward_backward": 3.0}),
          *visits(rng, "new", 64, {"forward": 1.0})]
-    c = compare_runs(merged(a), merged(b)).set_index(["label", "pass"])
+    c = compare_rows(merged(a), merged(b)).set_index(["label", "pass"])
     assert c.loc[("softmax", "forward"), "mark"] == "+"
     assert c.loc[("softmax", "forward"), "ratio"] == pytest.approx(2.0, rel=0.1)
     assert c.loc[("softmax", "forward"), "n_a"] == ROUNDS
@@ -131,7 +106,7 @@ def test_geometric_mean_per_variant():
     a = [record("v", n, {"forward": [1.0, 1.0, 1.0]}, rnd=r) for n in (64, 128) for r in range(2)]
     b = [record("v", 64, {"forward": [2.0, 2.0, 2.0]}, rnd=r) for r in range(2)] + \
         [record("v", 128, {"forward": [0.5, 0.5, 0.5]}, rnd=r) for r in range(2)]
-    summary = compare_summary(compare_runs(merged(a), merged(b)))
+    summary = compare_summary(compare_rows(merged(a), merged(b)))
     assert summary["geomean_ratio"].iloc[0] == pytest.approx(1.0)  # sqrt(2 · 0.5)
 
 
@@ -149,7 +124,7 @@ def test_synthetic_a_a_runs_report_no_change_in_95_percent_of_cases():
     flagged = total = 0
     for sigma in (0.01, 0.03, 0.06):  # spread between visits, from quiet to noisy
         for _ in range(3):
-            c = compare_runs(_suite_run(rng, medians, sigma), _suite_run(rng, medians, sigma))
+            c = compare_rows(_suite_run(rng, medians, sigma), _suite_run(rng, medians, sigma))
             flagged += int(c["significant"].sum())
             total += len(c)
             assert (c["mark"] != "x").all() and (c["mark"] != "?").all()
@@ -160,7 +135,7 @@ def test_synthetic_a_a_runs_report_no_change_in_95_percent_of_cases():
 def test_a_real_2x_slowdown_is_found():
     rng = np.random.default_rng(7)
     medians = {(v, n): n / 64 for v in ("softmax", "linear") for n in (64, 128)}
-    c = compare_runs(_suite_run(rng, medians, 0.05), _suite_run(rng, medians, 0.05, slow=2.0))
+    c = compare_rows(_suite_run(rng, medians, 0.05), _suite_run(rng, medians, 0.05, slow=2.0))
     c = c.set_index(["label", "seq_len"])
     assert (c.loc["linear", "mark"] == "+").all() and (c.loc["softmax", "mark"] == "~").all()
     assert len(regressions(c.reset_index(), 1.5)) == 4 and len(regressions(c.reset_index(), 3.0)) == 0
@@ -169,7 +144,7 @@ def test_a_real_2x_slowdown_is_found():
 def test_runs_without_rounds_get_no_verdict():
     one = [record("softmax", 64, {"forward": [1.0, 1.1, 0.9]})]
     two = [record("softmax", 64, {"forward": [2.0, 2.1, 1.9]})]
-    c = compare_runs(merged(one), merged(two))
+    c = compare_rows(merged(one), merged(two))
     assert c["mark"].tolist() == ["?"] and c["verdict"].tolist() == ["too few rounds"]
     assert c["ratio"].iloc[0] == pytest.approx(2.0) and not c["significant"].iloc[0]
 
@@ -312,7 +287,7 @@ def test_a_real_run_against_itself_and_against_its_2x_slower_copy(tmp_path: Path
     suite.write_text(REAL)
     records = _run_real(suite, tmp_path / "a")
     assert {r["round"] for r in records} == {0, 1}
-    c = compare_runs(merged(records), merged(records))
+    c = compare_rows(merged(records), merged(records))
     assert len(c) == 6 and (c["mark"] == "~").all() and (c["ratio"] == 1.0).all() and (c["n_a"] == 2).all()
     steady = json.loads(json.dumps(records))
     middle = {}
@@ -327,7 +302,7 @@ def test_a_real_run_against_itself_and_against_its_2x_slower_copy(tmp_path: Path
         for p in r["passes"]:
             p["samples_ms"] = [2 * x for x in p["samples_ms"]]
     a, slow_dir = write_run(tmp_path / "A", steady), write_run(tmp_path / "slow", slow)
-    c = compare_runs(merged(steady), merged(slow))
+    c = compare_rows(merged(steady), merged(slow))
     assert (c["mark"] == "+").all() and np.allclose(c["ratio"], 2.0), c[["label", "seq_len", "ratio", "low"]]
     assert runner.invoke(app, ["compare", str(a), str(slow_dir), "--fail-above", "1.5"]).exit_code == 1
     assert runner.invoke(app, ["compare", str(a), str(a), "--fail-above", "1.01"]).exit_code == 0

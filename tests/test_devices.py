@@ -19,7 +19,8 @@ from attnbench.analysis.baseline import MixedDevicesError, check_pairable
 from attnbench.bench.executors.base import WorkUnit
 from attnbench.bench.executors.devices import DevicePoolExecutor, cpu_shares, parse_devices
 from attnbench.bench.executors.spread import spread_options
-from attnbench.bench.sweep import RunOptions, plan_units, run_suite
+from attnbench.bench.rundir import RunOptions
+from attnbench.bench.sweep import plan_units, run_suite
 from attnbench.cli.app import app
 from attnbench.errors import AttnbenchError
 from attnbench.store.results import CSV_COLUMNS, load_run, rewrite_records

@@ -16,7 +16,8 @@ import pytest
 
 from attnbench.bench.executors.base import interleavable
 from attnbench.bench.records import finished_record
-from attnbench.bench.sweep import RunOptions, run_suite
+from attnbench.bench.rundir import RunOptions
+from attnbench.bench.sweep import run_suite
 from attnbench.bench.worker.interleave import sample_in_turns, settled, unit_seed
 from attnbench.bench.worker.messages import Meta, PassResult
 from attnbench.bench.worker.process import WorkerPool, run_unit_in_process

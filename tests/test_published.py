@@ -5,7 +5,8 @@ quality scores (LRA Table 1) load apart from the efficiency tables."""
 import pytest
 
 from attnbench.analysis.agreement import alternative_choices, published_correlation
-from attnbench.report.terminal import agreement_lines
+from attnbench.report.build import published_section
+from attnbench.report.cells import agreement_lines
 from attnbench.store.published import load_published, published_names
 from tests.test_analysis import frame_of
 
@@ -30,7 +31,7 @@ def test_a_model_measured_twice_is_correlated_both_ways():
     other = published_correlation(frame, table, chosen={"reformer": "reformer-paper"})
     assert "reformer-paper" in set(other.pairs["label"]) and "reformer" not in set(other.pairs["label"])
     assert other.models == default.models and other.rho < default.rho
-    lines = agreement_lines(frame, table)
+    lines = agreement_lines(published_section(frame, table))
     assert len(lines) == 2 and lines[1].startswith("with reformer-paper as reformer: ")
     assert f"{other.rho:+.2f}" in lines[1] and f"{default.rho:+.2f}" in lines[0]
 
@@ -38,7 +39,7 @@ def test_a_model_measured_twice_is_correlated_both_ways():
 def test_one_label_per_model_has_no_alternatives():
     table, frame = lra_like_run(1.0)
     frame = frame[frame["label"] != "reformer-paper"]
-    assert alternative_choices(frame, table) == [] and len(agreement_lines(frame, table)) == 1
+    assert alternative_choices(frame, table) == [] and len(agreement_lines(published_section(frame, table))) == 1
 
 
 def test_quality_scores_are_not_an_efficiency_table():

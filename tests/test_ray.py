@@ -26,7 +26,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from attnbench.bench.executors.ray_executor import RayExecutor  # noqa: E402
-from attnbench.bench.sweep import RunOptions, run_suite  # noqa: E402
+from attnbench.bench.rundir import RunOptions  # noqa: E402
+from attnbench.bench.sweep import run_suite  # noqa: E402
 from attnbench.store.results import load_run  # noqa: E402
 from attnbench.suite import load as suite_mod  # noqa: E402 - after the skip
 from tests.test_sweep import wait_for_cases  # noqa: E402

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnbench.cli.app import app
+from attnbench.report.build import ReportOptions, build_report
 from attnbench.report.markdown import markdown_report
 from attnbench.store.results import load_run
 from attnbench.suite import load as suite_mod
@@ -90,7 +91,7 @@ def test_report_prints_lra_tables_scaling_and_the_published_table(run_dir: Path)
 def test_crossover_value_is_right(run_dir: Path):
     # linear 15·x ms vs softmax 10·x² ms (x = N/1024) meet at x = 1.5, i.e. N = 1536; interpolated in
     # log-log between 1024 and 2048 the lines are straight, so the crossover is exact
-    from attnbench.analysis.baseline import scaling_summary
+    from attnbench.analysis.scaling import scaling_summary
 
     s = scaling_summary(load_run(run_dir).frame(), "softmax", "forward_backward").set_index("label")
     assert s.loc["linear", "crossover_n"] == pytest.approx(1536, rel=1e-6)
@@ -140,7 +141,7 @@ def test_report_without_a_published_table_or_with_an_unknown_one(tmp_path: Path)
     result = runner.invoke(app, ["report", str(odd)])
     assert result.exit_code == 0 and "unknown published table" in result.stdout
     # the Spearman line says so when too few models can be paired
-    md = markdown_report(load_run(write_run(tmp_path / "few", recs[:2])), "softmax")
+    md = markdown_report(build_report(load_run(write_run(tmp_path / "few", recs[:2])), ReportOptions("softmax")))
     assert "not enough models in common" in md
 
 
@@ -155,7 +156,7 @@ def test_shipped_suites_validate(name: str):
         assert full.published == "lra_table2"
         assert full.defaults["batch"] == 32 and full.defaults["dim"] == 256 and full.grid["heads"] == [4]
         assert full.grid["seq_lens"] == [1024, 2048, 3072, 4096]
-        from attnbench.analysis.baseline import load_published
+        from attnbench.store.published import load_published
 
         assert {v.name for v in full.variants} == set(load_published("lra_table2").frame["variant"])
         assert quick.defaults["batch"] < 32 and quick.grid["seq_lens"] == full.grid["seq_lens"]

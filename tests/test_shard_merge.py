@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from attnbench.bench.rundir import RunOptions
 from attnbench.bench.shard import (
     Shard,
     assign,
@@ -22,7 +23,7 @@ from attnbench.bench.shard import (
     setting_groups,
     shard_cases,
 )
-from attnbench.bench.sweep import RunOptions, run_suite
+from attnbench.bench.sweep import run_suite
 from attnbench.cli.app import app
 from attnbench.errors import AttnbenchError
 from attnbench.store.merge import merge_runs

@@ -17,15 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnbench.errors import SuiteError
+from attnbench.model import DTYPES, PASSES
 from attnbench.suite import load as suite_mod
+from attnbench.suite import schema
 from attnbench.variants import registry
 
 SUITES = sorted((Path(__file__).resolve().parent.parent / "suites").glob("*.yaml"))
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-KEYS = sorted(set(suite_mod.TOP_KEYS + suite_mod.DEFAULT_KEYS + suite_mod.GRID_KEYS + suite_mod.VARIANT_KEYS
-                  + suite_mod.TIMING_KEYS + suite_mod.LIMIT_KEYS))
-WORDS = KEYS + list(suite_mod.DTYPES) + list(suite_mod.PASSES) + [
+KEYS = sorted(set(schema.TOP_KEYS + schema.DEFAULT_KEYS + schema.GRID_KEYS + schema.VARIANT_KEYS
+                  + schema.TIMING_KEYS + schema.LIMIT_KEYS))
+WORDS = KEYS + list(DTYPES) + list(PASSES) + [
     "softmax", "sdpa", "linformer", "fastformer", "local", "cpu", "cuda", "cuda:0", "auto", "k", "window"]
 
 scalars = st.one_of(

@@ -26,8 +26,9 @@ import pytest
 from typer.testing import CliRunner
 
 from attnbench.bench.executors.base import Executor
+from attnbench.bench.rundir import RunOptions
 from attnbench.bench.skip import skip_reason
-from attnbench.bench.sweep import RunOptions, plan_units, run_suite
+from attnbench.bench.sweep import plan_units, run_suite
 from attnbench.bench.worker.messages import CaseStarted, Failure, Outcome, PassResult
 from attnbench.cli.app import app
 from attnbench.model import Status

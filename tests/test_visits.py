@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from attnbench.store.visits import compare_records, merge_visits, paired_table, round_spread, visit_medians
+from attnbench.analysis.baseline import paired_table
+from attnbench.analysis.two_runs import compare_run_visits
+from attnbench.store.visits import merge_visits, round_spread, visit_medians
 from tests.test_compare_runs import record
 
 
@@ -91,10 +93,10 @@ def test_speed_ups_pair_turn_by_turn_only_visits_that_took_the_same_turns():
 def test_comparing_runs_visit_by_visit():
     rng = np.random.default_rng(1)
     a, same, slow = _run(rng, 5), _run(rng, 5), _run(rng, 5, slow=1.3)
-    rows, shift = compare_records(a, same)
+    rows, shift = compare_run_visits(a, same)
     assert len(rows) == 8 and (rows["mark"] == "~").all() and (rows["n_a"] == 5).all()
     assert shift is None  # 8 cases: too few to tell the machine's drift from a change
-    rows, _ = compare_records(a, slow)
+    rows, _ = compare_run_visits(a, slow)
     marks = rows.set_index("label")["mark"]
     assert (marks["linear"] == "+").all() and (marks["softmax"] == "~").all()
     by_label = rows.set_index(["label", "seq_len"])["ratio"]
@@ -106,7 +108,7 @@ def test_one_round_runs_get_no_verdict_and_failures_are_x():
                           visit("linear", 64, None, {"forward": [1.0]})])
     one_b = merge_visits([visit("softmax", 64, None, {"forward": [2.0, 2.1, 2.0]}),
                           visit("linear", 64, None, {"forward": "oom"})])
-    rows, _ = compare_records(one_a, one_b)
+    rows, _ = compare_run_visits(one_a, one_b)
     rows = rows.set_index("label")
     assert rows.loc["softmax", "mark"] == "?" and rows.loc["softmax", "verdict"] == "too few rounds"
     assert rows.loc["softmax", "ratio"] == pytest.approx(2.0, rel=0.05)

@@ -5,7 +5,6 @@ and its bootstrap interval over rounds."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,22 +13,9 @@ import pandas as pd
 from attnbench.analysis.baseline import label_order, table_groups
 from attnbench.model import Status
 from attnbench.stats import paired
+from attnbench.stats.paired import spearman
 from attnbench.store import visits
 from attnbench.store.published import PublishedTable
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties); NaN with fewer than
-    two pairs or when either side is constant."""
-    if len(x) != len(y):
-        raise ValueError("spearman: the two sequences differ in length")
-    if len(x) < 2:
-        return math.nan
-    rx = pd.Series(list(x), dtype=float).rank(method="average").to_numpy()
-    ry = pd.Series(list(y), dtype=float).rank(method="average").to_numpy()
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    return float((dx * dy).sum() / denom) if denom > 0 else math.nan
 
 
 @dataclass

@@ -1,42 +1,23 @@
-"""Turning results into comparisons: relative speed and memory against a
-baseline, in the layout of the papers' efficiency tables; scaling exponents and
-crossovers; and the before/after comparison of two runs with a significance
-test. The published tables and the agreement with them are in published.py
-(their names are still importable from here)."""
+"""Each variant against a baseline, in the layout of the papers' efficiency
+tables: relative speed and memory, paired within rounds with their intervals;
+the settings a run's rows group into; the rows a report keeps."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from attnbench.errors import DataError
-from attnbench.model import Status
-from attnbench.stats import between_runs
-from attnbench.stats.samples import (  # noqa: F401 - ALPHA, MIN_EFFECT, change: re-exported for callers of analysis
-    ALPHA,
-    MARK_FAILED,
-    MARK_FASTER,
-    MARK_SAME,
-    MARK_SLOWER,
-    MIN_EFFECT,
-    Change,
-    change,
-    quartiles,
-)
-from attnbench.store import visits
-from attnbench.store.published import PublishedTable, load_published, published_names  # noqa: F401 - re-exported
-from attnbench.store.visits import MARK_UNDECIDED
+from attnbench.model import CASE_KEYS, PASSES, SETTING, Status
+from attnbench.stats import paired
+from attnbench.stats.samples import quartiles
+from attnbench.store.visits import aligned_values, paired_rounds
 
 # The interval bounds with_baseline adds from the rounds.
 PAIRED_COLUMNS = ["speedup_low", "speedup_high", "mem_ratio_low", "mem_ratio_high"]
-# The columns that make two rows the same experiment apart from the variant.
-SETTING = ["batch", "dim", "dtype", "device", "causal"]
-CASE_KEYS = SETTING + ["heads", "seq_len", "pass"]
 
 
 def settings_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
@@ -47,6 +28,12 @@ def settings_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     for key, group in frame.groupby(SETTING, sort=True, dropna=False):
         out.append((dict(zip(SETTING, key, strict=True)), group))
     return out
+
+
+def measured_passes(frame: pd.DataFrame) -> list[str]:
+    """Every pass the rows hold, in PASSES order."""
+    present = set(frame["pass"]) if not frame.empty else set()
+    return [p for p in PASSES if p in present]
 
 
 def table_groups(frame: pd.DataFrame) -> list[tuple[dict, int, pd.DataFrame]]:
@@ -70,7 +57,7 @@ def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, An
     """Add, to every row, the baseline's median and peak memory of the same
     case and pass, the speed-up (baseline time / time) and the memory ratio.
     With the run's case ``records``, the speed-up and memory ratio are the
-    paired ones (``visits.paired_table``: from visits of the same round) with
+    paired ones (``paired_table``: from visits of the same round) with
     their 95% intervals (``speedup_low``/``_high``, ``mem_ratio_low``/``_high``)."""
     if baseline not in set(frame["label"]):
         known = ", ".join(label_order(frame))
@@ -88,7 +75,7 @@ def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, An
     merged["speedup_method"] = None
     if records is None or merged.empty:
         return merged
-    table = visits.paired_table(records, baseline)
+    table = paired_table(records, baseline)
     if table.empty:
         return merged
     keys = ["label", *CASE_KEYS]
@@ -103,6 +90,41 @@ def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, An
             values = [old if k else v for old, v, k in zip(merged.loc[found, column], values, keep, strict=True)]
         merged.loc[found, column] = values
     return merged
+
+
+PAIRED_TABLE_COLUMNS = ["label", *CASE_KEYS, "rounds", "speedup", "speedup_low", "speedup_high", "speedup_method",
+                  "mem_ratio", "mem_ratio_low", "mem_ratio_high"]
+
+
+def paired_table(records: list[dict[str, Any]], baseline: str, level: float = paired.LEVEL) -> pd.DataFrame:
+    """Per variant, case and pass (merged records, see ``merge_visits``): the
+    paired speed-up over ``baseline`` (baseline time / variant time, from the
+    visits of the same round, turn by turn where they took turns) and memory ratio (peak / the baseline's), each
+    with its ``level`` interval. The variance of the log ratios is pooled
+    over the run's pairs (``paired.ratio_prior``)."""
+    base: dict[tuple, dict[str, Any]] = {}
+    rows = []
+    for record in records:
+        case = record["case"]
+        for p in record.get("passes", []):
+            key = tuple(case[k] for k in CASE_KEYS[:-1]) + (p["pass"],)
+            if case["label"] == baseline and p["status"] == "ok":
+                base[key] = p
+            rows.append((case, key, p))
+    pairs = [(key, case, base[key], p) for case, key, p in rows if key in base and p["status"] == "ok"]
+    aligned = [paired_rounds(b, p)[1:] for _, _, b, p in pairs]  # (baseline, variant, in turns) per round
+    prior = paired.ratio_prior(aligned)
+    out = []
+    for (key, case, b, p), (num, den, together) in zip(pairs, aligned, strict=True):
+        speed = paired.paired_ratio(num, den, level=level, prior=prior, in_turns=together)
+        mem_a, mem_b = aligned_values(p, b, "peak_mem_mib")
+        mem = paired.paired_ratio(mem_a, mem_b, level=level) if mem_a else None
+        out.append({"label": case["label"], **dict(zip(CASE_KEYS, key, strict=True)), "rounds": speed.rounds,
+                    "speedup": speed.estimate, "speedup_low": speed.low, "speedup_high": speed.high,
+                    "speedup_method": speed.method,
+                    "mem_ratio": mem.estimate if mem else math.nan, "mem_ratio_low": mem.low if mem else math.nan,
+                    "mem_ratio_high": mem.high if mem else math.nan})
+    return pd.DataFrame(out, columns=PAIRED_TABLE_COLUMNS)
 
 
 class MixedDevicesError(DataError):
@@ -154,142 +176,6 @@ def default_baseline(frame: pd.DataFrame, preferred: str | None = None) -> str |
 
 # --- scaling exponents and crossovers -------------------------------------------
 
-@dataclass(frozen=True)
-class PowerFit:
-    """``value ≈ exp(intercept) · N^exponent``, fitted by least squares on log-log."""
-
-    exponent: float
-    intercept: float
-    r2: float  # NaN with two points (the fit is exact, R² says nothing)
-    points: int
-
-    def predict(self, n: float) -> float:
-        return math.exp(self.intercept + self.exponent * math.log(n))
-
-
-def fit_power_law(ns: Sequence[float], values: Sequence[float]) -> PowerFit | None:
-    """The slope of log(value) on log(N), with its R². Points with a missing or
-    non-positive value are left out; fewer than two distinct N give None."""
-    pts = [(float(n), float(v)) for n, v in zip(ns, values, strict=True)
-           if n is not None and v is not None and not _isnan(v) and not _isnan(n) and n > 0 and v > 0]
-    if len({n for n, _ in pts}) < 2:
-        return None
-    x = np.log([n for n, _ in pts])
-    y = np.log([v for _, v in pts])
-    xm, ym = x.mean(), y.mean()
-    sxx = float(((x - xm) ** 2).sum())
-    slope = float(((x - xm) * (y - ym)).sum() / sxx)
-    intercept = float(ym - slope * xm)
-    if len(pts) < 3:
-        r2 = float("nan")
-    else:
-        ss_res = float(((y - (intercept + slope * x)) ** 2).sum())
-        ss_tot = float(((y - ym) ** 2).sum())
-        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return PowerFit(exponent=slope, intercept=intercept, r2=r2, points=len(pts))
-
-
-@dataclass(frozen=True)
-class Crossover:
-    """Where a variant overtakes the baseline (becomes faster and stays faster to
-    the end of the measured range).
-
-    ``kind``: ``"at"`` (``n`` interpolated in log-log between the two measured N
-    around the change of sign), ``"below"`` (already faster at the smallest N
-    measured), ``"never"`` (not faster at the largest N measured; ``extrapolated``
-    is where the fitted power laws would cross, when they do, beyond the range),
-    ``"n/a"`` (the baseline itself, or fewer than two common N)."""
-
-    kind: str
-    n: float | None = None
-    lo: float | None = None  # the measured range
-    hi: float | None = None
-    extrapolated: float | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "at":
-            return f"{self.n:,.0f}"
-        if self.kind == "below":
-            return f"below the range (< {self.lo:,.0f})"
-        if self.kind == "never":
-            text = f"never (≤ {self.hi:,.0f})"
-            if self.extrapolated is not None:
-                text += f", ≈{self.extrapolated:,.0f} extrapolated"
-            return text
-        return "-"
-
-
-def crossover(ns: Sequence[float], times: Sequence[float], base_times: Sequence[float]) -> Crossover:
-    """The N where ``times`` drops below ``base_times`` for good, interpolated
-    linearly in log N against log(time / baseline time). Points where either is
-    missing are left out."""
-    pts = sorted((float(n), float(t), float(b)) for n, t, b in zip(ns, times, base_times, strict=True)
-                 if not _isnan(t) and not _isnan(b) and t > 0 and b > 0)
-    if len(pts) < 2:
-        return Crossover("n/a")
-    lo, hi = pts[0][0], pts[-1][0]
-    gap = [math.log(t / b) for _, t, b in pts]  # < 0: faster than the baseline
-    slower = [i for i, g in enumerate(gap) if g >= 0]
-    if not slower:
-        return Crossover("below", lo=lo, hi=hi)
-    last = slower[-1]
-    if last == len(pts) - 1:
-        fit_v = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
-        fit_b = fit_power_law([p[0] for p in pts], [p[2] for p in pts])
-        extrapolated = None
-        if fit_v and fit_b and fit_v.exponent < fit_b.exponent:
-            log_n = (fit_v.intercept - fit_b.intercept) / (fit_b.exponent - fit_v.exponent)
-            if log_n > math.log(hi) and log_n < 60:
-                extrapolated = math.exp(log_n)
-        return Crossover("never", lo=lo, hi=hi, extrapolated=extrapolated)
-    (n0, _, _), (n1, _, _) = pts[last], pts[last + 1]
-    g0, g1 = gap[last], gap[last + 1]
-    frac = g0 / (g0 - g1)  # g0 >= 0 > g1
-    n = math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))
-    return Crossover("at", n=n, lo=lo, hi=hi)
-
-
-def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -> pd.DataFrame:
-    """Per setting, head count and variant, for one pass: the scaling exponent of
-    the median time and of peak memory in N (with R²), the time exponent over
-    the upper half of the N measured (``time_exponent_top``), and the crossover
-    N where the variant overtakes ``baseline``."""
-    columns = SETTING + ["heads", "label", "points", "time_exponent", "time_r2", "time_exponent_top",
-                         "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n"]
-    rows: list[dict[str, Any]] = []
-    data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
-    if baseline:
-        check_pairable(data)
-    for setting, heads, sub in table_groups(data):
-        base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
-        for label in label_order(sub):
-            own = sub[sub["label"] == label].sort_values("seq_len")
-            tfit = fit_power_law(list(own["seq_len"]), list(own["median_ms"]))
-            # Small N carry fixed overheads (projections, launches) that flatten the fit: the
-            # exponent over the upper half of the range is closer to the asymptotic one.
-            top = own.tail(max(2, (len(own) + 1) // 2))
-            tfit_top = fit_power_law(list(top["seq_len"]), list(top["median_ms"]))
-            mfit = fit_power_law(list(own["seq_len"]), list(own["peak_mem_mib"]))
-            if base is None or base.empty or label == baseline:
-                cross = Crossover("n/a")
-            else:
-                common = [n for n in own["seq_len"] if n in base.index]
-                own_t = own.set_index("seq_len")["median_ms"]
-                cross = crossover(common, [own_t[n] for n in common],
-                                  [base.loc[n, "median_ms"] for n in common])
-            rows.append({**setting, "heads": heads, "label": label, "points": len(own),
-                         "time_exponent": tfit.exponent if tfit else math.nan,
-                         "time_r2": tfit.r2 if tfit else math.nan,
-                         "time_exponent_top": tfit_top.exponent if tfit_top else math.nan,
-                         "mem_exponent": mfit.exponent if mfit else math.nan,
-                         "mem_r2": mfit.r2 if mfit else math.nan,
-                         "crossover": str(cross), "crossover_kind": cross.kind,
-                         "crossover_n": cross.n if cross.kind == "at" else math.nan})
-    return pd.DataFrame(rows, columns=columns)
-
-
-# --- quartiles from the raw samples (for bands in plots) ---------------------------
-
 def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
     """Add q1_ms and q3_ms from each pass's raw samples (NaN where there are none)."""
     q: dict[tuple[str, str], tuple[float, float]] = {}
@@ -304,80 +190,6 @@ def add_quartiles(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Data
     out["q1_ms"] = [q.get(k, (math.nan, math.nan))[0] for k in keys]
     out["q3_ms"] = [q.get(k, (math.nan, math.nan))[1] for k in keys]
     return out
-
-
-# --- two runs: before / after --------------------------------------------------------
-#
-# The visit (one case measured in one round) is the unit: see attnbench.stats.paired
-# for the test and why, attnbench.store.visits for the rows.
-
-COMPARE_COLUMNS = visits.COMPARE_COLUMNS
-
-
-def compare_run_visits(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
-                       min_effect: float = between_runs.MIN_EFFECT, level: float = between_runs.COMPARE_LEVEL
-                       ) -> tuple[pd.DataFrame, between_runs.CommonShift | None]:
-    """Run B against run A (case records, visits merged): one row per case and
-    pass found in either run, with the ratio of visit medians B/A, its interval
-    beyond the runs' common drift, and an asv-style mark: ``+`` slower, ``-``
-    faster, ``~`` no change beyond ``min_effect``, ``?`` too few rounds for a
-    verdict, ``x`` failed or missing in either run; and the shift common to all
-    cases. Cases are matched by case id (label, N, heads, dim, batch, dtype,
-    device, causal) and pass."""
-    return visits.compare_records(records_a, records_b, level=level, min_effect=min_effect)
-
-
-def compare_runs(records_a: list[dict[str, Any]], records_b: list[dict[str, Any]],
-                 min_effect: float = between_runs.MIN_EFFECT,
-                 level: float = between_runs.COMPARE_LEVEL) -> pd.DataFrame:
-    """The rows of ``compare_run_visits``, without the common shift."""
-    return compare_run_visits(records_a, records_b, min_effect, level)[0]
-
-
-def compare_summary(compared: pd.DataFrame) -> pd.DataFrame:
-    """Per variant (label) and pass: the geometric mean of the ratios B/A over the
-    cases measured in both runs, and how many cases got each mark."""
-    rows = []
-    for (label, pass_name), group in compared.groupby(["label", "pass"], sort=False):
-        ok = group[group["mark"] != MARK_FAILED]["ratio"]
-        rows.append({"label": label, "pass": pass_name, "cases": len(group),
-                     "geomean_ratio": float(np.exp(np.log(ok).mean())) if len(ok) else math.nan,
-                     "slower": int((group["mark"] == MARK_SLOWER).sum()),
-                     "faster": int((group["mark"] == MARK_FASTER).sum()),
-                     "same": int((group["mark"] == MARK_SAME).sum()),
-                     "undecided": int((group["mark"] == MARK_UNDECIDED).sum()),
-                     "failed": int((group["mark"] == MARK_FAILED).sum())})
-    return pd.DataFrame(rows, columns=["label", "pass", "cases", "geomean_ratio", "slower", "faster", "same",
-                                       "undecided", "failed"])
-
-
-def regressions(compared: pd.DataFrame, fail_above: float) -> pd.DataFrame:
-    """The significant slowdowns whose ratio B/A exceeds ``fail_above``."""
-    return compared[(compared["mark"] == MARK_SLOWER) & (compared["ratio"] > fail_above)]
-
-
-def moved_settings(compared: pd.DataFrame) -> list[str]:
-    """One line per setting group (and pass) whose variants moved together
-    between the runs beyond the other settings (``setting_moved``)."""
-    lines = []
-    keys = ["seq_len", "heads", "pass", "batch", "dim", "dtype", "device", "causal"]
-    for key, group in compared[compared["setting_moved"].fillna(False).astype(bool)].groupby(keys, sort=False):
-        n, heads, pass_name = key[:3]
-        lines.append(f"N={n} H={heads} {pass_name}: {len(group)} variants, B/A {group['setting_shift'].iloc[0]:.3f}")
-    return lines
-
-
-def _isnan(value: Any) -> bool:
-    try:
-        return value is None or value is pd.NA or math.isnan(float(value))
-    except (TypeError, ValueError):
-        return True
-
-
-def lost_cases(compared: pd.DataFrame) -> pd.DataFrame:
-    """Rows of ``compare_runs`` measured in run A (ok) but missing or failed in
-    run B: a gate cannot pass on them, as nothing was compared."""
-    return compared[(compared["status_a"] == Status.OK) & (compared["status_b"] != Status.OK)]
 
 
 def select_rows(frame: pd.DataFrame, labels: Sequence[str] | None = None, seq_lens: Sequence[int] | None = None,

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from attnbench.analysis.agreement import spearman
+from attnbench.stats.paired import spearman
 
 
 @dataclass(frozen=True)

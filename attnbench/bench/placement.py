@@ -10,9 +10,6 @@ import os
 import socket
 from typing import Any
 
-#: The record keys (and results.csv columns) an executor fills.
-PLACEMENT_FIELDS = ("host", "worker_device", "device_model")
-
 
 @functools.cache
 def host_name() -> str:

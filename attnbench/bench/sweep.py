@@ -43,7 +43,7 @@ from attnbench.suite.load import Suite
 
 POLL_S = 0.1  # how long the sweep waits for an event before checking signals again
 
-__all__ = ["RunOptions", "RunSummary", "plan_units", "resume_command", "run_suite", "setting_group"]
+__all__ = ["RunSummary", "plan_units", "resume_command", "run_suite", "setting_group"]
 
 
 @dataclass

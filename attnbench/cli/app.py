@@ -10,16 +10,14 @@ or input (attnbench's own errors, ``attnbench.errors``); 3 some cases failed;
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from attnbench.cli import help as cli_help  # noqa: F401 - plain option types and usage names in --help
 from attnbench.cli.boundary import ErrorBoundary
-from attnbench.cli.console import (  # noqa: F401
-    JSON_SCHEMA,
+from attnbench.cli.console import (
     count_of,
     duration_text,
     err,
@@ -31,16 +29,16 @@ from attnbench.cli.console import (  # noqa: F401
 )
 from attnbench.cli.outputs import (
     PASS_NAMES_HELP,
+    build_run_report,
     check_outputs,
-    compare_json,
-    compare_two_runs,
     csv_columns,
     pass_option,
-    report_json,
-    write_report_files,
+    print_baseline_comparison,
+    print_two_runs,
+    write_files,
 )
 from attnbench.errors import AttnbenchError
-from attnbench.stats.samples import MIN_EFFECT
+from attnbench.stats.between_runs import MIN_EFFECT
 
 app = typer.Typer(
     name="attnbench",
@@ -118,10 +116,11 @@ def run(
     Example: [bold]attnbench run suites/gpu.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out shards[/]
     """
     from attnbench.bench.executors.spread import spread_options
+    from attnbench.bench.rundir import RunOptions
     from attnbench.bench.shard import parse_shard
-    from attnbench.bench.sweep import RunOptions, resume_command, run_suite
-    from attnbench.report.quality import quality_tables
-    from attnbench.report.terminal import failures_table, run_legend, run_tables, traceback_note
+    from attnbench.bench.sweep import resume_command, run_suite
+    from attnbench.report.build import report_of_records
+    from attnbench.report.terminal import run_end
     from attnbench.suite import load as suite_mod
 
     with user_errors():
@@ -138,21 +137,11 @@ def run(
                              allow_shared_cpu=allow_shared_cpu, command=_command_line(ctx))
         summary = run_suite(suite, options)
     warn(summary.warnings)
-    from attnbench.store.results import records_frame
-
-    frame = records_frame(summary.records, summary.run_dir.name)
-    for table in run_tables(frame):
-        out.print(table)
-    if not frame.empty:
-        out.print(run_legend(frame), highlight=False)
-    for table in quality_tables(summary.quality):
-        out.print(table)
-    failed = failures_table(frame)
-    if failed is not None:
-        out.print(failed)
-        note = traceback_note(summary.records, summary.run_dir)
-        if note:
-            err.print(note, highlight=False)
+    report = report_of_records(summary.run_dir, summary.records, summary.quality)
+    for item in run_end(report):
+        out.print(item, highlight=False)
+    if report.traceback_note:
+        err.print(report.traceback_note, highlight=False)
     err.print(f"results: {summary.run_dir}", highlight=False)
     if summary.interrupted:
         from rich.markup import escape
@@ -193,38 +182,28 @@ def report(
 
     Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
     """
-    from attnbench.analysis.baseline import check_pairable, select_rows
-    from attnbench.errors import ResultsError
-    from attnbench.report.terminal import failures_table, nothing_measured, report_baseline
-    from attnbench.store.results import load_run
+    from attnbench.report.build import ReportOptions
+    from attnbench.report.files import ReportFiles
 
     with user_errors():
         check_outputs(plot, csv, as_json, plot_tradeoff)
-        only_pass = pass_option(pass_name)
-        run_data = load_run(run_dir)
-        frame = select_rows(run_data.frame(), variants, ns, only_pass)
-        why = nothing_measured(run_data, frame)
-        if why:
-            failed = failures_table(frame) if not frame.empty else None
-            if failed is not None:
-                out.print(failed)
-            raise ResultsError(why)
-        base = report_baseline(frame, run_data, baseline)
-        if base is not None:
-            check_pairable(frame)  # before anything is printed
-    warn(run_data.warnings)
+        options = ReportOptions(baseline=baseline, variants=variants, seq_lens=ns, pass_name=pass_option(pass_name))
+        report = build_run_report(run_dir, options)
+    warn(report.run.warnings)
     if as_json:
-        report_json(run_data, frame, base)
+        from attnbench.report.json import report_payload
+
+        print_json(report_payload(report))
     elif csv == "-":
-        frame.to_csv(sys.stdout, index=False, columns=csv_columns(frame))
+        report.frame.to_csv(sys.stdout, index=False, columns=csv_columns(report.frame))
     else:
         from attnbench.report.terminal import terminal_report
 
-        for item in terminal_report(run_data, frame, base):
+        for item in terminal_report(report):
             out.print(item, highlight=False)
     with user_errors():
-        write_report_files(run_data, frame, base, csv if csv != "-" else None, markdown, plot,
-                           plot_tradeoff)
+        write_files(report, ReportFiles(csv=Path(csv) if csv not in (None, "-") else None, markdown=markdown,
+                                        plot=plot, plot_tradeoff=plot_tradeoff))
 
 
 @app.command()
@@ -273,25 +252,8 @@ def compare(
         elif fail_above is not None:
             raise AttnbenchError("--fail-above needs two runs: compare RUN_A RUN_B --fail-above RATIO")
     if run_b is not None:
-        return compare_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
-    if as_json:
-        return compare_json(run_dir, baseline, only_pass)
-    from attnbench.report.terminal import comparison_tables, relative_legend, report_baseline
-    from attnbench.store.results import load_run
-    from attnbench.suite.load import PASSES
-
-    with user_errors():
-        run_data = load_run(run_dir)
-        frame = run_data.frame()
-        warn(run_data.warnings)
-        base = report_baseline(frame, run_data, baseline)
-        if base is None:
-            raise AttnbenchError(f"{run_dir}: no finished cases to compare")
-        passes = [only_pass] if only_pass else [p for p in PASSES if p in set(frame["pass"])]
-        for p in passes:
-            for table in comparison_tables(frame, base, p, run_data.records):
-                out.print(table)
-        out.print(relative_legend(run_data.records), highlight=False)
+        return print_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
+    print_baseline_comparison(run_dir, baseline, only_pass, as_json)
 
 
 @app.command()
@@ -487,6 +449,3 @@ def env(
     out.print(table)
     warn(data["warnings"])
 
-
-def main(argv: list[str] | None = None) -> Callable[..., Any]:  # pragma: no cover - console entry
-    return app(argv)

@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis.agreement import published_side_by_side
-from attnbench.analysis.baseline import (
-    describe_setting,
-    label_order,
-    scaling_summary,
-    table_groups,
-    with_baseline,
-)
-from attnbench.errors import DataError
+from attnbench.analysis.baseline import describe_setting, label_order, table_groups
 from attnbench.model import Status
-from attnbench.report.quality import quality_markdown
-from attnbench.report.terminal import (
+from attnbench.report.build import RunReport
+from attnbench.report.cells import (
     FAILURE_COLUMNS,
     NOISY_MARK,
     RELATIVE_KINDS,
@@ -30,13 +22,12 @@ from attnbench.report.terminal import (
     failure_rows,
     fmt_ms,
     lookup_rows,
-    measured_passes,
     published_cells,
     relative_rows,
     scaling_rows,
     side_by_side_rows,
 )
-from attnbench.store.published import load_published
+from attnbench.report.quality import quality_markdown
 from attnbench.store.results import write_atomic
 
 
@@ -82,12 +73,12 @@ def _medians_md(data: pd.DataFrame, pass_name: str) -> list[str]:
     return parts
 
 
-def markdown_report(run, baseline: str | None, plot: str | None = None, frame: pd.DataFrame | None = None) -> str:
+def markdown_report(report: RunReport, plot: str | None = None) -> str:
     """The whole report as a markdown document: run metadata, per pass the
     medians, the LRA-style speed and memory tables against the baseline and the
     scaling exponents with crossovers; the published table beside them with the
     rank correlation; the cases that failed."""
-    frame = run.frame() if frame is None else frame
+    run, frame, baseline = report.run, report.frame, report.baseline
     meta = run.meta
     env = meta.get("environment") or {}
     lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", ""]
@@ -104,30 +95,28 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                   "figure (IQR/median > 10%).", ""]
     if plot:
         lines += [f"![time and memory vs N]({plot})", ""]
-    quality = quality_markdown(run.quality)
+    quality = quality_markdown(report)
     if frame.empty:
         lines += ["No finished cases.", "", *quality]
         return "\n".join(lines) + "\n"
-    for pass_name in measured_passes(frame):
+    for pass_name in report.passes:
         data = frame[frame["pass"] == pass_name]
         lines += [f"## {pass_name}", ""]
         for part in _medians_md(data, pass_name):
             lines += [part, ""]
         if baseline is not None and baseline in set(frame["label"]):
-            for part in _relative_md(with_baseline(data, baseline, run.records), baseline, pass_name):
+            for part in _relative_md(report.relative_of(pass_name), baseline, pass_name):
                 lines += [part, ""]
-        rows = scaling_rows(scaling_summary(frame, baseline, pass_name))
+        rows = scaling_rows(report.scaling[pass_name])
         lines += [f"**scaling in N and crossover vs {baseline}** ({SCALING_LEGEND})", "",
                   md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
-    name = meta.get("published")
-    if name:
-        try:
-            published = load_published(str(name))
-        except DataError as exc:
-            lines += [f"> warning: {exc}", ""]
+    section = report.published
+    if section is not None:
+        if section.table is None:
+            lines += [f"> warning: {section.error}", ""]
         else:
+            published, both = section.table, section.side_by_side
             lines += _published_md(published)
-            both = published_side_by_side(frame, published)
             for kind, what in SIDE_BY_SIDE_KINDS:
                 if both.empty:
                     break
@@ -135,9 +124,9 @@ def markdown_report(run, baseline: str | None, plot: str | None = None, frame: p
                 lines += [f"**{what}, measured / published ({published.pass_name}), against "
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [line for text in agreement_lines(frame, published, both, run.records) for line in (text, "")]
+            lines += [line for text in agreement_lines(section) for line in (text, "")]
     lines += quality
-    failed = failure_rows(frame)
+    failed = failure_rows(report.failed)
     if failed:
         lines += ["## cases that did not succeed", "",
                   md_table(list(FAILURE_COLUMNS), failed, ["l", "l", "r", "r", "l"]), ""]

@@ -14,8 +14,9 @@ from typing import Any
 
 from rich.table import Table
 
-from attnbench.analysis.quality import ApproxTable, MQARSummary, approx_table, mqar_summary
+from attnbench.analysis.quality import ApproxTable, MQARSummary
 from attnbench.quality import NOT_AN_APPROXIMATION
+from attnbench.report.build import RunReport
 
 APPROX_NOTE = ("cells: ‖core − softmax‖/‖softmax‖ of the output (mean over seeds); tv: mean total variation "
                "between the implied and the exact attention rows (½‖a−p‖₁, 0..1 for distributions); H: mean "
@@ -83,10 +84,10 @@ def mqar_caption(summary: MQARSummary) -> str:
     return f"held-out accuracy at the queried positions ({sizes}){rho_text}"
 
 
-def quality_tables(records: list[dict[str, Any]]) -> list[Table]:
+def quality_tables(report: RunReport) -> list[Table]:
     """The rich tables of a run's quality records (none without records)."""
     out = []
-    table = approx_table(records)
+    table = report.approx
     if table is not None:
         t = Table(title="approximation error against exact softmax attention (float64)", caption=APPROX_NOTE)
         for i, col in enumerate(approx_header(table)):
@@ -94,7 +95,7 @@ def quality_tables(records: list[dict[str, Any]]) -> list[Table]:
         for row in approx_rows(table):
             t.add_row(*row)
         out.append(t)
-    summary = mqar_summary(records)
+    summary = report.mqar
     if summary is not None:
         t = Table(title="multi-query associative recall (MQAR)", caption=mqar_caption(summary))
         for i, col in enumerate(mqar_header(summary)):
@@ -112,24 +113,25 @@ def _md(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|", *map(line, rows)]
 
 
-def quality_markdown(records: list[dict[str, Any]]) -> list[str]:
+def quality_markdown(report: RunReport) -> list[str]:
     """The quality section of the markdown report (no lines without records)."""
     lines: list[str] = []
-    table = approx_table(records)
+    table = report.approx
     if table is not None:
         lines += ["## approximation error against exact softmax attention", "", APPROX_NOTE + ".", "",
                   *_md(approx_header(table), approx_rows(table, sep=" · ")), ""]
-    summary = mqar_summary(records)
+    summary = report.mqar
     if summary is not None:
         lines += ["## multi-query associative recall (MQAR)", "", mqar_caption(summary) + ".", "",
                   *_md(mqar_header(summary), mqar_rows(summary)), ""]
     return lines
 
 
-def quality_json(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def quality_json(report: RunReport) -> dict[str, Any] | None:
     """``report --json``'s quality: the summaries and every record; None without records."""
+    records = report.run.quality
     if not records:
         return None
-    table, summary = approx_table(records), mqar_summary(records)
+    table, summary = report.approx, report.mqar
     return {"approx": None if table is None else table.to_dict(),
             "mqar": None if summary is None else summary.to_dict(), "records": records}

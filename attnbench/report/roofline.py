@@ -1,52 +1,29 @@
-"""A run's figures against the machine's limits: each case's achieved FLOP/s as
-a fraction of the matrix-multiply rate measured at the run's start (a roofline
-view: a layer far below the peak at large N is bound by memory traffic or
-overheads, not arithmetic), the calibrations of one or two runs side by side,
-and the warnings a run's calibrations and noise record raise."""
+"""The roofline table (each case's achieved FLOP/s as a percentage of the
+matmul rate measured at the run's start) and the calibrations of one or two
+runs side by side."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 from rich.table import Table
 
 from attnbench.analysis.baseline import describe_setting, label_order, settings_groups
-from attnbench.bench.calibration import calibration_drift, format_rate
-from attnbench.bench.noise import noise_warnings
-from attnbench.model import REPORTED_PASSES, Status
-
-PASS_SHORT = {"forward": "fwd", "backward": "bwd", "forward_backward": "f+b"}
-
-
-def calibrations(meta: dict[str, Any], when: str = "start") -> dict[tuple[str, str], dict[str, Any]]:
-    """(device, dtype) -> the run's calibration at its ``start`` or ``end``."""
-    found = (meta.get("calibration") or {}).get(when) or []
-    return {(c.get("device"), c.get("dtype")): c for c in found if isinstance(c, dict) and not c.get("error")}
+from attnbench.analysis.roofline import calibrations
+from attnbench.bench.calibration import format_rate
+from attnbench.model import PASS_SHORT, REPORTED_PASSES, Status
+from attnbench.report.build import RunReport
 
 
-def with_peak_fraction(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
-    """Add ``peak_fraction``: achieved FLOP/s (FLOPs over the median time) over
-    the matmul rate measured at the run's start on the case's device and dtype."""
-    out = frame.copy()
-    peaks = calibrations(meta)
-    rates = [peaks.get((d, t), {}).get("matmul_flops") for d, t in zip(out["device"], out["dtype"], strict=True)]
-    achieved = pd.to_numeric(out["tflops"], errors="coerce") * 1e12
-    out["peak_fraction"] = [a / r if r and not pd.isna(a) else math.nan
-                            for a, r in zip(achieved, rates, strict=True)]
-    return out
-
-
-def roofline_tables(frame: pd.DataFrame, meta: dict[str, Any]) -> list[Table]:
+def roofline_tables(report: RunReport) -> list[Table]:
     """Per setting: rows variant × heads, columns N, cells the achieved FLOP/s
     as a percentage of the measured matmul peak (forward / forward+backward)."""
-    if frame.empty or not calibrations(meta):
+    if report.frame.empty or not report.calibrations:
         return []
-    data = with_peak_fraction(frame, meta)
-    peaks = calibrations(meta)
+    peaks = report.calibrations
     tables = []
-    for setting, group in settings_groups(data):
+    for setting, group in settings_groups(report.roofline):
         cal = peaks.get((setting["device"], setting["dtype"]))
         if cal is None or group["peak_fraction"].isna().all():
             continue
@@ -77,21 +54,6 @@ def roofline_tables(frame: pd.DataFrame, meta: dict[str, Any]) -> list[Table]:
                 table.add_row(label, str(heads), *cells)
         tables.append(table)
     return tables
-
-
-def run_notes(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
-    """Warnings from the run's calibrations (drift between start and end) and
-    its noise record, as printable lines."""
-    lines = []
-    ends = calibrations(meta, "end")
-    for key, start in calibrations(meta).items():
-        lines += calibration_drift(start, ends.get(key))
-    if meta.get("noise"):
-        threads = max((r.get("threads") or 0 for r in records), default=0) or None
-        environment = meta.get("environment") or {}
-        usable = environment.get("cpu_affinity") or environment.get("cpu_cores_logical")
-        lines += noise_warnings(meta["noise"], threads, usable)
-    return [f"[yellow]warning:[/] {line}" for line in lines]
 
 
 def calibration_table(metas: list[tuple[str, dict[str, Any]]]) -> Table | None:

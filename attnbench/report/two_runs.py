@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
-from attnbench.report.terminal import PASS_SHORT, fmt_ms
+from attnbench.model import PASS_SHORT
+from attnbench.report.cells import fmt_ms
 from attnbench.stats.between_runs import MIN_EFFECT, CommonShift
 
 

@@ -48,6 +48,9 @@ MIN_CASES_FOR_SHIFT = 16  # cases both runs measured, to estimate their common s
 DISTURBED_SDS, DISTURBED_MIN, MIN_VISITS_TO_DROP = 4.0, math.log(1.05), 3
 
 SLOWER, FASTER, SAME, TOO_FEW = "slower", "faster", "same", "too few rounds"
+# The mark of each verdict, as asv prints them; x: failed or missing in a run.
+MARK_SLOWER, MARK_FASTER, MARK_SAME, MARK_UNDECIDED, MARK_FAILED = "+", "-", "~", "?", "x"
+MARKS = {SLOWER: MARK_SLOWER, FASTER: MARK_FASTER, SAME: MARK_SAME, TOO_FEW: MARK_UNDECIDED}
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ def common_shift(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[floa
     both measured of the difference of mean log visit medians); None with
     fewer than ``MIN_CASES_FOR_SHIFT`` such cases, where a median says little."""
     diffs = []
-    for key in a.keys() & b.keys():
+    for key in [k for k in a if k in b]:  # in A's order: a set's order changes with the hash seed
         la, lb = _logs(a[key]), _logs(b[key])
         if len(la) and len(lb):
             diffs.append(float(lb.mean() - la.mean()))
@@ -263,7 +266,7 @@ def _member_changes(a: Mapping[Any, Sequence[float]], b: Mapping[Any, Sequence[f
     """Per group with at least ``min_peers`` members in both runs: each
     member's change in mean log visit."""
     by_group: dict[Any, dict[Any, float]] = {}
-    for key in a.keys() & b.keys():
+    for key in [k for k in a if k in b]:  # in A's order: a set's order changes with the hash seed
         la, lb = _logs(a[key]), _logs(b[key])
         if key in groups and len(la) and len(lb):
             by_group.setdefault(groups[key], {})[key] = float(lb.mean() - la.mean())

@@ -280,8 +280,14 @@ def ratio_prior(pairs: Sequence[tuple[Rounds, Rounds] | tuple[Rounds, Rounds, Se
 # --- agreement with a published table ----------------------------------------------------
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = stats.rankdata(x), stats.rankdata(y)
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with fewer than
+    two pairs or when either side is constant."""
+    if len(x) != len(y):
+        raise ValueError("spearman: the two sequences differ in length")
+    if len(x) < 2:
+        return math.nan
+    rx, ry = stats.rankdata(np.asarray(x, dtype=float)), stats.rankdata(np.asarray(y, dtype=float))
     dx, dy = rx - rx.mean(), ry - ry.mean()
     denom = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
     return float((dx * dy).sum() / denom) if denom > 0 else math.nan
@@ -303,7 +309,7 @@ def spearman_interval(measured: Mapping[str, Sequence[float]], published: Mappin
     rounds = table.shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        point = _spearman(np.exp(np.nanmean(np.log(table), axis=1)), pub)
+        point = spearman(np.exp(np.nanmean(np.log(table), axis=1)), pub)
     if rounds < 2:
         return Interval(point, math.nan, math.nan, rounds, "none", "one round: no interval over rounds")
     rng = np.random.default_rng(seed)
@@ -315,7 +321,7 @@ def spearman_interval(measured: Mapping[str, Sequence[float]], published: Mappin
             warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(logs[:, pick], axis=1)
         if np.isfinite(means).all():
-            rho = _spearman(means, pub)
+            rho = spearman(means, pub)
             if math.isfinite(rho):
                 draws.append(rho)
     if not draws:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.errors import ResultsError
-from attnbench.model import STATUSES, Status, worst_status  # noqa: F401 - worst_status re-exported
+from attnbench.model import STATUSES, Status
 from attnbench.stats.samples import NOISY_REL_IQR, summarize
 from attnbench.store.visits import latest_visits, merge_visits, round_spread, visit_medians
 

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from attnbench.errors import SuiteError, SuiteErrors, VariantError, did_you_mean
-from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as before
+from attnbench.model import (
     DTYPES,
     PASSES,
-    SERIES_FIELDS,
     Case,
     Limits,
     TimingSettings,
@@ -28,21 +27,16 @@ from attnbench.model import (  # noqa: F401 - re-exported: the suite's model, as
 from attnbench.quality.plan import QualitySettings
 from attnbench.suite.buildcheck import check_builds
 from attnbench.suite.quality import parse_quality
-from attnbench.suite.schema import (  # noqa: F401 - the key tables, re-exported as before
+from attnbench.suite.schema import (
     DEFAULT_KEYS,
     GRID_FIELDS,
     GRID_KEYS,
     LIMIT_FIELDS,
-    LIMIT_KEYS,
-    MAX_BATCH,
-    MAX_DIM,
-    MAX_SEQ_LEN,
     QUICK_KEYS,
     REQUIRED_GRID_KEYS,
     SCHEMA_VERSION,
     SETTING_FIELDS,
     TIMING_FIELDS,
-    TIMING_KEYS,
     TOP_KEYS,
     VARIANT_KEYS,
     Field,

@@ -29,10 +29,6 @@ from attnbench.variants.layer import AttentionCore
 LAYER_ARGS = ("dim", "heads", "seq_len", "causal")
 CORE_ARGS = ("heads", "head_dim", "seq_len", "causal")
 
-FAMILIES = ("exact", "sparse", "clustered", "lowrank", "kernel", "synthesizer", "mixer",
-            "fastformer", "aft", "conv", "custom")
-
-
 @dataclass(frozen=True)
 class VariantInfo:
     """What a variant is: shown by ``attnbench list`` and stored with results."""

@@ -1,0 +1,49 @@
+"""The files a report writes: the tidy CSV, the markdown document, the plot of
+time and memory against N, and the trade-off chart, all from one ``RunReport``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnbench.report.build import RunReport
+from attnbench.store.results import write_csv
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where ``attnbench report`` writes its files (None: not asked for)."""
+
+    csv: Path | None = None
+    markdown: Path | None = None
+    plot: Path | None = None
+    plot_tradeoff: Path | None = None
+
+
+def write_report_files(report: RunReport, files: ReportFiles) -> list[Path]:
+    """Write every file asked for; returns the paths written, in order."""
+    written = []
+    if files.csv is not None:  # with the paired speed-ups, their intervals and the roofline fraction
+        write_csv(report.tidy, files.csv)
+        written.append(files.csv)
+    title = str(report.meta.get("suite_name") or "")
+    if files.plot is not None:
+        from attnbench.report.plots import plot_run
+
+        plot_run(report.frame, files.plot, report.records, title=title, baseline=report.baseline)
+        written.append(files.plot)
+    if files.plot_tradeoff is not None:
+        from attnbench.report.plots import plot_tradeoff
+
+        plot_tradeoff(report.frame, files.plot_tradeoff, title=title, quality=report.measured_scores or None,
+                      quality_label="MQAR accuracy (measured, mean over seeds)")
+        written.append(files.plot_tradeoff)
+    if files.markdown is not None:
+        from attnbench.report.markdown import markdown_report, write_text
+
+        plot = files.plot
+        link = os.path.relpath(plot.resolve(), files.markdown.resolve().parent) if plot is not None else None
+        write_text(files.markdown, markdown_report(report, plot=link))
+        written.append(files.markdown)
+    return written
