@@ -235,9 +235,8 @@ def peer_normalized(visits: Mapping[Any, Mapping[int, float]], groups: Mapping[A
     present in that round of (log visit − the member's mean log visit): how
     much faster or slower the machine ran everything measured then. On a
     shared machine the speed drifts by several percent from one moment to the
-    next, alike for the variants measured back to back (measured on a 2-core
-    VM: visits of one case spread by 10% between rounds, but their ratio to
-    a peer's visit of the same round by 5%). Dividing it out leaves each
+    next, alike for the variants measured back to back, so a visit's ratio to
+    a peer's visit of the same round spreads less than the visit. Dividing it out leaves each
     case's own spread; a round with fewer than ``min_peers`` members present
     is left as it is."""
     by_group: dict[Any, list[Any]] = {}
@@ -328,9 +327,8 @@ def standing_out(shifts: Mapping[Any, PeerShift], level: float = COMPARE_LEVEL,
     the minimum effect, with a ``level`` interval from the spread of the groups'
     shifts (median absolute deviation). Such a group moved together between
     the runs: a change under all its variants (a kernel they share), or the
-    machine's state for that setting (measured on a 2-core VM: every variant
-    of N=256, forward, 20-28% slower in one run of an A/A pair, in all five
-    rounds). One pair of runs cannot tell the two apart, so the group is
+    machine's state for that setting (a shared VM can slow every variant of
+    one setting for a whole run). One pair of runs cannot tell the two apart, so the group is
     reported (``RunsComparison.moved_together``) and its cases are still
     judged against each other. Fewer than ``MIN_GROUPS`` groups: none (the
     spread of the groups cannot be told)."""

@@ -142,9 +142,8 @@ class _SplitProjection(torch.autograd.Function):
     """(B, N, P·H·d) -> P views (B, H, N, d); backward stacks the P gradients straight
     into the projection's layout (B, N, P, H, d): one pass. Autograd's backward of the
     plain view/permute/unbind stacks them into a new (P, B, H, N, d) tensor and then
-    copies that into the projection's layout: two full passes and two fresh blocks
-    (measured on CPU, N = 4096, dim 512: 5 ms of the 120 ms training step of
-    ``linear`` before its projections were folded, see kernel.py). The backward is
+    copies that into the projection's layout: two full passes and two fresh blocks.
+    The backward is
     itself differentiable (double backward, torch.func.grad)."""
 
     @staticmethod

@@ -39,9 +39,9 @@ def steady_malloc() -> str:
     state of a training loop. Left dynamic (glibc's default), a freed block
     between 128 KiB and 32 MiB raises the threshold for the next ones, so
     whether a pass pays for fresh pages (page faults, zeroing) depends on what
-    ran before it in the process: measured on a 2-core VM, it doubled the
-    spread of speed-ups between rounds (median 6.5% against 10%; 90th
-    percentile 10% against 25%). Returns what was set, for run.json."""
+    ran before it in the process, which widens the spread of speed-ups between
+    rounds (benchmarks/NOTES.md has the A/A figures). Returns what was set, for
+    run.json."""
     if os.environ.get(MALLOC_ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
         return "default"
     try:
