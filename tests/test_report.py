@@ -178,7 +178,8 @@ def test_report_reads_at_80_columns_and_shows_every_pass(tmp_path: Path):
     result = runner.invoke(app, ["report", str(run_dir)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert out.startswith("run run-fb · suite lra")
+    verdict, header = out.splitlines()[:2]  # the verdict on the timings first, then the run
+    assert verdict.startswith("timings unjudged") and header.startswith("run run-fb · suite lra")
     assert "setting: batch 1, dim 256, float32, cpu" in out
     assert "each cell: median ms of fwd, bwd" in out
     assert "backward: scaling in N" in out and "forward: scaling in N" in out

@@ -69,6 +69,7 @@ def with_baseline(frame: pd.DataFrame, baseline: str, records: list[dict[str, An
     merged = frame.merge(base, on=CASE_KEYS, how="left")
     ok = merged["status"] == Status.OK
     merged["speedup"] = (merged["baseline_ms"] / merged["median_ms"]).where(ok)
+    merged["speedup_medians"] = merged["speedup"]  # the ratio of the medians shown, beside the paired one
     merged["mem_ratio"] = (merged["peak_mem_mib"] / merged["baseline_mem_mib"]).where(ok)
     for column in PAIRED_COLUMNS:
         merged[column] = math.nan

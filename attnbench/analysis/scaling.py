@@ -22,6 +22,15 @@ def _isnan(value: Any) -> bool:
         return True
 
 
+# A fit is poor when the points scatter about the power law: R² under FIT_R2_MIN
+# *and* residuals over FIT_RESIDUAL_MAX (standard deviation of the log
+# residuals). Both, because a flat series (a decode step constant in N) has a
+# low R² with tiny residuals, and a steep one a high R² with large ones. On a
+# quiet machine a power law over N 256-4096 leaves residuals of a few percent
+# (R² > 0.98); a busy one gave R² 0.01-0.32 and residuals of 50-150%.
+FIT_R2_MIN, FIT_RESIDUAL_MAX = 0.9, 0.10
+
+
 @dataclass(frozen=True)
 class PowerFit:
     """``value ≈ exp(intercept) · N^exponent``, fitted by least squares on log-log."""
@@ -30,6 +39,12 @@ class PowerFit:
     intercept: float
     r2: float  # NaN with two points (the fit is exact, R² says nothing)
     points: int
+    residual_sd: float = math.nan  # of the log residuals; NaN with two points
+
+    @property
+    def poor(self) -> bool:
+        """The points scatter about the line (see FIT_R2_MIN): no exponent is claimed."""
+        return self.points >= 3 and self.r2 < FIT_R2_MIN and self.residual_sd > FIT_RESIDUAL_MAX
 
     def predict(self, n: float) -> float:
         return math.exp(self.intercept + self.exponent * math.log(n))
@@ -49,12 +64,13 @@ def fit_power_law(ns: Sequence[float], values: Sequence[float]) -> PowerFit | No
     slope = float(((x - xm) * (y - ym)).sum() / sxx)
     intercept = float(ym - slope * xm)
     if len(pts) < 3:
-        r2 = float("nan")
+        r2 = residual_sd = float("nan")
     else:
         ss_res = float(((y - (intercept + slope * x)) ** 2).sum())
         ss_tot = float(((y - ym) ** 2).sum())
         r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return PowerFit(exponent=slope, intercept=intercept, r2=r2, points=len(pts))
+        residual_sd = math.sqrt(ss_res / (len(pts) - 2))
+    return PowerFit(exponent=slope, intercept=intercept, r2=r2, points=len(pts), residual_sd=residual_sd)
 
 
 @dataclass(frozen=True)
@@ -123,13 +139,15 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
     the upper half of the N measured (``time_exponent_top``), and the crossover
     N where the variant overtakes ``baseline``."""
     columns = SETTING + ["heads", "label", "points", "time_exponent", "time_r2", "time_exponent_top",
-                         "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n"]
+                         "mem_exponent", "mem_r2", "crossover", "crossover_kind", "crossover_n",
+                         "time_fit_poor", "mem_fit_poor", "crossover_poor"]
     rows: list[dict[str, Any]] = []
     data = frame[(frame["pass"] == pass_name) & (frame["status"] == Status.OK)]
     if baseline:
         check_pairable(data)
     for setting, heads, sub in table_groups(data):
         base = sub[sub["label"] == baseline].set_index("seq_len") if baseline else None
+        base_fit = fit_power_law(list(base.index), list(base["median_ms"])) if base is not None and len(base) else None
         for label in label_order(sub):
             own = sub[sub["label"] == label].sort_values("seq_len")
             tfit = fit_power_law(list(own["seq_len"]), list(own["median_ms"]))
@@ -152,7 +170,11 @@ def scaling_summary(frame: pd.DataFrame, baseline: str | None, pass_name: str) -
                          "mem_exponent": mfit.exponent if mfit else math.nan,
                          "mem_r2": mfit.r2 if mfit else math.nan,
                          "crossover": str(cross), "crossover_kind": cross.kind,
-                         "crossover_n": cross.n if cross.kind == "at" else math.nan})
+                         "crossover_n": cross.n if cross.kind == "at" else math.nan,
+                         # the top fit has too few points to judge: it follows the whole range's
+                         "time_fit_poor": bool(tfit and tfit.poor), "mem_fit_poor": bool(mfit and mfit.poor),
+                         "crossover_poor": cross.kind != "n/a" and bool((tfit and tfit.poor)
+                                                                         or (base_fit and base_fit.poor))})
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -137,7 +137,7 @@ def calibration_drift(start: dict[str, Any] | None, end: dict[str, Any] | None,
             warnings.append(f"the {label} of {start.get('device')} {start.get('dtype')} changed by "
                             f"{change:+.0%} between the start and the end of the run "
                             f"({format_rate(key, a)} -> {format_rate(key, b)}): the machine changed under "
-                            "the run (clock, temperature, another process); its timings are suspect")
+                            "the run (clock, temperature, another process)")
     return warnings
 
 

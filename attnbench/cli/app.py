@@ -28,6 +28,7 @@ from attnbench.cli.console import (
     warn,
 )
 from attnbench.cli.outputs import (
+    EXIT_UNRELIABLE,
     PASS_NAMES_HELP,
     build_run_report,
     check_outputs,
@@ -35,6 +36,7 @@ from attnbench.cli.outputs import (
     pass_option,
     print_baseline_comparison,
     print_two_runs,
+    strict_exit,
     write_files,
 )
 from attnbench.errors import AttnbenchError
@@ -94,6 +96,8 @@ def run(
     in_process: Annotated[bool, typer.Option("--in-process", help="Run cases in this process (for "
                                              "debugging: a crash or hang then stops the sweep).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 4 when the run's timings are unreliable (the "
+                                         "verdict on the first line), for CI.")] = False,
     shard: Annotated[str | None, typer.Option(help="Run only part K of N of the suite (whole setting groups, "
                                                    "balanced by estimated time), e.g. 2/8; join the parts with "
                                                    "attnbench merge.", metavar="K/N")] = None,
@@ -149,7 +153,7 @@ def run(
         command = resume_command(summary, str(suite_path), quick=quick, device=device, extra=spread.args)
         err.print(f"[yellow]interrupted[/]: what finished is saved. Resume with:\n  {escape(command)}",
                   markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(summary.exit_code)
+    raise typer.Exit(summary.exit_code or strict_exit(report.verdict, strict))
 
 
 @app.command()
@@ -171,6 +175,8 @@ def report(
                                                  "for more).", show_default=False)] = None,
     pass_name: Annotated[str | None, typer.Option("--pass", metavar="PASS", help=f"Only this pass: "
                                                   f"{PASS_NAMES_HELP}.", show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 4 when the run's timings are unreliable (the "
+                                         "verdict on the first line), for CI.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows, speed-ups, scaling exponents and "
                                           "crossovers as JSON on stdout.")] = False,
     plot_tradeoff: Annotated[Path | None, typer.Option(
@@ -204,6 +210,8 @@ def report(
     with user_errors():
         write_files(report, ReportFiles(csv=Path(csv) if csv not in (None, "-") else None, markdown=markdown,
                                         plot=plot, plot_tradeoff=plot_tradeoff))
+    if strict_exit(report.verdict, strict):
+        raise typer.Exit(EXIT_UNRELIABLE)
 
 
 @app.command()

@@ -12,6 +12,18 @@ import typer
 from attnbench.cli.console import err, out, print_json, user_errors, warn
 from attnbench.errors import AttnbenchError
 
+EXIT_UNRELIABLE = 4  # --strict: the run's timings are unreliable
+
+
+def strict_exit(verdict: Any, strict: bool) -> int:
+    """The exit code ``--strict`` adds for the run's verdict (0: none), saying why on stderr."""
+    if not (strict and verdict.unreliable):
+        return 0
+    err.print("[bold red]--strict:[/] the run's timings are unreliable (see the first line); exit "
+              f"{EXIT_UNRELIABLE}", markup=True, highlight=False)
+    return EXIT_UNRELIABLE
+
+
 PASS_NAMES_HELP = "forward, backward or forward_backward (or fwd, bwd, f+b)"
 
 
@@ -74,7 +86,7 @@ def print_baseline_comparison(run_dir: Path, baseline: str | None, pass_name: st
     for p in report.passes:
         for table in comparison_tables(report, p):
             out.print(table)
-    out.print(relative_legend(report.records), highlight=False)
+    out.print(relative_legend(report), highlight=False)
 
 
 def csv_columns(frame: Any) -> list[str]:

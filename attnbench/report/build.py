@@ -31,6 +31,7 @@ from attnbench.analysis.baseline import check_pairable, default_baseline, label_
 from attnbench.analysis.quality import ApproxTable, MQARSummary, approx_table, measured_scores, mqar_summary
 from attnbench.analysis.roofline import calibrations, run_notes, with_peak_fraction
 from attnbench.analysis.scaling import scaling_summary
+from attnbench.analysis.verdict import Verdict, run_verdict
 from attnbench.errors import DataError
 from attnbench.model import PASSES, Status
 from attnbench.stats.paired import Interval
@@ -154,6 +155,28 @@ class RunReport:
         return with_peak_fraction(self.relative if self.baseline is not None else self.frame, self.meta)
 
     @cached_property
+    def verdict(self) -> Verdict:
+        """Whether the run's timings can be trusted (of the whole run, whatever the filters)."""
+        rows = self.run.frame()
+        return run_verdict(self.meta, rows, with_peak_fraction(rows, self.meta)["peak_fraction"])
+
+    @cached_property
+    def fastest(self) -> list[dict[str, Any]]:
+        """Per pass, at the largest N, the variant that ran fastest against the
+        baseline: its row against the baseline (speed-up and interval)."""
+        out = []
+        if self.baseline is None or not self.several_variants:
+            return out
+        for pass_name in self.passes:
+            rows = self.relative_of(pass_name)
+            rows = rows[(rows["status"] == Status.OK) & (rows["label"] != self.baseline) & rows["speedup"].notna()]
+            if rows.empty:
+                continue
+            top = rows[rows["seq_len"] == rows["seq_len"].max()]
+            out.append(top.loc[top["speedup"].idxmax()].to_dict())
+        return out
+
+    @cached_property
     def notes(self) -> list[str]:
         """Warnings from the run's calibrations and noise record."""
         return run_notes(self.meta, self.records)
@@ -246,8 +269,21 @@ def build_report(run: Run | str | Path, options: ReportOptions | None = None) ->
 
 
 def report_of_records(run_dir: Path, records: list[dict[str, Any]], quality: list[dict[str, Any]]) -> RunReport:
-    """The report of a run that has just finished, from the records in hand."""
+    """The report of a run that has just finished, from the records in hand
+    (its run.json for the calibrations and the noise record)."""
+    import json
+
     from attnbench.store.results import records_frame
 
-    run = Run(path=run_dir, meta={}, records=records, quality=quality)
-    return RunReport(run, records_frame(records, run_dir.name), None)
+    try:
+        meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    run = Run(path=run_dir, meta=meta, records=records, quality=quality)
+    frame = records_frame(records, run.run_id)
+    baseline = default_baseline(frame, meta.get("baseline")) if not frame.empty else None
+    try:
+        check_pairable(frame)
+    except DataError:
+        baseline = None
+    return RunReport(run, frame, baseline)

@@ -11,8 +11,9 @@ import re
 import pandas as pd
 
 from attnbench.analysis.baseline import label_order, measured_passes, table_groups
+from attnbench.analysis.verdict import Verdict
 from attnbench.model import PASS_SHORT, Status
-from attnbench.report.build import AgreementLine, PublishedSection
+from attnbench.report.build import AgreementLine, PublishedSection, RunReport
 
 STATUS_SHORT = {s: ("OOM" if s == Status.OOM else s.value) for s in Status if s != Status.OK}
 NOISY_MARK = "~"
@@ -65,6 +66,8 @@ def relative_cell(row: pd.Series | None, kind: str) -> str:
         ratio, low, high = row.get("speedup"), row.get("speedup_low"), row.get("speedup_high")
         if row.get("speedup_method") != "t-rounds":  # one round: the samples' interval ignores drift; not shown
             low = high = None
+        if paired_differs(row):
+            return f"{value}{noisy} ({ratio_text(ratio)}{PAIRED_MARK}{interval_text(ratio, low, high)})"
     else:
         value = fmt_mib(row["peak_mem_mib"])
         ratio, low, high = row.get("mem_ratio"), row.get("mem_ratio_low"), row.get("mem_ratio_high")
@@ -108,14 +111,32 @@ def run_legend(frame: pd.DataFrame) -> str:
 
 
 RELATIVE_LEGEND = "speed-up = baseline time / time; memory ratio = peak / baseline peak"
+# A paired speed-up further than this (in log) from the ratio of the medians
+# shown beside it is marked: the medians mix moments the pairing keeps apart.
+PAIRED_DIFFERS, PAIRED_MARK = math.log(1.10), "*"
 PAIRED_LEGEND = ("; paired within rounds: geometric mean [95% interval] over this run's rounds "
                  "(the drift between runs is not in it)")
 
 
-def relative_legend(records: list[dict]) -> str:
-    """RELATIVE_LEGEND, and what the brackets are where cases have rounds to pair."""
-    paired = any(len(r.get("rounds") or []) >= 2 for r in records)
-    return RELATIVE_LEGEND + (PAIRED_LEGEND if paired else "")
+PAIRED_DIFFERS_LEGEND = (f"; {PAIRED_MARK} the paired estimate differs from the ratio of the medians shown "
+                         "by over 10%: the medians mix rounds the pairing keeps apart")
+
+
+def paired_differs(row: dict | pd.Series) -> bool:
+    """Whether a row's paired speed-up is further than PAIRED_DIFFERS from the ratio of its medians."""
+    ratio, medians = row.get("speedup"), row.get("speedup_medians")
+    if ratio is None or medians is None or pd.isna(ratio) or pd.isna(medians) or ratio <= 0 or medians <= 0:
+        return False
+    return abs(math.log(ratio / medians)) > PAIRED_DIFFERS
+
+
+def relative_legend(report: RunReport) -> str:
+    """RELATIVE_LEGEND, what the brackets are where cases have rounds to pair,
+    and what the mark of a paired estimate far from its medians' ratio means."""
+    paired = any(len(r.get("rounds") or []) >= 2 for r in report.records)
+    rows = report.relative
+    marked = not rows.empty and "speedup_medians" in rows and any(paired_differs(r) for r in rows.to_dict("records"))
+    return RELATIVE_LEGEND + (PAIRED_LEGEND if paired else "") + (PAIRED_DIFFERS_LEGEND if marked else "")
 
 
 
@@ -143,7 +164,8 @@ SCALING_LEGEND = ("time ∝ N^k and memory ∝ N^k, fitted on log-log; R² from 
                   "the larger half of the N (small N carry fixed overheads); N's: how many N were fitted; "
                   "x-over: the N where the variant becomes faster than the baseline and stays faster, "
                   "interpolated in log-log (< below the N measured, > never within them; ≈ where the "
-                  "fitted power laws would cross)")
+                  "fitted power laws would cross); poor: the times scatter about the power law (R² < 0.9 and "
+                  "residuals over 10%), so no exponent or crossover is claimed")
 
 
 
@@ -159,11 +181,19 @@ def short_crossover(text: str) -> str:
     return text
 
 
+POOR_FIT = "poor"  # a fit whose points scatter about the power law: no figure claimed
+
+
 def scaling_rows(summary: pd.DataFrame) -> list[list[str]]:
-    """The cells of ``analysis.scaling_summary`` per row, in SCALING_COLUMNS order."""
-    return [[r["label"], str(r["heads"]), str(r["points"]), fmt_exponent(r["time_exponent"]), fmt_r2(r["time_r2"]),
-             fmt_exponent(r["time_exponent_top"]), fmt_exponent(r["mem_exponent"]), fmt_r2(r["mem_r2"]),
-             short_crossover(r["crossover"])]
+    """The cells of ``analysis.scaling.scaling_summary`` per row, in SCALING_COLUMNS
+    order; an exponent or crossover of a poor fit is written ``poor``."""
+    def exponent(r: dict, key: str, poor: str) -> str:
+        return POOR_FIT if r.get(poor) else fmt_exponent(r[key])
+
+    return [[r["label"], str(r["heads"]), str(r["points"]), exponent(r, "time_exponent", "time_fit_poor"),
+             fmt_r2(r["time_r2"]), exponent(r, "time_exponent_top", "time_fit_poor"),
+             exponent(r, "mem_exponent", "mem_fit_poor"), fmt_r2(r["mem_r2"]),
+             POOR_FIT if r.get("crossover_poor") else short_crossover(r["crossover"])]
             for r in summary.to_dict("records")]
 
 
@@ -255,3 +285,37 @@ def agreement_lines(section: PublishedSection) -> list[str]:
     """The rank agreement, then the same with each other label of a model the run
     measured twice (LRA's Reformer as LRA ran it and at the paper's defaults)."""
     return [agreement_text(line) for line in section.agreements]
+
+
+VERDICT_STYLES = {"trustworthy": "bold green", "noisy": "bold yellow", "unreliable": "bold red", "unjudged": "dim"}
+
+
+def verdict_text(verdict: Verdict, markup: bool = False) -> str:
+    """The verdict's one line; with ``markup``, its level coloured for rich."""
+    line = verdict.headline
+    if not markup:
+        return line
+    level = verdict.level
+    return line.replace(level, f"[{VERDICT_STYLES[level]}]{level}[/]", 1)
+
+
+def fastest_lines(report: RunReport) -> list[str]:
+    """hyperfine's summary, per pass at the largest N: which variant ran fastest
+    against the baseline, by how much, with its paired interval."""
+    lines = []
+    several_heads = report.relative["heads"].nunique() > 1 if not report.relative.empty else False
+    for row in report.fastest:
+        ratio = float(row["speedup"])
+        paired = row.get("speedup_method") == "t-rounds"
+        low, high = (row["speedup_low"], row["speedup_high"]) if paired else (None, None)
+        if ratio < 1:  # every variant slower: how much slower the least slow one ran
+            low, high = (None, None) if low is None else (1 / high, 1 / low)
+            ratio, how = 1 / ratio, "slower"
+        else:
+            how = "faster"
+        figure = ratio_text(ratio) + interval_text(ratio, low, high)
+        heads = f", {row['heads']} heads" if several_heads else ""
+        lines.append(f"{row['label']} ran {figure} {how} than {report.baseline} at N={row['seq_len']}{heads}, "
+                     f"{row['pass']}")
+    return lines
+

@@ -28,16 +28,17 @@ def write_report_files(report: RunReport, files: ReportFiles) -> list[Path]:
         write_csv(report.tidy, files.csv)
         written.append(files.csv)
     title = str(report.meta.get("suite_name") or "")
+    banner = report.verdict.headline if report.verdict.unreliable else None
     if files.plot is not None:
         from attnbench.report.plots import plot_run
 
-        plot_run(report.frame, files.plot, report.records, title=title, baseline=report.baseline)
+        plot_run(report.frame, files.plot, report.records, title=title, baseline=report.baseline, banner=banner)
         written.append(files.plot)
     if files.plot_tradeoff is not None:
         from attnbench.report.plots import plot_tradeoff
 
         plot_tradeoff(report.frame, files.plot_tradeoff, title=title, quality=report.measured_scores or None,
-                      quality_label="MQAR accuracy (measured, mean over seeds)")
+                      quality_label="MQAR accuracy (measured, mean over seeds)", banner=banner)
         written.append(files.plot_tradeoff)
     if files.markdown is not None:
         from attnbench.report.markdown import markdown_report, write_text

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from attnbench.report.build import RunReport
+from attnbench.report.cells import fastest_lines
 from attnbench.report.quality import quality_json
 from attnbench.store.results import CSV_COLUMNS, frame_records
 
@@ -22,11 +23,12 @@ def report_payload(report: RunReport) -> dict[str, Any]:
     against the baseline, and per pass the scaling exponents and crossovers."""
     run = report.run
     return {"run_id": run.run_id, "run_dir": str(run.path), "suite": run.meta.get("suite_name"),
-            "status": run.meta.get("status"), "baseline": report.baseline, "warnings": run.warnings,
+            "status": run.meta.get("status"), "verdict": report.verdict.to_dict(),
+            "baseline": report.baseline, "warnings": run.warnings,
             "columns": CSV_COLUMNS, "rows": frame_records(report.frame, CSV_COLUMNS),
             "against_baseline": frame_records(report.relative, COMPARE_JSON_COLUMNS),
             "scaling": {p: frame_records(summary) for p, summary in report.scaling.items()},
-            "quality": quality_json(report)}
+            "quality": quality_json(report), "summary": fastest_lines(report)}
 
 
 def baseline_payload(report: RunReport, run_dir: str) -> dict[str, Any]:

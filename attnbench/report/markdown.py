@@ -20,12 +20,14 @@ from attnbench.report.cells import (
     agreement_lines,
     cell_time,
     failure_rows,
+    fastest_lines,
     fmt_ms,
     lookup_rows,
     published_cells,
     relative_rows,
     scaling_rows,
     side_by_side_rows,
+    verdict_text,
 )
 from attnbench.report.quality import quality_markdown
 from attnbench.store.results import write_atomic
@@ -81,7 +83,8 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
     run, frame, baseline = report.run, report.frame, report.baseline
     meta = run.meta
     env = meta.get("environment") or {}
-    lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", ""]
+    lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", "",
+             f"> **{verdict_text(report.verdict)}**", ""]
     facts = [("run", run.run_id), ("suite", meta.get("suite_path")), ("started", meta.get("started_at")),
              ("finished", meta.get("finished_at")), ("status", meta.get("status")),
              ("attnbench", env.get("attnbench")), ("git commit", env.get("git_commit")),
@@ -130,6 +133,9 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
     if failed:
         lines += ["## cases that did not succeed", "",
                   md_table(list(FAILURE_COLUMNS), failed, ["l", "l", "r", "r", "l"]), ""]
+    summary = fastest_lines(report)
+    if summary:
+        lines += ["## summary", "", *[f"- {line}" for line in summary], ""]
     return "\n".join(lines) + "\n"
 
 

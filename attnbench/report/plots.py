@@ -19,12 +19,13 @@ from attnbench.errors import AttnbenchError
 from attnbench.model import PASSES, Status
 
 FORMATS = (".png", ".svg")
+BANNER_HEIGHT = 0.08  # of the figure, kept free at the top for the banner of an unreliable run
 PASS_TITLES = {"forward": "forward (inference)", "backward": "backward",
                "forward_backward": "forward + backward (training step)"}
 
 
 def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]] | None = None,
-             title: str = "", baseline: str | None = None) -> Path:
+             title: str = "", baseline: str | None = None, banner: str | None = None) -> Path:
     """Write the time / memory vs N figure of a results frame to ``path``
     (.png or .svg). ``records`` (the run's cases.jsonl records) give the
     quartiles of the raw samples for the band; without them the band is the
@@ -96,13 +97,22 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), frameon=False)
     head = f"{title} — " if title else ""
     more = f" (first of {len(groups)} settings)" if len(groups) > 1 else ""
-    fig.suptitle(f"{head}{describe_setting(setting)}{more}")
+    fig.suptitle(f"{head}{describe_setting(setting)}{more}", y=0.98 - (BANNER_HEIGHT if banner else 0))
     rows_of_legend = math.ceil(len(names) / 6)
-    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 0.97 - (BANNER_HEIGHT if banner else 0)))
+    draw_banner(fig, banner)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_banner(fig: Any, banner: str | None) -> None:
+    """A red band across the top of ``fig`` saying, in words, why its figures
+    cannot be trusted (the run's verdict); nothing without a banner."""
+    if banner:
+        fig.text(0.5, 0.995, _wrap(banner, int(fig.get_figwidth() * 12)), ha="center", va="top", fontsize=9, color="white",
+                 weight="bold", bbox={"boxstyle": "square,pad=0.4", "facecolor": "#b22222", "edgecolor": "none"})
 
 
 def _n_label(n: int) -> str:
@@ -187,7 +197,8 @@ def published_tradeoff_points() -> pd.DataFrame:
 
 
 def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
-                  quality: dict[str, float] | None = None, quality_label: str = "measured quality") -> Path:
+                  quality: dict[str, float] | None = None, quality_label: str = "measured quality",
+                  banner: str | None = None) -> Path:
     """Write LRA's Figure 3 for a run to ``path`` (.png or .svg): x = measured
     examples/s of the training step at the run's largest common N, y = the LRA
     score of the label's variant (or ``quality[label]``, named ``quality_label``),
@@ -219,10 +230,12 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
     ax_lra.set_title(f"LRA's own numbers: 4-layer model, N=4K, batch {LRA_BATCH} (TPU v3)")
     ax_lra.set_ylabel(str(table1.meta.get("score_label", "LRA score")))
     head = f"{title} — " if title else ""
-    fig.suptitle(f"{head}speed, quality and memory (circle area = peak memory), after LRA Figure 3")
+    fig.suptitle(f"{head}speed, quality and memory (circle area = peak memory), after LRA Figure 3",
+                 y=0.98 - (BANNER_HEIGHT if banner else 0))
     footer = "\n".join(_wrap(line, 190) for line in [*notes, f"scores: {table1.citation}"])
     fig.text(0.01, 0.01, footer, fontsize=7.5, va="bottom")
-    fig.tight_layout(rect=(0, 0.022 * (footer.count("\n") + 1) + 0.015, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.022 * (footer.count("\n") + 1) + 0.015, 1, 0.95 - (BANNER_HEIGHT if banner else 0)))
+    draw_banner(fig, banner)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

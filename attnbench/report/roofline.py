@@ -11,6 +11,7 @@ from rich.table import Table
 
 from attnbench.analysis.baseline import describe_setting, label_order, settings_groups
 from attnbench.analysis.roofline import calibrations
+from attnbench.analysis.verdict import PEAK_FRACTION_MAX
 from attnbench.bench.calibration import format_rate
 from attnbench.model import PASS_SHORT, REPORTED_PASSES, Status
 from attnbench.report.build import RunReport
@@ -35,7 +36,9 @@ def roofline_tables(report: RunReport) -> list[Table]:
                       caption=f"peak {format_rate('matmul_flops', cal['matmul_flops'])} (n={cal.get('matmul_n')} "
                               f"matmul), copy bandwidth {format_rate('bw', cal['bandwidth_bytes_per_s'])}: a "
                               f"layer needs over {balance:.0f} FLOPs per byte moved to reach the peak; "
-                              f"cells {' / '.join(PASS_SHORT[p] for p in shown)}")
+                              f"cells {' / '.join(PASS_SHORT[p] for p in shown)}"
+                              + ("; ! above the measured peak: impossible, the machine changed under the run "
+                                 "(see the verdict)" if (group["peak_fraction"] > PEAK_FRACTION_MAX).any() else ""))
         table.add_column("variant", no_wrap=True, style="bold")
         table.add_column("heads", justify="right")
         for n in ns:
@@ -49,7 +52,8 @@ def roofline_tables(report: RunReport) -> list[Table]:
                     for p in shown:
                         r = lookup.get((label, heads, n, p))
                         ok = r is not None and r["status"] == Status.OK and not pd.isna(r["peak_fraction"])
-                        parts.append(f"{100 * r['peak_fraction']:.0f}%" if ok else "-")
+                        impossible = ok and r["peak_fraction"] > PEAK_FRACTION_MAX
+                        parts.append(f"{100 * r['peak_fraction']:.0f}%" + ("!" if impossible else "") if ok else "-")
                     cells.append(" / ".join(parts))
                 table.add_row(label, str(heads), *cells)
         tables.append(table)

@@ -24,6 +24,7 @@ from attnbench.report.cells import (
     agreement_lines,
     cell_time,
     failure_rows,
+    fastest_lines,
     fmt_mib,
     lookup_rows,
     published_cells,
@@ -32,6 +33,7 @@ from attnbench.report.cells import (
     run_legend,
     scaling_rows,
     side_by_side_rows,
+    verdict_text,
 )
 from attnbench.report.quality import quality_tables
 from attnbench.report.roofline import roofline_tables
@@ -170,16 +172,17 @@ def report_sections(report: RunReport) -> list:
 
 
 def terminal_report(report: RunReport) -> list:
-    """``attnbench report``, in order: the header; the run's tables; against the
+    """``attnbench report``, in order: the verdict on the run's timings; the header; the run's tables; against the
     baseline the speed and memory tables of the reported passes (when there is
     more than one variant); the roofline and the run's warnings; scaling,
     crossovers and the published table; quality; the failed cases."""
     frame = report.frame
-    out: list = [report_header(report), *run_tables(frame), run_legend(frame)]
+    out: list = [verdict_text(report.verdict, markup=True), report_header(report), *run_tables(frame),
+                 run_legend(frame)]
     if report.baseline is not None and report.several_variants:
         for pass_name in report.passes:
             out.extend(comparison_tables(report, pass_name))
-        out.append(relative_legend(report.records))
+        out.append(relative_legend(report))
     out.extend(roofline_tables(report))
     out.extend(report.notes)
     out.extend(report_sections(report))
@@ -189,19 +192,22 @@ def terminal_report(report: RunReport) -> list:
         out.append(failed)
         if report.traceback_note:
             out.append(report.traceback_note)
+    out.extend(fastest_lines(report))
     return out
 
 
 def run_end(report: RunReport) -> list:
-    """What ``attnbench run`` prints on stdout when it ends: the run's tables and
-    their legend, the quality tables, the failed cases."""
-    out: list = [*run_tables(report.frame)]
+    """What ``attnbench run`` prints on stdout when it ends: the verdict, the
+    run's tables and their legend, the quality tables, the failed cases, the
+    fastest variant of each pass."""
+    out: list = [verdict_text(report.verdict, markup=True), *run_tables(report.frame)]
     if not report.frame.empty:
         out.append(run_legend(report.frame))
     out.extend(quality_tables(report))
     failed = failures_table(report.failed)
     if failed is not None:
         out.append(failed)
+    out.extend(fastest_lines(report))
     return out
 
 
