@@ -15,6 +15,9 @@ from typing import Any
 
 MIB = float(1 << 20)
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+# The CPU workers' allocator: glibc's malloc with its thresholds fixed (steady),
+# or as glibc leaves it (default). See bench/worker/setup.py.
+ALLOCATORS = ("steady", "default")
 PASSES = ("forward", "backward", "forward_backward")
 #: The passes a report shows: the papers' inference and training step.
 REPORTED_PASSES = ("forward", "forward_backward")
@@ -103,6 +106,7 @@ class TimingSettings:
     min_reps: int = 5  # never fewer samples than this (unless max_reps is smaller)
     target_rel_iqr: float = 0.05  # stop early once IQR/median is under this
     interleave: bool = True
+    allocator: str = "steady"  # one of ALLOCATORS: the CPU workers' malloc (bench.worker.setup)
 
 
 @dataclass(frozen=True)

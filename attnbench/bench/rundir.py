@@ -75,7 +75,7 @@ _COMPARABLE_CASE_KEYS = ("variant", "params", "passes", "compile")
 #: a run recorded before ``rounds`` visited each case once, one before
 #: ``interleave`` measured one case after another. Its suite resumes with
 #: those values set, and is refused, saying so, with anything else.
-TIMING_BEFORE_KEY = {"rounds": 1, "interleave": False}
+TIMING_BEFORE_KEY = {"rounds": 1, "interleave": False, "allocator": "steady"}
 
 
 def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]]) -> list[str]:

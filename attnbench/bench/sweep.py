@@ -18,6 +18,7 @@ finished one, and leave results.csv and run.json written.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import shlex
 from collections import deque
@@ -36,6 +37,7 @@ from attnbench.bench.shard import Shard, setting_groups, shard_cases
 from attnbench.bench.signals import Interrupted, SignalGuard
 from attnbench.bench.skip import skip_reason, unrunnable_warnings
 from attnbench.bench.worker.messages import CaseStarted
+from attnbench.bench.worker.setup import MALLOC_ENV
 from attnbench.model import HARMLESS, Case, Status
 from attnbench.store.results import append_record, records_frame, rewrite_records, write_csv
 from attnbench.store.visits import merge_visits, visit_round
@@ -123,12 +125,14 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     says ``interrupted``; ``--resume`` runs the rest, in the same order."""
     all_cases = suite.cases()
     unrunnable = unrunnable_warnings(all_cases)
+    os.environ[MALLOC_ENV] = suite.timing.allocator  # read by every worker and calibration this run starts
     executor = executor or make_executor(suite, options)
     try:
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
         warnings = warnings + unrunnable
         meta.setdefault("order_seed", random.SystemRandom().randrange(2**32))
         meta["executor"] = executor.describe()  # how this (part of the) run was spread, e.g. shared CPU
+        meta["allocator"] = suite.timing.allocator
         write_meta(run_dir, meta)
         jsonl = run_dir / "cases.jsonl"
         jsonl.touch()  # a run directory always has its (maybe empty) list of cases

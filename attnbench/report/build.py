@@ -155,6 +155,17 @@ class RunReport:
         return with_peak_fraction(self.relative if self.baseline is not None else self.frame, self.meta)
 
     @cached_property
+    def allocator(self) -> str | None:
+        """The CPU allocator the run's workers used (timing.allocator; older runs:
+        what their calibration recorded); None when the run does not say."""
+        starts = (self.meta.get("calibration") or {}).get("start") or []
+        applied = next((c.get("malloc") for c in starts if isinstance(c, dict) and c.get("malloc")), None)
+        setting = self.meta.get("allocator") or applied
+        if setting and applied and applied != setting:
+            return f"{setting} (not applied here: {applied})"
+        return setting
+
+    @cached_property
     def verdict(self) -> Verdict:
         """Whether the run's timings can be trusted (of the whole run, whatever the filters)."""
         rows = self.run.frame()

@@ -319,3 +319,18 @@ def fastest_lines(report: RunReport) -> list[str]:
                      f"{row['pass']}")
     return lines
 
+
+
+ALLOCATOR_MEANING = {
+    "steady": "glibc malloc's thresholds fixed in the workers: large tensors are reused, as with jemalloc or "
+              "tcmalloc",
+    "default": "glibc's own thresholds: every tensor over 32 MiB is mapped afresh and pays its page faults",
+}
+
+
+def allocator_text(allocator: str | None) -> str | None:
+    """The allocator line of a report's header (None when the run does not say)."""
+    if allocator is None:
+        return None
+    meaning = ALLOCATOR_MEANING.get(allocator.split(" ")[0])
+    return f"{allocator} ({meaning})" if meaning else allocator

@@ -23,7 +23,7 @@ def report_payload(report: RunReport) -> dict[str, Any]:
     against the baseline, and per pass the scaling exponents and crossovers."""
     run = report.run
     return {"run_id": run.run_id, "run_dir": str(run.path), "suite": run.meta.get("suite_name"),
-            "status": run.meta.get("status"), "verdict": report.verdict.to_dict(),
+            "status": run.meta.get("status"), "verdict": report.verdict.to_dict(), "allocator": report.allocator,
             "baseline": report.baseline, "warnings": run.warnings,
             "columns": CSV_COLUMNS, "rows": frame_records(report.frame, CSV_COLUMNS),
             "against_baseline": frame_records(report.relative, COMPARE_JSON_COLUMNS),

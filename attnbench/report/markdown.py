@@ -18,6 +18,7 @@ from attnbench.report.cells import (
     SCALING_LEGEND,
     SIDE_BY_SIDE_KINDS,
     agreement_lines,
+    allocator_text,
     cell_time,
     failure_rows,
     fastest_lines,
@@ -89,7 +90,8 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
              ("finished", meta.get("finished_at")), ("status", meta.get("status")),
              ("attnbench", env.get("attnbench")), ("git commit", env.get("git_commit")),
              ("torch", env.get("torch")), ("python", env.get("python")), ("CPU", env.get("cpu_model")),
-             ("threads", env.get("torch_threads")), ("GPUs", _gpus(env.get("gpus"))), ("OS", env.get("os")),
+             ("threads", env.get("torch_threads")), ("allocator", allocator_text(report.allocator)),
+             ("GPUs", _gpus(env.get("gpus"))), ("OS", env.get("os")),
              ("command", " ".join(meta.get("command") or []) or None), ("baseline", baseline)]
     lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "", [])]
     lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time, paired "

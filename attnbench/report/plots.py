@@ -111,8 +111,9 @@ def draw_banner(fig: Any, banner: str | None) -> None:
     """A red band across the top of ``fig`` saying, in words, why its figures
     cannot be trusted (the run's verdict); nothing without a banner."""
     if banner:
-        fig.text(0.5, 0.995, _wrap(banner, int(fig.get_figwidth() * 12)), ha="center", va="top", fontsize=9, color="white",
-                 weight="bold", bbox={"boxstyle": "square,pad=0.4", "facecolor": "#b22222", "edgecolor": "none"})
+        fig.text(0.5, 0.995, _wrap(banner, int(fig.get_figwidth() * 12)), ha="center", va="top", fontsize=9,
+                 color="white", weight="bold",
+                 bbox={"boxstyle": "square,pad=0.4", "facecolor": "#b22222", "edgecolor": "none"})
 
 
 def _n_label(n: int) -> str:

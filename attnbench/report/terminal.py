@@ -22,6 +22,7 @@ from attnbench.report.cells import (
     SCALING_LEGEND,
     SIDE_BY_SIDE_KINDS,
     agreement_lines,
+    allocator_text,
     cell_time,
     failure_rows,
     fastest_lines,
@@ -224,6 +225,9 @@ def report_header(report: RunReport) -> str:
     started = str(meta.get("started_at") or "")[:16].replace("T", " ")
     lines = [f"run {run.run_id} · suite {meta.get('suite_name') or EMPTY} · {started or EMPTY} · "
              f"{meta.get('status') or EMPTY}", f"machine: {machine or EMPTY}"]
+    allocator = allocator_text(report.allocator)
+    if allocator:
+        lines.append(f"allocator: {allocator}")
     groups = settings_groups(report.frame)
     if len(groups) == 1:
         lines.append(f"setting: {describe_setting(groups[0][0])}")

@@ -189,6 +189,10 @@ class _Validator:
             return value
         if field.kind == "int_list":
             return self.int_list(value, name, line, int(field.lo), int(field.hi or 0))
+        if field.kind == "choice":
+            if value not in field.choices:
+                self.fail(f"unknown value {value!r}; choose one of {', '.join(field.choices)}", key=name, line=line)
+            return value
         items = self.nonempty_list(value, name, line)
         for i, item in enumerate(items):
             if field.kind == "choices" and item not in field.choices:

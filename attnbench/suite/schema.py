@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from attnbench.model import DTYPES, PASSES
+from attnbench.model import ALLOCATORS, DTYPES, PASSES
 from attnbench.quality import MEASURES, REGIMES
 
 SCHEMA_VERSION = 1
@@ -36,7 +36,8 @@ class Field:
     ``positive``; null allowed when ``nullable``), ``boolean``, ``dtype``
     (one of DTYPES), ``passes`` (one or a list of PASSES), ``int_list`` (one
     or a list of distinct integers lo..hi) and ``devices`` (one or a list of
-    cpu, cuda, cuda:N, auto) and ``choices`` (one or a list of distinct ``choices``)."""
+    cpu, cuda, cuda:N, auto), ``choice`` (one of ``choices``) and ``choices`` (one
+    or a list of distinct ``choices``)."""
 
     kind: str
     description: str
@@ -70,6 +71,10 @@ TIMING_FIELDS: dict[str, Field] = {
     "target_rel_iqr": Field("number", "Stop early once IQR/median is under this."),
     "interleave": Field("boolean", "Sample the variants of a setting group in turns (A B C A B C ...), pass by "
                         "pass, so that their figures come from the same moments (false: one after another)."),
+    "allocator": Field("choice", "CPU memory allocator of the workers: steady (glibc's malloc thresholds fixed, so "
+                       "large tensors are reused as in a tuned deployment or with jemalloc/tcmalloc) or default "
+                       "(glibc's own: every tensor over 32 MiB is mapped afresh and pays its page faults).",
+                       choices=ALLOCATORS),
 }
 LIMIT_FIELDS: dict[str, Field] = {
     "case_timeout_s": Field("number", "A case running longer is killed and recorded as timeout.", positive=True),
@@ -167,6 +172,8 @@ def _field_schema(field: Field) -> dict[str, Any]:
     elif field.kind == "devices":
         one = {"type": "string", "pattern": DEVICE_PATTERN}
         out = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+    elif field.kind == "choice":
+        out = {"enum": list(field.choices)}
     elif field.kind == "choices":
         one = {"enum": list(field.choices)}
         out = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "uniqueItems": True}]}

@@ -33,6 +33,7 @@ from attnbench.bench.worker.process import (
     run_in_process,
     run_unit_in_process,
 )
+from attnbench.bench.worker.setup import steady_malloc
 from attnbench.model import Case
 
 
@@ -177,6 +178,7 @@ class InProcessExecutor(Executor):
         # preloads, then have the collector, run after every pass, skip what
         # already exists, so that both modes time alike.
         import_modules(SERVER_PRELOAD)
+        steady_malloc()  # the run's allocator (the sweep set it in the environment), as in a worker
         gc.freeze()
         self._frozen = True
 

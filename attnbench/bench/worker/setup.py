@@ -27,7 +27,8 @@ def die_with_parent() -> None:
         pass
 
 
-#: Set to ``default`` to keep the C allocator's own thresholds in workers.
+#: The run's allocator (``timing.allocator``: steady or default), set by the sweep
+#: in the environment every worker and calibration inherits.
 MALLOC_ENV = "ATTNBENCH_MALLOC"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 STEADY_MMAP_THRESHOLD = 1 << 30
