@@ -196,3 +196,55 @@ def gate(runs: TwoRuns, fail_above: float) -> GateVerdict:
     shift = runs.shift
     shifted = shift is not None and shift.verdict == between_runs.SLOWER and shift.ratio > fail_above
     return GateVerdict(fail_above, shifted, regressions(runs.compared, fail_above), runs.lost)
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """A nested mapping as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _variants(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The suite's variants by label: a bare name is its own label, without parameters."""
+    out = {}
+    for entry in raw.get("variants") or []:
+        if isinstance(entry, str):
+            out[entry] = {"name": entry}
+        elif isinstance(entry, dict):
+            out[str(entry.get("label") or entry.get("name"))] = {k: v for k, v in entry.items() if k != "label"}
+    return out
+
+
+def suite_differences(meta_a: dict[str, Any], meta_b: dict[str, Any]) -> list[str]:
+    """What differs between the suites two runs were made with, one line per
+    key as ``linformer.params.k 128 → 384`` (a variant's keys under its label):
+    a comparison of cases built or timed differently compares those changes
+    too, and its reader must know."""
+    raw_a, raw_b = meta_a.get("suite") or {}, meta_b.get("suite") or {}
+    lines = []
+    if meta_a.get("suite_name") != meta_b.get("suite_name"):
+        lines.append(f"suite {meta_a.get('suite_name')} → {meta_b.get('suite_name')}")
+    if (meta_a.get("allocator") or "steady") != (meta_b.get("allocator") or "steady"):
+        lines.append(f"timing.allocator {meta_a.get('allocator') or 'steady'} → {meta_b.get('allocator') or 'steady'}")
+    for section in ("defaults", "grid", "timing", "limits"):
+        a, b = _flat(raw_a.get(section) or {}, section), _flat(raw_b.get(section) or {}, section)
+        for key in dict.fromkeys([*a, *b]):
+            if key.endswith(".allocator"):
+                continue  # said above, with the older runs' implied value
+            if a.get(key) != b.get(key):
+                lines.append(f"{key} {a.get(key, '(unset)')} → {b.get(key, '(unset)')}")
+    va, vb = _variants(raw_a), _variants(raw_b)
+    for label in dict.fromkeys([*va, *vb]):
+        if label not in vb:
+            lines.append(f"{label}: only in A")
+        elif label not in va:
+            lines.append(f"{label}: only in B")
+        else:
+            a, b = _flat(va[label], label), _flat(vb[label], label)
+            lines += [f"{key} {a.get(key, '(default)')} → {b.get(key, '(default)')}"
+                      for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+    return lines

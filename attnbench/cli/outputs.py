@@ -109,7 +109,7 @@ def print_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: 
     (``--fail-above``) fails."""
     from dataclasses import asdict
 
-    from attnbench.analysis.two_runs import compare_two_runs, gate
+    from attnbench.analysis.two_runs import compare_two_runs, gate, suite_differences
     from attnbench.report.roofline import calibration_table
     from attnbench.report.two_runs import compare_runs_tables, lost_case_lines
     from attnbench.store.results import frame_records, load_run
@@ -127,11 +127,16 @@ def print_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: 
     if same:
         err.print(f"note: {run_a} and {run_b} are the same run: every ratio is 1", highlight=False)
     warn(a.warnings + b.warnings)
+    differences = suite_differences(a.meta, b.meta)
+    if differences and not same:
+        warn(["the two runs were made with different suites; what differs (A → B):\n  "
+              + "\n  ".join(differences)])
     verdict = gate(runs, fail_above) if fail_above is not None else None
     shift = runs.shift
     if as_json:
         print_json({"run_a": str(run_a), "run_b": str(run_b), "same_run": same, "min_effect": min_effect,
                     "fail_above": fail_above, "regressions": verdict.count if verdict else 0,
+                    "suite_differences": differences,
                     "lost": len(runs.lost), "shift": asdict(shift) if shift else None,
                     "calibration": {"a": a.meta.get("calibration"), "b": b.meta.get("calibration")},
                     "rows": frame_records(runs.compared), "summary": frame_records(runs.summary)})
