@@ -362,7 +362,7 @@ def validate(
     out.print(f"{suite_path}: ok — {variants} variant{'s' * (variants != 1)}, {count_of(len(cases), 'case')}, "
               f"{count_of(sum(len(c.passes) for c in cases), 'timed pass', 'timed passes')}, "
               f"{count_of(rounds, 'round')} ({count_of(len(cases) * rounds, 'visit')}){quality}", highlight=False)
-    estimate = estimate_from_runs(runs_dir, suite.name, [c.case_id for c in cases])
+    estimate = estimate_from_runs(runs_dir, suite.name, [c.case_id for c in cases], rounds)
     if estimate is not None:
         seconds, known, run_id = estimate
         share = "" if known == len(cases) else f" for the {known} of its cases measured there"

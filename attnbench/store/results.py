@@ -312,21 +312,36 @@ def run_summaries(root: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def estimate_from_runs(root: str | Path, suite_name: str, case_ids: list[str]) -> tuple[float, int, str] | None:
-    """From the latest run under ``root`` of the suite named ``suite_name``: the
-    seconds its cases among ``case_ids`` took, how many of them it has, and its
-    id; None when no run of that suite measured any of them."""
+def estimate_from_runs(root: str | Path, suite_name: str, case_ids: list[str],
+                       rounds: int = 1) -> tuple[float, int, str] | None:
+    """How long ``case_ids`` visited ``rounds`` times would take, from the latest
+    run under ``root`` of the suite named ``suite_name``: (seconds, how many of
+    the cases it measured, its id); None when no run of that suite measured any.
+
+    Each case's mean time per visit there, times ``rounds``, is that run's share
+    of its work; a run that finished in one go scales its whole wall time by that
+    share, so worker start-up, calibration and memory runs are counted as they
+    were there (a resumed or interrupted run has no whole wall time: its cases'
+    own times are the estimate)."""
     wanted = set(case_ids)
     for d in reversed(run_dirs(root)):
         try:
             meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
             if not isinstance(meta, dict) or meta.get("suite_name") != suite_name:
                 continue
-            records, _ = read_records(d / "cases.jsonl")
+            visits, _ = read_records(d / "cases.jsonl")
         except (OSError, ValueError, ResultsError):
             continue
-        seen = {r["case_id"]: float(r.get("wall_s") or 0.0) for r in records if r["case_id"] in wanted}
-        if seen:
-            return sum(seen.values()), len(seen), str(meta.get("run_id", d.name))
+        per_case: dict[str, list[float]] = {}
+        for visit in visits:
+            per_case.setdefault(visit["case_id"], []).append(float(visit.get("wall_s") or 0.0))
+        known = [c for c in dict.fromkeys(case_ids) if c in per_case and c in wanted]
+        if not known:
+            continue
+        share = sum(statistics.fmean(per_case[c]) for c in known) * rounds
+        measured = sum(sum(walls) for walls in per_case.values())
+        wall = (meta.get("noise") or {}).get("wall_s")
+        whole = meta.get("status") == "finished" and len(meta.get("history") or []) <= 1 and wall
+        seconds = float(wall) * share / measured if whole and measured > 0 else share
+        return seconds, len(known), str(meta.get("run_id", d.name))
     return None
-
