@@ -140,6 +140,9 @@ def run(
                              executor=executor, address=address, devices=spread.devices,
                              allow_shared_cpu=allow_shared_cpu, command=_command_line(ctx))
         summary = run_suite(suite, options)
+    if summary.interrupted and not summary.visits:  # nothing to show, nothing to resume
+        err.print(f"interrupted before any case was measured ({summary.run_dir} holds nothing)", highlight=False)
+        raise typer.Exit(summary.exit_code)
     warn(summary.warnings)
     report = report_of_records(summary.run_dir, summary.records, summary.quality)
     for item in run_end(report):

@@ -43,10 +43,10 @@ class ErrorBoundary(TyperGroup):
         except AttnbenchError as exc:  # escaped: a message may quote [brackets], e.g. attnbench[ray]
             err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:  # the reader went away (| head): not a bug; say nothing more
+        except BrokenPipeError:  # the reader went away (| head): not an error, as for other CLIs
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(1) from None
+            raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort, TyperException, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: report the bug, never a bare traceback

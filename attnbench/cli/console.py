@@ -19,7 +19,17 @@ from attnbench.errors import AttnbenchError
 
 JSON_SCHEMA = 1
 
-out = Console()  # its width is set per command by fit_output
+class ResultsConsole(Console):
+    """stdout: a reader that goes away (``| head``) is not an error, as for other CLIs (rich exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+out = ResultsConsole()  # its width is set per command by fit_output
 PIPED_WIDTH = 200
 
 

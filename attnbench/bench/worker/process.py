@@ -45,7 +45,10 @@ START_METHOD_ENV = "ATTNBENCH_START_METHOD"
 WORKER_READY_TIMEOUT_S = 300.0  # a worker that cannot import torch in this long is broken
 # torch._inductor is what the CPU memory profiler's first use imports (seconds
 # of sympy and friends); importing it starts no thread, so it is preloaded too.
-SERVER_PRELOAD = ["attnbench.bench.worker.measure", "torch._inductor.config"]
+# The fork server imports these once, the first to ignore Ctrl-C before the
+# seconds of importing torch (the server ignores it itself only after its preload).
+SERVER_PRELOAD = ["attnbench.bench.worker.ignore_interrupt", "attnbench.bench.worker.measure",
+                  "torch._inductor.config"]
 
 
 def _start_method() -> str:
