@@ -41,8 +41,9 @@ class SuiteErrors(SuiteError):
     """Several SuiteErrors of one file, reported together."""
 
     def __init__(self, errors: list[SuiteError]) -> None:
-        self.errors = errors
-        first = errors[0]
+        # In the file's order (errors without a line last), as the validator found them otherwise.
+        self.errors = sorted(errors, key=lambda e: (e.line is None, e.line or 0))
+        first = self.errors[0]
         super().__init__(first.message, file=first.file, line=first.line, key=first.key)
 
     def __str__(self) -> str:

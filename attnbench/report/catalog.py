@@ -51,9 +51,16 @@ def parameter_meanings(doc: str) -> dict[str, str]:
     return meanings
 
 
+NO_DESCRIPTION = "no description"
+
+
 def docstring(name: str) -> str:
-    """The variant's docstring, without its ``Parameters:`` section (shown as a table)."""
-    doc = inspect.getdoc(resolve(name).target) or ""
+    """The variant's own docstring, without its ``Parameters:`` section (shown as
+    a table); "no description" for a class without one (inspect would give its
+    base class's: nn.Module's, for a plain layer)."""
+    target = resolve(name).target
+    own = target.__dict__.get("__doc__") if isinstance(target, type) else getattr(target, "__doc__", None)
+    doc = inspect.cleandoc(own) if own else NO_DESCRIPTION
     lines = doc.splitlines()
     cut = next((i for i, line in enumerate(lines) if _SECTION.match(line)), len(lines))
     return "\n".join(lines[:cut]).strip()
@@ -93,8 +100,9 @@ def variant_detail(name: str) -> list[Any]:
     """What ``attnbench list NAME`` prints: the facts, the docstring, the parameters."""
     info = variant_info(name)
     paper = f"arXiv:{info.paper} (https://arxiv.org/abs/{info.paper})" if info.paper else "no paper"
-    head = Text.assemble((info.name, "bold"), f" — family {info.family}, {info.complexity}, "
-                         f"causal: {'yes' if info.causal else 'no'}, origin: {info.origin}\n{paper}")
+    facts = [f"family {info.family}", info.complexity, f"causal: {'yes' if info.causal else 'no'}",
+             f"origin: {info.origin}"]
+    head = Text.assemble((info.name, "bold"), " — " + ", ".join(f for f in facts if f) + f"\n{paper}")
     out: list[Any] = [head, "", Text(docstring(name)), ""]
     rows = parameter_rows(name)
     if not rows:

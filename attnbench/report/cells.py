@@ -5,6 +5,7 @@ from the report (``attnbench.report.build``)."""
 
 from __future__ import annotations
 
+import html
 import math
 import re
 
@@ -334,3 +335,13 @@ def allocator_text(allocator: str | None) -> str | None:
         return None
     meaning = ALLOCATOR_MEANING.get(allocator.split(" ")[0])
     return f"{allocator} ({meaning})" if meaning else allocator
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|"})
+
+
+def md_escape(text: object) -> str:
+    """Text from a run (labels, parameters, errors, paths) as literal markdown:
+    no HTML (``<b>`` shows as typed), no emphasis or link, and a ``|`` that
+    cannot end a table cell."""
+    return html.escape(str(text), quote=False).translate(_MD_SPECIAL)

@@ -24,6 +24,7 @@ from attnbench.report.cells import (
     fastest_lines,
     fmt_ms,
     lookup_rows,
+    md_escape,
     published_cells,
     relative_rows,
     scaling_rows,
@@ -34,22 +35,18 @@ from attnbench.report.quality import quality_markdown
 from attnbench.store.results import write_atomic
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
 def md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
     align = align or ["l"] + ["r"] * (len(header) - 1)
     rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _relative_md(data: pd.DataFrame, baseline: str, pass_name: str) -> list[str]:
     """The speed tables of every setting, then the memory tables."""
     groups = list(relative_rows(data, pass_name))
-    return [f"**{what} vs {baseline}** — {describe_setting(setting)}, {heads} heads\n\n"
+    return [f"**{what} vs {md_escape(baseline)}** — {describe_setting(setting)}, {heads} heads\n\n"
             + md_table(["variant", *[f"N={n}" for n in ns]], by_kind[kind])
             for kind, what in RELATIVE_KINDS for setting, heads, ns, by_kind in groups]
 
@@ -84,7 +81,7 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
     run, frame, baseline = report.run, report.frame, report.baseline
     meta = run.meta
     env = meta.get("environment") or {}
-    lines = [f"# attnbench report: {meta.get('suite_name') or run.run_id}", "",
+    lines = [f"# attnbench report: {md_escape(meta.get('suite_name') or run.run_id)}", "",
              f"> **{verdict_text(report.verdict)}**", ""]
     facts = [("run", run.run_id), ("suite", meta.get("suite_path")), ("started", meta.get("started_at")),
              ("finished", meta.get("finished_at")), ("status", meta.get("status")),
@@ -93,7 +90,7 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
              ("threads", env.get("torch_threads")), ("allocator", allocator_text(report.allocator)),
              ("GPUs", _gpus(env.get("gpus"))), ("OS", env.get("os")),
              ("command", " ".join(meta.get("command") or []) or None), ("baseline", baseline)]
-    lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "", [])]
+    lines += [f"- **{k}**: {md_escape(v)}" for k, v in facts if v not in (None, "", [])]
     lines += ["", f"Cells: steps/s = 1000 / median ms of one pass; speed-up = baseline time / time, paired "
                   f"within rounds, with its 95% interval over this run's rounds in brackets (the drift between "
                   f"runs is not in it); `{NOISY_MARK}` marks a noisy "
@@ -113,12 +110,12 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
             for part in _relative_md(report.relative_of(pass_name), baseline, pass_name):
                 lines += [part, ""]
         rows = scaling_rows(report.scaling[pass_name])
-        lines += [f"**scaling in N and crossover vs {baseline}** ({SCALING_LEGEND})", "",
+        lines += [f"**scaling in N and crossover vs {md_escape(baseline)}** ({SCALING_LEGEND})", "",
                   md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
     section = report.published
     if section is not None:
         if section.table is None:
-            lines += [f"> warning: {section.error}", ""]
+            lines += [f"> warning: {md_escape(section.error)}", ""]
         else:
             published, both = section.table, section.side_by_side
             lines += _published_md(published)
@@ -129,7 +126,7 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
                 lines += [f"**{what}, measured / published ({published.pass_name}), against "
                           f"{published.meta.get('baseline_model', 'the baseline')}**", "",
                           md_table(["model (variant)", *[f"N={n}" for n in ns]], rows), ""]
-            lines += [line for text in agreement_lines(section) for line in (text, "")]
+            lines += [line for text in agreement_lines(section) for line in (md_escape(text), "")]
     lines += quality
     failed = failure_rows(report.failed)
     if failed:
@@ -137,7 +134,7 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
                   md_table(list(FAILURE_COLUMNS), failed, ["l", "l", "r", "r", "l"]), ""]
     summary = fastest_lines(report)
     if summary:
-        lines += ["## summary", "", *[f"- {line}" for line in summary], ""]
+        lines += ["## summary", "", *[f"- {md_escape(line)}" for line in summary], ""]
     return "\n".join(lines) + "\n"
 
 

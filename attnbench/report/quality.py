@@ -17,6 +17,7 @@ from rich.table import Table
 from attnbench.analysis.quality import ApproxTable, MQARSummary
 from attnbench.quality import NOT_AN_APPROXIMATION
 from attnbench.report.build import RunReport
+from attnbench.report.cells import md_escape
 
 APPROX_NOTE = ("cells: ‖core − softmax‖/‖softmax‖ of the output (mean over seeds); tv: mean total variation "
                "between the implied and the exact attention rows (½‖a−p‖₁, 0..1 for distributions); H: mean "
@@ -108,7 +109,7 @@ def quality_tables(report: RunReport) -> list[Table]:
 
 def _md(header: list[str], rows: list[list[str]]) -> list[str]:
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(md_escape(c) for c in cells) + " |"
 
     return [line(header), "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|", *map(line, rows)]
 

@@ -238,11 +238,13 @@ def runs_table(rows: list[dict], root: str | Path) -> Table:
     """``attnbench runs``: one row per run directory (``store.results.run_summaries``)."""
     table = Table(title=f"runs in {root}", caption="attnbench report RUN_DIR: one run's tables",
                   caption_justify="left")
-    for col in ("run", "suite", "started", "status", "cases", "machine"):
-        table.add_column(col, no_wrap=col in ("run", "started"), style="bold" if col == "run" else None)
+    sharded = any(r.get("shard") for r in rows)
+    for col in ("run", "suite", *(("shard",) if sharded else ()), "started", "status", "cases", "machine"):
+        table.add_column(col, no_wrap=col in ("run", "started", "shard"), style="bold" if col == "run" else None)
     for r in rows:
         cases = f"{r['cases_done']}/{r['cases_total']}" if r["cases_total"] is not None else "-"
         started = str(r["started_at"] or "-")[:16].replace("T", " ")
-        table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", started, r["status"] or "-", cases,
+        shard = (r.get("shard") or "-",) if sharded else ()
+        table.add_row(Path(r["run_dir"]).name, r["suite"] or "-", *shard, started, r["status"] or "-", cases,
                       r["machine"] or "-")
     return table

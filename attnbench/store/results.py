@@ -308,8 +308,15 @@ def run_summaries(root: str | Path) -> list[dict[str, Any]]:
         out.append({"run_dir": str(d), "run_id": meta.get("run_id", d.name), "suite": meta.get("suite_name"),
                     "started_at": meta.get("started_at"), "status": meta.get("status"),
                     "cases_done": meta.get("cases_done"), "cases_total": meta.get("cases_total"),
-                    "machine": gpu or env.get("cpu_model") or ""})
+                    "machine": gpu or env.get("cpu_model") or "", "shard": _shard_text(meta.get("shard"))})
     return out
+
+
+def _shard_text(shard: Any) -> str | None:
+    """``2/8`` for a run of part 2 of 8 (``--shard``); None for a whole run."""
+    if not isinstance(shard, dict) or shard.get("index") is None or shard.get("count") is None:
+        return None
+    return f"{shard['index']}/{shard['count']}"
 
 
 def estimate_from_runs(root: str | Path, suite_name: str, case_ids: list[str],
