@@ -39,6 +39,51 @@ def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | No
     return m1 * (case.seq_len / n1) ** exponent * 1.2
 
 
+_LARGEST: dict[tuple, float | None] = {}
+
+
+def largest_tensor_mib(case: Case) -> float | None:
+    """The largest tensor one forward pass of ``case`` creates, in MiB, from a
+    run on the ``meta`` device (shapes only, nothing allocated): a lower bound
+    of its peak memory, known before any case of its series ran (softmax's
+    scores at N=131072 are 256 GiB per head). None where the layer cannot run
+    on ``meta``."""
+    key = (case.variant, repr(sorted(case.params.items())), case.batch, case.seq_len, case.heads, case.dim,
+           case.dtype, case.causal)
+    if key not in _LARGEST:
+        _LARGEST[key] = _largest_on_meta(case)
+    return _LARGEST[key]
+
+
+def _largest_on_meta(case: Case) -> float | None:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from attnbench.variants import build
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel() * t.element_size())
+            return out
+
+    dtype = getattr(torch, case.dtype)
+    try:
+        with torch.device("meta"):
+            layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
+                          **case.params).to(dtype)
+            x = torch.empty(case.batch, case.seq_len, case.dim, dtype=dtype)
+        with torch.no_grad(), Largest() as mode:
+            layer(x)
+    except Exception:  # noqa: BLE001 - a layer with an op meta cannot run: no estimate
+        return None
+    return mode.largest / MIB
+
+
 def device_unavailable(device: str) -> str | None:
     """Why cases on ``device`` cannot run on this machine (no CUDA, no such GPU); None when they can."""
     if not device.startswith("cuda"):
@@ -77,13 +122,22 @@ def skip_reason(case: Case, done: list[dict[str, Any]]) -> str | None:
         if record["status"] == Status.OOM and record["case"]["seq_len"] < case.seq_len:
             return f"skipped: N={record['case']['seq_len']} of this series ran out of memory"
     if case.device == "cpu":
-        import psutil
+        return memory_skip_reason(case, series)
+    return None
 
-        estimate = estimated_peak_mib(case, series)
-        available = psutil.virtual_memory().available / MIB - case.limits.memory_margin_mib
-        if estimate is not None and estimate > available:
-            return (f"skipped: estimated peak memory {estimate:,.0f} MiB exceeds the available "
-                    f"{available:,.0f} MiB (after a {case.limits.memory_margin_mib:,.0f} MiB margin)")
+
+def memory_skip_reason(case: Case, series: list[dict[str, Any]] | None = None) -> str | None:
+    """Why a CPU case would not fit in the memory free now (after the suite's
+    margin): its peak extrapolated from the smaller N of its series, or at
+    least its largest tensor; None when it may fit."""
+    import psutil
+
+    estimates = [e for e in (estimated_peak_mib(case, series or []), largest_tensor_mib(case)) if e is not None]
+    available = psutil.virtual_memory().available / MIB - case.limits.memory_margin_mib
+    if estimates and max(estimates) > available:
+        return (f"skipped: estimated peak memory {max(estimates) / 1024:,.1f} GiB exceeds the "
+                f"{max(available, 0) / 1024:,.1f} GiB available (after a "
+                f"{case.limits.memory_margin_mib / 1024:,.1f} GiB margin)")
     return None
 
 

@@ -338,7 +338,7 @@ def validate(
 
     Example: [bold]attnbench validate suites/quick.yaml[/]
     """
-    from attnbench.bench.skip import device_unavailable
+    from attnbench.bench.skip import device_unavailable, memory_skip_reason
     from attnbench.store.results import estimate_from_runs
     from attnbench.suite import load as suite_mod
 
@@ -347,6 +347,13 @@ def validate(
     if quick and "quick" not in suite.raw:
         warn([f"{suite_path} has no quick: section; --quick checks (and runs) the full suite"])
     cases = suite.cases()
+    too_big = [(c, memory_skip_reason(c)) for c in cases if c.device == "cpu" and c.round == 0]
+    too_big = [(c, why) for c, why in too_big if why]
+    if too_big:
+        warn([f"{len(too_big)} case(s) would not fit in this machine's free memory and would be skipped:\n  "
+              + "\n  ".join(f"{c.label} N={c.seq_len} H={c.heads}: {why.removeprefix('skipped: ')}"
+                             for c, why in too_big[:10])
+              + (f"\n  ... and {len(too_big) - 10} more" if len(too_big) > 10 else "")])
     for device in dict.fromkeys(c.device for c in cases):
         reason = device_unavailable(device)
         if reason:  # a suite for another machine may still be valid
