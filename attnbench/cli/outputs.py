@@ -99,8 +99,11 @@ def write_files(report: Any, files: Any) -> None:
     """Write the report's files, saying where on stderr."""
     from attnbench.report.files import write_report_files
 
-    for path in write_report_files(report, files):
+    messages: list[str] = []
+    for path in write_report_files(report, files, messages):
         err.print(f"wrote {path}", highlight=False)
+    for message in messages:
+        err.print(f"note: {message}", highlight=False)
 
 
 def print_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,

@@ -21,8 +21,11 @@ class ReportFiles:
     plot_tradeoff: Path | None = None
 
 
-def write_report_files(report: RunReport, files: ReportFiles) -> list[Path]:
-    """Write every file asked for; returns the paths written, in order."""
+def write_report_files(report: RunReport, files: ReportFiles,
+                       messages: list[str] | None = None) -> list[Path]:
+    """Write every file asked for; returns the paths written, in order. What a
+    reader should know about a file (a font without a label's characters) is
+    appended to ``messages``."""
     written = []
     if files.csv is not None:  # with the paired speed-ups, their intervals and the roofline fraction
         write_csv(report.tidy, files.csv)
@@ -32,13 +35,16 @@ def write_report_files(report: RunReport, files: ReportFiles) -> list[Path]:
     if files.plot is not None:
         from attnbench.report.plots import plot_run
 
-        plot_run(report.frame, files.plot, report.records, title=title, baseline=report.baseline, banner=banner)
+        plot_run(report.frame, files.plot, report.records, title=title, baseline=report.baseline, banner=banner,
+                 messages=messages)
         written.append(files.plot)
     if files.plot_tradeoff is not None:
         from attnbench.report.plots import plot_tradeoff
 
-        plot_tradeoff(report.frame, files.plot_tradeoff, title=title, quality=report.measured_scores or None,
-                      quality_label="MQAR accuracy (measured, mean over seeds)", banner=banner)
+        rows = report.relative if report.baseline is not None else report.frame  # with the paired intervals
+        plot_tradeoff(rows, files.plot_tradeoff, title=title, quality=report.measured_scores or None,
+                      quality_label="MQAR accuracy (measured, mean over seeds)", banner=banner,
+                      messages=messages)
         written.append(files.plot_tradeoff)
     if files.markdown is not None:
         from attnbench.report.markdown import markdown_report, write_text

@@ -9,6 +9,10 @@ has several). matplotlib runs with the Agg backend: no display is needed.
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,8 @@ PASS_TITLES = {"forward": "forward (inference)", "backward": "backward",
 
 
 def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]] | None = None,
-             title: str = "", baseline: str | None = None, banner: str | None = None) -> Path:
+             title: str = "", baseline: str | None = None, banner: str | None = None,
+             messages: list[str] | None = None) -> Path:
     """Write the time / memory vs N figure of a results frame to ``path``
     (.png or .svg). ``records`` (the run's cases.jsonl records) give the
     quartiles of the raw samples for the band; without them the band is the
@@ -99,12 +104,33 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
     more = f" (first of {len(groups)} settings)" if len(groups) > 1 else ""
     fig.suptitle(f"{head}{describe_setting(setting)}{more}", y=0.98 - (BANNER_HEIGHT if banner else 0))
     rows_of_legend = math.ceil(len(names) / 6)
-    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 0.97 - (BANNER_HEIGHT if banner else 0)))
-    draw_banner(fig, banner)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with font_notes(messages):
+        fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 0.97 - (BANNER_HEIGHT if banner else 0)))
+        draw_banner(fig, banner)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@contextmanager
+def font_notes(notes: list[str] | None) -> Iterator[None]:
+    """Matplotlib's warning per glyph a font lacks (CJK labels), with its
+    internal path, becomes one line in ``notes`` (or nothing without a list);
+    other warnings pass on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    missing = [w for w in caught if "missing from font" in str(w.message)]
+    for w in caught:
+        if w not in missing:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing and notes is not None:
+        fonts = sorted({m.group(1) for w in missing if (m := re.search(r"font\(s\) (.+?)\.?$", str(w.message)))})
+        note = (f"some characters of the labels are not in the plot's font ({', '.join(fonts) or 'the default'}) "
+                "and show as boxes")
+        if note not in notes:
+            notes.append(note)
 
 
 def draw_banner(fig: Any, banner: str | None) -> None:
@@ -147,59 +173,109 @@ SPEED_TABLE = "lra_table2"
 LRA_BATCH, LRA_N = 32, 4096  # LRA Table 2's setting read by the published panel
 
 
+POINT_COLUMNS = ["label", "variant", "examples_per_s", "speed_low", "speed_high", "memory", "score", "noisy"]
+EXACT_FAMILY = "exact"  # an exact attention takes the published Transformer's (softmax's) score
+
+
+def _point(row: pd.Series, score: float | None) -> dict[str, Any]:
+    """One chart point: examples/s at the median, and the interval of the speed
+    the pairing gives (the paired speed-up's interval, scaled to the point)."""
+    speed = float(row["batch"]) * 1000.0 / float(row["median_ms"])
+    low = high = math.nan
+    ratio = row.get("speedup")
+    if row.get("speedup_method") == "t-rounds" and ratio and not pd.isna(ratio):
+        low, high = speed * float(row["speedup_low"]) / float(ratio), speed * float(row["speedup_high"]) / float(ratio)
+    return {"label": row.name, "variant": str(row["variant"]), "examples_per_s": speed, "speed_low": low,
+            "speed_high": high, "memory": float(row["peak_mem_mib"]), "score": score,
+            "noisy": bool(row.get("noisy", False))}
+
+
 def tradeoff_points(frame: pd.DataFrame, scores: pd.DataFrame | None = None,
                     quality: dict[str, float] | None = None) -> tuple[pd.DataFrame, int | None, list[str]]:
     """One row per label of a run's training step (forward_backward) at the largest
-    N every label measured (else the N most labels measured): label, examples_per_s
-    (batch × steps/s), memory (peak MiB) and score. The score is ``quality[label]``
-    when ``quality`` is given (a measured figure: labels without one get none), else
+    N every label measured (else the N most labels measured): label, variant,
+    examples_per_s (batch × steps/s) with its paired interval where the rows are
+    against a baseline (``speed_low``, ``speed_high``), memory (peak MiB), score
+    and whether the figure is noisy. The score is ``quality[label]`` when
+    ``quality`` is given (a measured figure: labels without one get none), else
     the published score of the label's variant in ``scores`` (columns variant and
-    score). Returns (points with a score, N, notes on the labels left off)."""
+    score); an exact attention (sdpa) without one takes softmax's, the
+    Transformer's. Returns (points with a score, N, notes on the labels left off);
+    ``unscored_points`` gives the others."""
     data = frame[(frame["pass"] == TRADEOFF_PASS) & (frame["status"] == "ok")]
     labels = label_order(frame[frame["pass"] == TRADEOFF_PASS])
     if data.empty:
-        return pd.DataFrame(columns=["label", "examples_per_s", "memory", "score"]), None, []
+        return pd.DataFrame(columns=POINT_COLUMNS), None, []
     counts = data.groupby("seq_len")["label"].nunique()
     n = int(max(counts.index, key=lambda m: (counts[m], m)))
     at_n = data[data["seq_len"] == n].drop_duplicates("label").set_index("label")
     published = {} if scores is None else dict(zip(scores["variant"], scores["score"], strict=True))
-    rows, unscored, missing = [], [], []
+    rows, unscored, missing, borrowed = [], [], [], []
     for label in labels:
         if label not in at_n.index:
             missing.append(label)
             continue
         row = at_n.loc[label]
-        score = (quality or {}).get(label) if quality is not None else published.get(str(row["variant"]))
+        if quality is not None:
+            score = quality.get(label)
+        else:
+            score = published.get(str(row["variant"]))
+            if (score is None and row.get("family") == EXACT_FAMILY and published.get("softmax") is not None):
+                score = published["softmax"]
+                borrowed.append(label)
         if score is None or pd.isna(score):
             unscored.append(label)
             continue
-        rows.append({"label": label, "examples_per_s": float(row["batch"]) * 1000.0 / float(row["median_ms"]),
-                     "memory": float(row["peak_mem_mib"]), "score": float(score)})
+        rows.append(_point(row, float(score)))
     notes = []
     if unscored:
-        notes.append(f"no {'measured' if quality is not None else 'published LRA'} score: {', '.join(unscored)}")
+        notes.append(f"no {'measured' if quality is not None else 'published LRA'} score: {', '.join(unscored)}"
+                     + (" (drawn apart, below the scored ones)" if rows else ""))
+    if borrowed:
+        notes.append(f"exact attention, placed at the Transformer's score: {', '.join(borrowed)}")
     if missing:
         notes.append(f"not measured at N={_n_label(n)}: {', '.join(missing)}")
-    return pd.DataFrame(rows, columns=["label", "examples_per_s", "memory", "score"]), n, notes
+    return pd.DataFrame(rows, columns=POINT_COLUMNS), n, notes
+
+
+def unscored_points(frame: pd.DataFrame, n: int, scored: pd.DataFrame) -> pd.DataFrame:
+    """The labels measured at ``n`` that have no score: placed on the chart by
+    speed and memory, apart from the scored ones (their score is None)."""
+    data = frame[(frame["pass"] == TRADEOFF_PASS) & (frame["status"] == "ok") & (frame["seq_len"] == n)]
+    at_n = data.drop_duplicates("label").set_index("label")
+    return pd.DataFrame([_point(at_n.loc[label], None) for label in label_order(data)
+                         if label not in set(scored["label"])], columns=POINT_COLUMNS)
 
 
 def published_tradeoff_points() -> pd.DataFrame:
     """LRA's own Figure 3 data: Table 2 at N = 4K (examples/s = 32 × steps/s, peak
-    memory in GB) with Table 1's average score, one row per model."""
+    memory in GB) with Table 1's average score, one row per model (with the
+    attnbench variant it maps to)."""
     from attnbench.store.published import load_published
 
     speed = load_published(SPEED_TABLE).frame
     speed = speed[speed["seq_len"] == LRA_N].set_index("model")
     avg = load_published(SCORES_TABLE, kind="scores").frame.set_index("model")["avg"]
-    rows = [{"label": model, "examples_per_s": LRA_BATCH * float(speed.loc[model, "steps_per_s"]),
-             "memory": float(speed.loc[model, "memory_gb"]), "score": float(avg[model])}
+    rows = [{"label": model, "variant": str(speed.loc[model, "variant"]),
+             "examples_per_s": LRA_BATCH * float(speed.loc[model, "steps_per_s"]), "speed_low": math.nan,
+             "speed_high": math.nan, "memory": float(speed.loc[model, "memory_gb"]), "score": float(avg[model]),
+             "noisy": False}
             for model in speed.index if model in avg.index]
-    return pd.DataFrame(rows, columns=["label", "examples_per_s", "memory", "score"])
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def variant_colors(*panels: pd.DataFrame) -> dict[str, Any]:
+    """One colour per variant, the same in every panel."""
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(v for points in panels for v in points["variant"]))
+    cmap = plt.get_cmap("tab20" if len(variants) > 10 else "tab10")
+    return {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
 
 
 def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
                   quality: dict[str, float] | None = None, quality_label: str = "measured quality",
-                  banner: str | None = None) -> Path:
+                  banner: str | None = None, messages: list[str] | None = None) -> Path:
     """Write LRA's Figure 3 for a run to ``path`` (.png or .svg): x = measured
     examples/s of the training step at the run's largest common N, y = the LRA
     score of the label's variant (or ``quality[label]``, named ``quality_label``),
@@ -224,10 +300,13 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
     y_label = quality_label if quality is not None else str(table1.meta.get("score_label", "LRA score"))
     batch = sorted(set(frame[frame["pass"] == TRADEOFF_PASS]["batch"]))
     fig, (ax_run, ax_lra) = plt.subplots(1, 2, figsize=(13, 6.2))
-    _bubbles(ax_run, points, "MiB")
+    published = published_tradeoff_points()
+    apart = unscored_points(frame, n, points)
+    colors = variant_colors(published, points, apart)
+    _bubbles(ax_run, points, "MiB", colors, apart)
     ax_run.set_title(f"measured: one layer, training step, N={_n_label(n)}, batch {', '.join(map(str, batch))}")
     ax_run.set_ylabel(y_label)
-    _bubbles(ax_lra, published_tradeoff_points(), "GB")
+    _bubbles(ax_lra, published, "GB", colors)
     ax_lra.set_title(f"LRA's own numbers: 4-layer model, N=4K, batch {LRA_BATCH} (TPU v3)")
     ax_lra.set_ylabel(str(table1.meta.get("score_label", "LRA score")))
     head = f"{title} — " if title else ""
@@ -235,41 +314,73 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
                  y=0.98 - (BANNER_HEIGHT if banner else 0))
     footer = "\n".join(_wrap(line, 190) for line in [*notes, f"scores: {table1.citation}"])
     fig.text(0.01, 0.01, footer, fontsize=7.5, va="bottom")
-    fig.tight_layout(rect=(0, 0.022 * (footer.count("\n") + 1) + 0.015, 1, 0.95 - (BANNER_HEIGHT if banner else 0)))
-    draw_banner(fig, banner)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with font_notes(messages):
+        fig.tight_layout(rect=(0, 0.022 * (footer.count("\n") + 1) + 0.015, 1,
+                               0.95 - (BANNER_HEIGHT if banner else 0)))
+        draw_banner(fig, banner)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _bubbles(ax: Any, points: pd.DataFrame, unit: str) -> None:
-    """One labelled circle per row, area proportional to ``memory`` (the largest 2500 pt²)."""
-    import matplotlib.pyplot as plt
+def _bubbles(ax: Any, points: pd.DataFrame, unit: str, colors: dict[str, Any],
+             apart: pd.DataFrame | None = None) -> None:
+    """One labelled circle per row, area proportional to ``memory`` (the largest
+    2500 pt²), coloured by variant; a noisy figure hollow; the paired interval
+    of its speed as a whisker. ``apart``: points without a score, drawn in a
+    band below the others, dashed and marked."""
     from matplotlib.ticker import FuncFormatter
 
-    ax.set_xlabel("speed: examples per second (log scale)")
+    whiskers = any(not pd.isna(v) for v in points["speed_low"]) or (apart is not None and any(
+        not pd.isna(v) for v in apart["speed_low"]))
+    ax.set_xlabel("speed: examples per second (log scale" + ("; whiskers: paired 95% interval)" if whiskers else ")"))
     ax.set_xscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    if points.empty:
+    apart = apart if apart is not None else points.iloc[0:0]
+    if points.empty and apart.empty:
         ax.text(0.5, 0.5, "no variant with a score", ha="center", va="center", transform=ax.transAxes)
         return
-    largest = float(points["memory"].max()) if points["memory"].notna().any() else 0.0
-    sizes = [2500.0 * m / largest if largest > 0 and not pd.isna(m) else 30.0 for m in points["memory"]]
-    cmap = plt.get_cmap("tab20")
-    for i, (row, size) in enumerate(zip(points.itertuples(), sizes, strict=True)):
-        ax.scatter(row.examples_per_s, row.score, s=size, color=cmap(i % cmap.N), alpha=0.55,
-                   edgecolors="black", linewidths=0.6)
-    lo, hi = float(points["examples_per_s"].min()), float(points["examples_per_s"].max())
+    everything = pd.concat([points, apart], ignore_index=True)
+    largest = float(everything["memory"].max()) if everything["memory"].notna().any() else 0.0
+
+    def size_of(memory: float) -> float:
+        return 2500.0 * memory / largest if largest > 0 and not pd.isna(memory) else 30.0
+
+    scores = points["score"].astype(float) if not points.empty else pd.Series([0.0])
+    span = max(1.0, float(scores.max() - scores.min()))
+    floor = float(scores.min()) - 0.25 * span
+    apart_y = floor - 0.2 * span  # the band of the unscored, below the scored ones
+    placed = points.copy()
+    if not apart.empty:  # in three rows by speed, so that neighbours' labels do not collide
+        order = apart["examples_per_s"].rank(method="first").astype(int) - 1
+        placed = pd.concat([placed, apart.assign(score=apart_y + 0.08 * span * (order % 3 - 1))], ignore_index=True)
+        ax.axhspan(apart_y - 0.14 * span, apart_y + 0.14 * span, color="0.92", zorder=0)
+        ax.text(0.01, apart_y + 0.15 * span, "no score: placed by speed and memory only", fontsize=7.5,
+                color="0.35", transform=ax.get_yaxis_transform(), va="bottom")
+    for row in placed.itertuples():
+        color = colors.get(row.variant, "0.5")
+        unscored = row.Index >= len(points)
+        ax.scatter(row.examples_per_s, row.score, s=size_of(row.memory), alpha=0.55,
+                   facecolors="none" if row.noisy or unscored else color, edgecolors=color if row.noisy or unscored
+                   else "black", linewidths=1.6 if row.noisy or unscored else 0.6,
+                   linestyles="--" if unscored else "-")
+        if not (pd.isna(row.speed_low) or pd.isna(row.speed_high)):
+            ax.errorbar(row.examples_per_s, row.score, xerr=[[row.examples_per_s - row.speed_low],
+                                                             [row.speed_high - row.examples_per_s]],
+                        fmt="none", ecolor=color, elinewidth=1.4, capsize=3)
+    lo = float(placed[["examples_per_s", "speed_low"]].min().min())
+    hi = float(placed[["examples_per_s", "speed_high"]].max().max())
     ax.set_xlim(lo / 1.6, hi * 2.2)
-    span = max(1.0, float(points["score"].max() - points["score"].min()))
-    ax.set_ylim(float(points["score"].min()) - 0.25 * span, float(points["score"].max()) + 0.25 * span)
+    ax.set_ylim((apart_y - 0.17 * span) if not apart.empty else floor, float(scores.max()) + 0.3 * span)
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-    _labels(ax, points, sizes)
-    ax.text(0.99, 0.01, f"largest circle: {largest:.3g} {unit}", transform=ax.transAxes, ha="right",
-            va="bottom", fontsize=8)
+    _labels(ax, placed.assign(label=[f"{r.label}{' ~' if r.noisy else ''}" for r in placed.itertuples()]),
+            [size_of(m) for m in placed["memory"]])
+    ax.text(0.99, 0.99, f"largest circle: {largest:,.0f} {unit}" if largest >= 100 else f"largest circle: {largest:.3g} {unit}" + ("; hollow, ~: noisy (IQR/median > 10%)"
+                                                                   if placed["noisy"].any() else ""),
+            transform=ax.transAxes, ha="right", va="top", fontsize=8)
 
 
 def _labels(ax: Any, points: pd.DataFrame, sizes: list[float]) -> None:
