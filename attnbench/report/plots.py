@@ -378,9 +378,10 @@ def _bubbles(ax: Any, points: pd.DataFrame, unit: str, colors: dict[str, Any],
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     _labels(ax, placed.assign(label=[f"{r.label}{' ~' if r.noisy else ''}" for r in placed.itertuples()]),
             [size_of(m) for m in placed["memory"]])
-    ax.text(0.99, 0.99, f"largest circle: {largest:,.0f} {unit}" if largest >= 100 else f"largest circle: {largest:.3g} {unit}" + ("; hollow, ~: noisy (IQR/median > 10%)"
-                                                                   if placed["noisy"].any() else ""),
-            transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    circle = f"{largest:,.0f}" if largest >= 100 else f"{largest:.3g}"
+    noisy = "; hollow, ~: noisy (IQR/median > 10%)" if placed["noisy"].any() else ""
+    ax.text(0.99, 0.99, f"largest circle: {circle} {unit}{noisy}", transform=ax.transAxes, ha="right", va="top",
+            fontsize=8)
 
 
 def _labels(ax: Any, points: pd.DataFrame, sizes: list[float]) -> None:
