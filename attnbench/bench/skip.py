@@ -40,14 +40,17 @@ def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | No
 
 
 _LARGEST: dict[tuple, float | None] = {}
+BUILT_IN = "built-in"  # VariantInfo.origin of attnbench's own variants
 
 
 def largest_tensor_mib(case: Case) -> float | None:
     """The largest tensor one forward pass of ``case`` creates, in MiB, from a
     run on the ``meta`` device (shapes only, nothing allocated): a lower bound
     of its peak memory, known before any case of its series ran (softmax's
-    scores at N=131072 are 256 GiB per head). None where the layer cannot run
-    on ``meta``."""
+    scores at N=131072 are 64 GiB per head). Built-in variants only: this runs
+    in the sweep's own process, where a custom layer's forward (which may
+    crash, hang or exit) must never run. None where the layer cannot run on
+    ``meta``."""
     key = (case.variant, repr(sorted(case.params.items())), case.batch, case.seq_len, case.heads, case.dim,
            case.dtype, case.causal)
     if key not in _LARGEST:
@@ -56,10 +59,17 @@ def largest_tensor_mib(case: Case) -> float | None:
 
 
 def _largest_on_meta(case: Case) -> float | None:
+    from attnbench.variants import build, variant_info
+
+    if ":" in case.variant:  # an import path: a custom layer, never imported here
+        return None
+    try:
+        if variant_info(case.variant).origin != BUILT_IN:
+            return None
+    except ValueError:  # not a variant this process knows: the worker says why
+        return None
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from attnbench.variants import build
 
     class Largest(TorchDispatchMode):
         largest = 0
@@ -135,8 +145,8 @@ def memory_skip_reason(case: Case, series: list[dict[str, Any]] | None = None) -
     estimates = [e for e in (estimated_peak_mib(case, series or []), largest_tensor_mib(case)) if e is not None]
     available = psutil.virtual_memory().available / MIB - case.limits.memory_margin_mib
     if estimates and max(estimates) > available:
-        return (f"skipped: estimated peak memory {max(estimates) / 1024:,.1f} GiB exceeds the "
-                f"{max(available, 0) / 1024:,.1f} GiB available (after a "
+        return (f"skipped: estimated peak memory {max(estimates) / 1024:,.1f} GiB exceeds the available "
+                f"{max(available, 0) / 1024:,.1f} GiB (after a "
                 f"{case.limits.memory_margin_mib / 1024:,.1f} GiB margin)")
     return None
 

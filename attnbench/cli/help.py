@@ -1,6 +1,6 @@
 """How --help shows options and arguments: typer has no setting for its type
 column nor for its usage names, so the methods that render them are replaced
-on import (tests/test_cli_help.py catches a typer upgrade that breaks them)."""
+on import (tests/cli/test_help.py catches a typer upgrade that breaks them)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from another seed.
 Causal where the variant supports it. A variant that refuses causal runs
 non-causal, which is not cheating here: labels are never inputs, and after the
 context a query's value only reappears by chance among the random filler
-(``tests/test_quality_mqar.py`` checks it), so looking ahead shows nothing.
+(``tests/quality/test_mqar.py`` checks it), so looking ahead shows nothing.
 
 A run whose loss turns NaN or infinite stops there and is recorded
 ``diverged``, not as accuracy 0.

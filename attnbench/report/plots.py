@@ -229,8 +229,7 @@ def tradeoff_points(frame: pd.DataFrame, scores: pd.DataFrame | None = None,
         rows.append(_point(row, float(score)))
     notes = []
     if unscored:
-        notes.append(f"no {'measured' if quality is not None else 'published LRA'} score: {', '.join(unscored)}"
-                     + (" (drawn apart, below the scored ones)" if rows else ""))
+        notes.append(f"no {'measured' if quality is not None else 'published LRA'} score: {', '.join(unscored)}")
     if borrowed:
         notes.append(f"exact attention, placed at the Transformer's score: {', '.join(borrowed)}")
     if missing:

@@ -45,10 +45,10 @@ START_METHOD_ENV = "ATTNBENCH_START_METHOD"
 WORKER_READY_TIMEOUT_S = 300.0  # a worker that cannot import torch in this long is broken
 # torch._inductor is what the CPU memory profiler's first use imports (seconds
 # of sympy and friends); importing it starts no thread, so it is preloaded too.
-# The fork server imports these once, the first to ignore Ctrl-C before the
-# seconds of importing torch (the server ignores it itself only after its preload).
-SERVER_PRELOAD = ["attnbench.bench.worker.ignore_interrupt", "attnbench.bench.worker.measure",
-                  "torch._inductor.config"]
+SERVER_PRELOAD = ["attnbench.bench.worker.measure", "torch._inductor.config"]
+# Imported by the fork server before SERVER_PRELOAD: it ignores Ctrl-C from then on,
+# not only after the seconds of importing torch (never imported by the sweep itself).
+IGNORE_INTERRUPT = "attnbench.bench.worker.ignore_interrupt"
 
 
 def _start_method() -> str:
@@ -69,7 +69,7 @@ def _ensure_fork_server(ctx: Any) -> None:
     environment back (see ``_worker_entry``)."""
     from multiprocessing import forkserver
 
-    ctx.set_forkserver_preload(SERVER_PRELOAD)
+    ctx.set_forkserver_preload([IGNORE_INTERRUPT, *SERVER_PRELOAD])
     key, saved = "PYTORCH_NVML_BASED_CUDA_CHECK", os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     os.environ[key] = "1"
     try:
