@@ -8,6 +8,12 @@ tensor over 32 MiB afresh (see docs/measurement.md, "The CPU allocator").
 
     python benchmarks/timer_agreement.py suites/quick.yaml             # runs attnbench twice, then the Timer
     python benchmarks/timer_agreement.py suites/quick.yaml --runs STEADY_RUN DEFAULT_RUN
+    python benchmarks/timer_agreement.py suites/quick.yaml --no-turns  # each case's samples back to back
+
+In turns (attnbench's default) a variant's call follows its peers' calls, so
+it starts with the caches they left; the Timer repeats one layer back to back.
+Small layers, whose data fit in the caches, pay for that in turns: compare
+with --no-turns to see the two timers on the same footing.
 
 Each allocator's Timer measurements run in a process of their own (glibc's
 thresholds, once fixed, stay fixed). Run it on a quiet machine.
@@ -71,10 +77,13 @@ def measure(cases: list[dict], allocator: str, min_run_time: float) -> list[floa
     return out
 
 
-def run_attnbench(suite: Path, allocator: str, out_dir: Path) -> Path:
-    """A run of ``suite`` with ``timing.allocator`` set, forward only; its directory."""
+def run_attnbench(suite: Path, allocator: str, out_dir: Path, turns: bool = True) -> Path:
+    """A run of ``suite`` with ``timing.allocator`` set, forward only; its directory.
+    ``turns`` False: each case's samples back to back (``timing.interleave: false``),
+    as the Timer takes them, instead of in turns with the other variants."""
     raw = yaml.safe_load(suite.read_text())
     raw.setdefault("timing", {})["allocator"] = allocator
+    raw["timing"]["interleave"] = turns
     raw.setdefault("defaults", {})["passes"] = ["forward"]
     raw["name"] = f"{raw['name']}-{allocator}"
     path = out_dir / f"{raw['name']}.yaml"
@@ -90,6 +99,8 @@ def main() -> int:
     parser.add_argument("--runs", nargs=2, type=Path, metavar=("STEADY_RUN", "DEFAULT_RUN"),
                         help="attnbench runs of the suite under each allocator (default: run them now)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per Timer measurement")
+    parser.add_argument("--no-turns", action="store_true", help="attnbench samples each case back to back "
+                        "(timing.interleave: false), as the Timer does, instead of in turns with its peers")
     parser.add_argument("--measure", choices=ALLOCATORS, help=argparse.SUPPRESS)  # the child's role
     parser.add_argument("--cases", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -98,7 +109,7 @@ def main() -> int:
         print(json.dumps(measure(cases, args.measure, args.min_run_time)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        runs = args.runs or [run_attnbench(args.suite, a, Path(tmp)) for a in ALLOCATORS]
+        runs = args.runs or [run_attnbench(args.suite, a, Path(tmp), turns=not args.no_turns) for a in ALLOCATORS]
         table, worst = [], 0.0
         for allocator, run_dir in zip(ALLOCATORS, runs, strict=True):
             cases = forward_cases(run_dir)
