@@ -21,12 +21,22 @@ def calibrations(meta: dict[str, Any], when: str = "start") -> dict[tuple[str, s
     return {(c.get("device"), c.get("dtype")): c for c in found if isinstance(c, dict) and not c.get("error")}
 
 
-def with_peak_fraction(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+def best_rates(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """(device, dtype) -> the higher of the matmul rates measured at the run's
+    start and end: what the machine showed it can do."""
+    ends = calibrations(meta, "end")
+    return {key: max(start.get("matmul_flops") or 0.0, ends.get(key, {}).get("matmul_flops") or 0.0)
+            for key, start in calibrations(meta).items()}
+
+
+def with_peak_fraction(frame: pd.DataFrame, meta: dict[str, Any], best: bool = False) -> pd.DataFrame:
     """Add ``peak_fraction``: achieved FLOP/s (FLOPs over the median time) over
-    the matmul rate measured at the run's start on the case's device and dtype."""
+    the matmul rate measured at the run's start on the case's device and dtype
+    (``best``: over the higher of the start's and the end's, beyond which a
+    figure is impossible)."""
     out = frame.copy()
-    peaks = calibrations(meta)
-    rates = [peaks.get((d, t), {}).get("matmul_flops") for d, t in zip(out["device"], out["dtype"], strict=True)]
+    peaks = best_rates(meta) if best else {k: c.get("matmul_flops") for k, c in calibrations(meta).items()}
+    rates = [peaks.get((d, t)) for d, t in zip(out["device"], out["dtype"], strict=True)]
     achieved = pd.to_numeric(out["tflops"], errors="coerce") * 1e12
     out["peak_fraction"] = [a / r if r and not pd.isna(a) else math.nan
                             for a, r in zip(achieved, rates, strict=True)]

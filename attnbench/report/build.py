@@ -169,7 +169,7 @@ class RunReport:
     def verdict(self) -> Verdict:
         """Whether the run's timings can be trusted (of the whole run, whatever the filters)."""
         rows = self.run.frame()
-        return run_verdict(self.meta, rows, with_peak_fraction(rows, self.meta)["peak_fraction"])
+        return run_verdict(self.meta, rows, with_peak_fraction(rows, self.meta, best=True)["peak_fraction"])
 
     @cached_property
     def fastest(self) -> list[dict[str, Any]]:
