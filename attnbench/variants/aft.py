@@ -35,6 +35,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from attnbench.variants.decoding import DecodeState
 from attnbench.variants.layer import (
     AttentionLayer,
     acc_dtype,
@@ -192,6 +193,9 @@ class AFT(AttentionLayer):
         check_int("aft window", window)
         self.mode = mode
         self.window = window
+        if mode != "simple":
+            self.decode_refusal = (f"mode {mode} has a position bias w with one row per position of the N "
+                                   "it was built for: a token past N has none (mode simple decodes)")
         self.s = min(window, seq_len)  # effective local window
         self.to_qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -230,6 +234,33 @@ class AFT(AttentionLayer):
             num, den = self._local(ev, e)
         y = torch.sigmoid(q) * (num / den)
         return self.out(y.to(x.dtype))
+
+    decode_refusal = None  # mode simple: running sums Σ exp(K)⊙V and Σ exp(K)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weights, biases = self.to_qkv.weight.split(self.dim), self.to_qkv.bias.split(self.dim)
+        dtype = acc_dtype(x.dtype)
+        return tuple(nn.functional.linear(x, w, b).to(dtype) for w, b in zip(weights, biases, strict=True))
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        """The causal forward and the running sums after N tokens, in the frame m of
+        each channel's largest key so far (the shift cancels in the ratio)."""
+        self.check_decodes()
+        _, k, v = self._qkv(x)
+        frame = k.amax(dim=1, keepdim=True)
+        e = torch.exp(k - frame)
+        state = ((e * v).sum(dim=1, keepdim=True), e.sum(dim=1, keepdim=True), frame)
+        return self(x), DecodeState(length=x.shape[1], recurrent=state)
+
+    def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        self.check_decodes()
+        q, k, v = self._qkv(x)
+        num, den, frame = state.recurrent
+        new_frame = torch.maximum(frame, k)
+        decay, e = torch.exp(frame - new_frame), torch.exp(k - new_frame)
+        num, den = num * decay + e * v, den * decay + e
+        y = torch.sigmoid(q) * (num / den)
+        return self.out(y.to(x.dtype)), DecodeState(length=state.length + 1, recurrent=(num, den, new_frame))
 
     def _full(self, z: torch.Tensor) -> torch.Tensor:
         """exp(w) @ z with w = −∞ above the diagonal when causal."""

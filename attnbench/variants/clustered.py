@@ -126,6 +126,8 @@ class ReformerAttention(AttentionCore):
         n_buckets: a fixed number of buckets instead of chunks of bucket_size (None: bucket_size)
     """
 
+    decode_refusal = "cannot decode: a new token's hash bucket changes the sorted chunks earlier tokens attended in"
+
     approximates_softmax = True
     linear_in_values = True
 
@@ -272,6 +274,8 @@ class RoutingAttention(AttentionCore):
         clusters: k: k-means centroids; None: ⌈√seq_len⌉
     """
 
+    decode_refusal = "cannot decode: its k-means clusters are formed over the whole sequence; a new token moves them"
+
     approximates_softmax = True
     linear_in_values = True
 
@@ -387,6 +391,8 @@ class SinkhornAttention(AttentionCore):
         iters: Sinkhorn iterations (in log space)
         temperature: temperature of the sort matrix
     """
+
+    decode_refusal = 'cannot decode: it is not causal (the sorting network reads every block)'
 
     approximates_softmax = True
     linear_in_values = True

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.variants.decoding import DecodeState
 from attnbench.variants.layer import AttentionLayer, acc_dtype, check_int, linear_flops, softmax_flops
 from attnbench.variants.registry import register
 
@@ -110,7 +111,12 @@ def lightconv_conv1d(x: torch.Tensor, kernel: torch.Tensor, causal: bool) -> tor
 
 
 class _ConvLayer(AttentionLayer):
-    """GLU input projection and output projection shared by both variants."""
+    """GLU input projection and output projection shared by both variants.
+
+    Causal, they decode from the last K − 1 inputs of the convolution (GLU outputs),
+    a state of fixed size: each step convolves them and the token's own."""
+
+    decode_refusal = None  # the last K − 1 convolution inputs
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool, kernel_size: int) -> None:
         super().__init__(dim, heads, seq_len, causal)
@@ -122,9 +128,29 @@ class _ConvLayer(AttentionLayer):
     def conv(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def step_kernel(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The (B, H, K) kernel of the token whose convolution input is h (B, 1, dim)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.glu(self.in_proj(x), dim=-1)
         return self.out(self.conv(h))
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        self.check_decodes()
+        h = F.glu(self.in_proj(x), dim=-1)
+        kept = self.kernel_size - 1
+        last = F.pad(h[:, -kept:] if kept else h[:, :0], (0, 0, max(0, kept - h.shape[1]), 0))
+        return self.out(self.conv(h)), DecodeState(length=x.shape[1], recurrent=(last,))
+
+    def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        self.check_decodes()
+        h = F.glu(self.in_proj(x), dim=-1)
+        window = torch.cat([state.recurrent[0], h], dim=1)  # (B, K, dim): tap j is token t − K + 1 + j
+        b, k, c = window.shape
+        kernel = self.step_kernel(h).to(h.dtype)
+        y = torch.einsum("bkhc,bhk->bhc", window.view(b, k, self.heads, c // self.heads), kernel)
+        return self.out(y.reshape(b, 1, c)), DecodeState(length=state.length + 1, recurrent=(window[:, 1:],))
 
     def _projection_flops(self, tokens: int) -> int:
         c = self.dim
@@ -150,6 +176,9 @@ class LightConv(_ConvLayer):
     def kernel(self) -> torch.Tensor:
         """The (H, K) kernel, softmax over the taps."""
         return torch.softmax(self.weight, dim=-1)
+
+    def step_kernel(self, h: torch.Tensor) -> torch.Tensor:
+        return self.kernel().expand(h.shape[0], *self.weight.shape)
 
     def conv(self, h: torch.Tensor, impl: str = "unfold") -> torch.Tensor:
         """The convolution alone, on the GLU output h (B, N, dim)."""
@@ -187,6 +216,9 @@ class DynamicConv(_ConvLayer):
     def conv(self, h: torch.Tensor) -> torch.Tensor:
         """The convolution alone, on the GLU output h (B, N, dim)."""
         return dynamic_conv(h, self.kernel(h), self.causal)
+
+    def step_kernel(self, h: torch.Tensor) -> torch.Tensor:
+        return self.kernel(h)[:, 0]
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens, hk = batch * seq_len, self.heads * self.kernel_size

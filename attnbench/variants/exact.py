@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.model import SDPA_KERNELS
+from attnbench.variants.decoding import DecodeState, group_queries, kv_cache_append, kv_cache_prefill, ungroup_queries
 from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
@@ -29,15 +30,36 @@ class SoftmaxAttention(AttentionCore):
 
     approximates_softmax = True
     linear_in_values = True
+    decode_refusal = None  # a KV cache
+    kv_heads_refusal = None
+    grouped_forward = True
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:  # the query heads of a group side by side against their shared k, v
+            b, h, n, d = q.shape
+            out = self.attend(q.view(b, k.shape[1], groups, n, d), k.unsqueeze(2), v.unsqueeze(2), self.causal)
+            return out.view(b, h, n, d)
+        return self.attend(q, k, v, self.causal)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        if self.causal:
+        if causal:
             mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
             scores = scores.masked_fill(~mask, float("-inf"))
         # Normalise in float32 at least: half-precision exp sums lose digits.
         probs = torch.softmax(scores, dim=-1, dtype=acc_dtype(scores.dtype))
         return torch.matmul(probs.to(v.dtype), v)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        return self(q, k, v), kv_cache_prefill(k, v, capacity)
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        keys, values, state = kv_cache_append(state, k, v)
+        out = self.attend(group_queries(q, k.shape[1]), keys, values, causal=False)
+        return ungroup_queries(out, q.shape[1]), state
 
     def flops(self, batch: int, seq_len: int) -> int:
         return batch * self.heads * attend_flops(seq_len, seq_len, self.head_dim)
@@ -71,6 +93,9 @@ class SDPAttention(AttentionCore):
     approximates_softmax = True
     linear_in_values = True
     uses_fused_sdpa = True
+    decode_refusal = None  # a KV cache
+    kv_heads_refusal = None
+    grouped_forward = True
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  backend: SdpaBackend = "auto") -> None:
@@ -81,7 +106,21 @@ class SDPAttention(AttentionCore):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with _sdpa_context(self.backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                                  enable_gqa=k.shape[1] != q.shape[1])
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        return self(q, k, v), kv_cache_prefill(k, v, capacity)
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """The token's query heads of a group as G rows against their shared cache: each
+        key/value head is read once, and no mask (the token sees every cached key)."""
+        keys, values, state = kv_cache_append(state, k, v)
+        with _sdpa_context(self.backend):
+            out = F.scaled_dot_product_attention(group_queries(q, k.shape[1]), keys, values)
+        return ungroup_queries(out, q.shape[1]), state
 
     def flops(self, batch: int, seq_len: int) -> int:
         full = batch * self.heads * attend_flops(seq_len, seq_len, self.head_dim)

@@ -204,8 +204,9 @@ def parameter_problem(name: str, param: str, value: Any) -> str | None:
 
 
 def build(name: str, dim: int = 512, heads: int = 8, seq_len: int = 1024,
-          causal: bool = False, **params: Any) -> nn.Module:
-    """Build the layer of variant ``name``: x (batch, seq_len, dim) -> same shape."""
+          causal: bool = False, kv_heads: int | None = None, **params: Any) -> nn.Module:
+    """Build the layer of variant ``name``: x (batch, seq_len, dim) -> same shape.
+    ``kv_heads`` (default ``heads``): key/value heads, for the mechanisms that share them."""
     entry = resolve(name)
     check_params(name, params)
     if causal and not entry.info.causal:
@@ -213,7 +214,13 @@ def build(name: str, dim: int = 512, heads: int = 8, seq_len: int = 1024,
     head_dim = check_dims(dim, heads, seq_len)
     if entry.is_core:
         core = entry.target(heads=heads, head_dim=head_dim, seq_len=seq_len, causal=causal, **params)
-        return ProjectedAttention(core, dim=dim, heads=heads, seq_len=seq_len, causal=causal)
+        return ProjectedAttention(core, dim=dim, heads=heads, seq_len=seq_len, causal=causal, kv_heads=kv_heads)
+    if kv_heads is not None and kv_heads != heads:
+        if "kv_heads" in inspect.signature(entry.target).parameters:
+            params = {**params, "kv_heads": kv_heads}
+        else:
+            reason = inspect.getattr_static(entry.target, "kv_heads_refusal", None) or "takes no kv_heads"
+            raise VariantError(f"variant {name!r}: kv_heads {kv_heads} < heads {heads}: this mechanism {reason}")
     return entry.target(dim=dim, heads=heads, seq_len=seq_len, causal=causal, **params)
 
 

@@ -25,6 +25,8 @@ class Fastformer(AttentionLayer):
         share_qv: the values reuse the query projection, as in the paper
     """
 
+    decode_refusal = 'cannot decode: it is not causal (its global query and key pool every token)'
+
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  share_qv: bool = True) -> None:
         super().__init__(dim, heads, seq_len, causal)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from attnbench.variants.decoding import DecodeState, expand_kv, group_queries, ungroup_queries
 from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
@@ -188,6 +189,35 @@ def recurrent_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torc
         den = (q_i * norm).sum(-1, keepdim=True)
         outs.append(num / (den + eps))
     return torch.stack(outs, dim=-2)
+
+
+def kernel_state(phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The recurrent state [S z] = φ(K)ᵀ[V 1] (B, H, f, d+1) of keys φ(K) (B, H, N, f) and
+    values (B, H, N, d): what a causal kernel attention carries after N tokens."""
+    return torch.matmul(phi_k.transpose(-1, -2), _with_ones(v))
+
+
+def kernel_step(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
+                eps: float, decay: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of causal kernel attention (the RNN form): the state [S z] after it,
+    decay·[S z] + φ(k)ᵀ[v 1], and the output φ(q)ᵀS / (φ(q)ᵀz + eps).
+
+    phi_q: (B, kv_heads, G, f), the query heads of each key/value head's group side by
+    side; phi_k (B, kv_heads, 1, f); v (B, kv_heads, 1, d); state (B, kv_heads, f, d+1)."""
+    state = torch.baddbmm(_flat(state * decay if not _is_one(decay) else state), _flat(phi_k.transpose(-1, -2)),
+                          _flat(_with_ones(v))).view(state.shape)
+    out = torch.matmul(phi_q, state)
+    num, den = out.split([out.shape[-1] - 1, 1], dim=-1)
+    return num / (den + eps), state
+
+
+def _is_one(decay: torch.Tensor | float) -> bool:
+    return isinstance(decay, float) and decay == 1.0
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, a, b) -> (B·H, a, b) for the batched products."""
+    return t.reshape(-1, *t.shape[-2:])
 
 
 def kernel_attention_flops(bh: int, n: int, f: int, d: int, causal: bool, chunk: int,
@@ -357,12 +387,28 @@ class LinearAttention(AttentionCore):
 
     approximates_softmax = True
     linear_in_values = True
+    decode_refusal = None  # a recurrent state φ(K)ᵀ[V 1]
+    kv_heads_refusal = None
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  chunk: int = 64) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         self.chunk = check_int("linear chunk", chunk)
         self.eps = DEFAULT_EPS
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]))
+        dt = acc_dtype(q.dtype)
+        state = kernel_state(self.feature_map(k.to(dt)), v.to(dt))
+        return out, DecodeState(length=q.shape[-2], recurrent=(state,))
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        dt = acc_dtype(q.dtype)
+        phi_q = self.feature_map(group_queries(q.to(dt), k.shape[1]))
+        out, s = kernel_step(phi_q, self.feature_map(k.to(dt)), v.to(dt), state.recurrent[0], self.eps)
+        return ungroup_queries(out, q.shape[1]).to(v.dtype), DecodeState(length=state.length + 1, recurrent=(s,))
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return elu_feature_map(x)
@@ -406,6 +452,8 @@ class EfficientAttention(AttentionCore):
     positions; a d×d context, no N×N matrix and no normaliser. Not causal.
 
     In float32 at least (the softmax over N and the sums over N), autocast off."""
+
+    decode_refusal = 'cannot decode: it is not causal (its key softmax runs over all positions)'
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False) -> None:
         super().__init__(heads, head_dim, seq_len, causal)

@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from attnbench.variants.decoding import DecodeState, expand_kv
+
 SOFTMAX_FLOPS_PER_ELEMENT = 5
 
 #: On CPU, cores that score many keys per query run their heads in groups whose
@@ -205,6 +207,15 @@ class AttentionCore(nn.Module):
     #: out = A(q, k)·v with row weights A that do not depend on v: the attention rows
     #: the core implies can be read back by passing one-hot values.
     linear_in_values: bool = False
+    #: None when the core decodes token by token (``prefill`` and ``step``, see
+    #: attnbench.variants.decoding); otherwise why it cannot, in one line.
+    decode_refusal: str | None = "has no incremental (token by token) form"
+    #: None when key and value heads may be fewer than query heads (``kv_heads``);
+    #: otherwise why they may not.
+    kv_heads_refusal: str | None = "shares no key/value heads: its keys are not a per-head cache"
+    #: forward() takes keys and values with fewer heads than queries itself; otherwise
+    #: the layer repeats them per query head first (``decoding.expand_kv``).
+    grouped_forward: bool = False
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False) -> None:
         super().__init__()
@@ -229,6 +240,22 @@ class AttentionCore(nn.Module):
         the heads and project. ``flops()`` counts the standard form either way."""
         return None
 
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        """The causal forward of q (B, H, N, d) and k, v (B, kv_heads, N, d) and the
+        state that token N needs, with room for ``capacity`` tokens in a cache."""
+        raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """One token: q (B, H, 1, d), k, v (B, kv_heads, 1, d) against ``state``."""
+        raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
+
+    def layer_input(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keyword arguments that ``prefill`` and ``step`` take from the layer input x
+        besides q, k and v (gated RFA's gates); none by default."""
+        return {}
+
 
 class AttentionLayer(nn.Module):
     """x (batch, seq_len, dim) -> (batch, seq_len, dim).
@@ -240,17 +267,36 @@ class AttentionLayer(nn.Module):
     supports_causal: bool = True
     cpu_backward: bool = True
     uses_fused_sdpa: bool = False
+    decode_refusal: str | None = "has no incremental (token by token) form"
+    kv_heads_refusal: str | None = "has no key/value heads to share"
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False) -> None:
         super().__init__()
         self.head_dim = check_dims(dim, heads, seq_len)
         self.dim = dim
         self.heads = heads
+        self.kv_heads = heads
         self.seq_len = seq_len
         self.causal = causal
 
     def flops(self, batch: int, seq_len: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        """The causal forward of x (B, N, dim) and the state token N needs, with room
+        for ``capacity`` tokens in a cache (attnbench.variants.decoding)."""
+        raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
+
+    def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """One token x (B, 1, dim) against ``state``: its output and the state after it."""
+        raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
+
+    def check_decodes(self) -> None:
+        """Raise NotImplementedError with the reason unless the layer decodes causally."""
+        if self.decode_refusal is not None:
+            raise NotImplementedError(self.decode_refusal)
+        if not self.causal:
+            raise ValueError("prefill and decode are causal: build the layer with causal=True")
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> (B, H, N, d)."""
@@ -265,35 +311,72 @@ class AttentionLayer(nn.Module):
 
 class ProjectedAttention(AttentionLayer):
     """The standard multi-head layer around a core: fused q/k/v projection,
-    the core, then the output projection."""
+    the core, then the output projection.
+
+    ``kv_heads`` (default: ``heads``; must divide it): grouped-query attention, the
+    keys and values projected to that many heads, each shared by heads / kv_heads
+    query heads (arXiv 2305.13245); only for cores that allow it
+    (``kv_heads_refusal`` is None)."""
 
     def __init__(self, core: AttentionCore, dim: int, heads: int, seq_len: int,
-                 causal: bool = False) -> None:
+                 causal: bool = False, kv_heads: int | None = None) -> None:
         super().__init__(dim, heads, seq_len, causal)
+        kv_heads = heads if kv_heads is None else check_int("kv_heads", kv_heads)
+        if heads % kv_heads:
+            raise ValueError(f"kv_heads ({kv_heads}) must divide heads ({heads})")
+        if kv_heads != heads and core.kv_heads_refusal is not None:
+            raise ValueError(f"kv_heads {kv_heads} < heads {heads}: this mechanism {core.kv_heads_refusal}")
+        if kv_heads != heads and core.shared_qk:
+            raise ValueError("kv_heads: keys shared with queries cannot have fewer heads")
+        self.kv_heads = kv_heads
         self.core = core
         self.n_proj = 2 if core.shared_qk else 3
-        self.qkv = nn.Linear(dim, self.n_proj * dim, bias=False)
+        self.qkv = nn.Linear(dim, self.n_proj * dim if kv_heads == heads else dim + 2 * kv_heads * self.head_dim,
+                             bias=False)
         self.out = nn.Linear(dim, dim)
         nn.init.xavier_uniform_(self.qkv.weight, gain=1 / math.sqrt(2))
         # The layer can do what its core can.
         self.supports_causal = core.supports_causal
         self.cpu_backward = core.cpu_backward
         self.uses_fused_sdpa = core.uses_fused_sdpa
+        self.decode_refusal = core.decode_refusal
+        self.kv_heads_refusal = core.kv_heads_refusal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        whole = self.core.whole_layer(x, self.qkv, self.out)
-        if whole is not None:
-            return whole
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, N, d) and k, v (B, kv_heads, N, d) of x (B, N, dim)."""
+        if self.kv_heads != self.heads:
+            b, n, _ = x.shape
+            kv_width = self.kv_heads * self.head_dim
+            q, k, v = self.qkv(x).split([self.dim, kv_width, kv_width], dim=-1)
+            return (q.view(b, n, self.heads, -1).transpose(1, 2),
+                    *(t.view(b, n, self.kv_heads, -1).transpose(1, 2) for t in (k, v)))
         parts = split_projection(self.qkv(x), self.n_proj, self.heads)
         if self.n_proj == 2:
             q, v = parts
-            k = q
-        else:
-            q, k, v = parts
+            return q, q, v
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        whole = self.core.whole_layer(x, self.qkv, self.out) if self.kv_heads == self.heads else None
+        if whole is not None:
+            return whole
+        q, k, v = self.project(x)
+        if self.kv_heads != self.heads and not self.core.grouped_forward:
+            k, v = expand_kv(k, self.heads), expand_kv(v, self.heads)
         return self.out(self.merge_heads(self.core(q, k, v)))
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        self.check_decodes()
+        out, state = self.core.prefill(*self.project(x), capacity, **self.core.layer_input(x))
+        return self.out(self.merge_heads(out)), state
+
+    def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        self.check_decodes()
+        out, state = self.core.step(*self.project(x), state, **self.core.layer_input(x))
+        return self.out(self.merge_heads(out)), state
 
     def flops(self, batch: int, seq_len: int) -> int:
         tokens = batch * seq_len
-        proj = (linear_flops(tokens, self.dim, self.n_proj * self.dim)
+        proj = (linear_flops(tokens, self.dim, self.qkv.out_features)
                 + linear_flops(tokens, self.dim, self.dim))
         return proj + self.core.flops(batch, seq_len)

@@ -27,6 +27,8 @@ class LinformerAttention(AttentionCore):
         k: the projected length: rows of E and F
     """
 
+    decode_refusal = 'cannot decode: it is not causal (its projection E mixes all N keys)'
+
     approximates_softmax = True
     linear_in_values = True
 
@@ -76,6 +78,8 @@ class CompressedAttention(AttentionCore):
     Parameters:
         factor: f: kernel and stride of the convolution over keys and values (N/f slots)
     """
+
+    decode_refusal = 'does not decode yet: a step would need the pooled key of the stride in progress'
 
     approximates_softmax = True  # its convolution mixes the heads: no per-head rows to read back
 
@@ -209,6 +213,8 @@ class NystromAttention(AttentionCore):
         pinv_iters: Newton iterations of the pseudo-inverse
         conv: kernel of the depthwise convolution of v per head; 0: none
     """
+
+    decode_refusal = 'cannot decode: it is not causal (its landmarks are means over all tokens)'
 
     approximates_softmax = True
     linear_in_values = True

@@ -38,6 +38,8 @@ class FNetMixing(AttentionLayer):
 
     Half-precision inputs are transformed in float32 (CPU FFTs have no half types)."""
 
+    decode_refusal = 'cannot decode: it is not causal (a Fourier transform over the sequence)'
+
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False) -> None:
         super().__init__(dim, heads, seq_len, causal)
         if causal:
@@ -62,6 +64,8 @@ class GatedMLPMixing(AttentionLayer):
     unit starts as a position-wise MLP. Causal: W_s lower-triangular (a token never
     reads a later one). W_s has one row and column per position: the layer is built
     for its seq_len."""
+
+    decode_refusal = 'cannot decode: its spatial gate is a learned N×N projection, with no weights for a token past N'
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False) -> None:
         super().__init__(dim, heads, seq_len, causal)
@@ -106,6 +110,8 @@ class TokenMixing(AttentionLayer):
     Parameters:
         token_hidden: D_s: hidden width of the token-mixing MLP
     """
+
+    decode_refusal = 'cannot decode: it is not causal (an MLP across all N positions)'
 
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  token_hidden: int = 256) -> None:

@@ -56,6 +56,8 @@ class PoolingformerAttention(SparseCore):
         pool: mean, max or conv (a softmax-normalised κ-tap kernel per head)
     """
 
+    decode_refusal = 'cannot decode: it is not causal (its pooled second level reads every token)'
+
     approximates_softmax = False  # y + z: two attentions added, not an estimate of one
     linear_in_values = False  # level 2 projects y, a function of v
 

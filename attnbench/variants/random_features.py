@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.variants.kernel import DEFAULT_EPS, kernel_attention, kernel_attention_flops
+from attnbench.variants.decoding import DecodeState, expand_kv, group_queries, ungroup_queries
+from attnbench.variants.kernel import DEFAULT_EPS, kernel_attention, kernel_attention_flops, kernel_state, kernel_step
 from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
@@ -89,6 +90,8 @@ class PerformerAttention(AttentionCore):
 
     approximates_softmax = True
     linear_in_values = True
+    decode_refusal = None  # a recurrent state [S z] in the frame of the running key max
+    kv_heads_refusal = None
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  features: int = 256, chunk: int = 64, seed: int = 0) -> None:
@@ -142,6 +145,40 @@ class PerformerAttention(AttentionCore):
                                log_scale=stab if self.causal else None)
         return out.to(in_dtype)
 
+    def _key_exponents(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W k' − ‖k'‖²/2 − log √m: (B, H, N, m), the max of W k' − ‖k'‖²/2 over the
+        features: (B, H, N), the forward's per-key stabiliser)."""
+        log_norm = 0.5 * math.log(self.features)
+        exponents = self._projected(k) - self._half_sq_norm(k) - log_norm
+        return exponents, exponents.detach().amax(-1) + log_norm
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+        """The causal forward and the state after N keys, [S z] in the frame M_N (the
+        running max after the last key), with M_N: what query N + 1 reads in frame
+        max(M_N, its own key's max), as the chunked form does."""
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]))
+        dt = acc_dtype(q.dtype)
+        with torch.autocast(q.device.type, enabled=False):
+            exponents, key_max = self._key_exponents(k.to(dt))
+            frame = key_max.amax(-1)  # (B, kv_heads)
+            state = kernel_state(torch.exp(exponents - frame[..., None, None]), v.to(dt))
+        return out, DecodeState(length=q.shape[-2], recurrent=(state, frame))
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        dt = acc_dtype(q.dtype)
+        s, frame = state.recurrent
+        with torch.autocast(q.device.type, enabled=False):
+            exponents, key_max = self._key_exponents(k.to(dt))
+            new_frame = torch.maximum(frame, key_max[..., 0])
+            phi_k = torch.exp(exponents - new_frame[..., None, None])
+            phi_q = torch.softmax(self._projected(group_queries(q.to(dt), k.shape[1])), dim=-1)
+            out, s = kernel_step(phi_q, phi_k, v.to(dt), s, self.eps,
+                                 decay=torch.exp(frame - new_frame)[..., None, None])
+        return (ungroup_queries(out, q.shape[1]).to(v.dtype),
+                DecodeState(length=state.length + 1, recurrent=(s, new_frame)))
+
     def flops(self, batch: int, seq_len: int) -> int:
         bh, n, d, m = batch * self.heads, seq_len, self.head_dim, self.features
         # Per q and k: projection, squared norm (k), then softmax (q) or max, subtract, exp (k).
@@ -181,6 +218,8 @@ class RandomFeatureAttention(AttentionCore):
 
     approximates_softmax = True
     linear_in_values = True
+    decode_refusal = None  # a recurrent state [S z] (gated: decayed by each token's gate)
+    kv_heads_refusal = None
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  features: int = 128, sigma: float = 1.0, gate: bool = False, chunk: int = 64,
@@ -203,6 +242,8 @@ class RandomFeatureAttention(AttentionCore):
         w = torch.randn(features, head_dim, generator=generator, dtype=torch.float64)
         self.register_buffer("projection", w.to(torch.float32))
         self.gate_proj = nn.Linear(heads * head_dim, heads) if gate else None
+        if gate:  # one gate per query head: its state cannot be shared
+            self.kv_heads_refusal = "with gate: true keeps one gated state per query head"
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x / ‖x‖) = D^-1/2 [sin(Wx/σ), cos(Wx/σ)]: (…, d) -> (…, 2D)."""
@@ -244,6 +285,38 @@ class RandomFeatureAttention(AttentionCore):
         result = self(q, k, v, gate_logits=self.gate_proj(x).transpose(1, 2))
         b, h, n, d = result.shape
         return out(result.transpose(1, 2).reshape(b, n, h * d))
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, capacity: int,
+                gate_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeState]:
+        """The causal forward and the state after N keys: Σ_j φ(k_j)ᵀ[v_j 1], or with
+        the gate Σ_j (1 − g_j) Π_{j<t≤N} g_t φ(k_j)ᵀ[v_j 1]."""
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), gate_logits=gate_logits)
+        dt = acc_dtype(q.dtype)
+        with torch.autocast(q.device.type, enabled=False):
+            phi_k, v = self.feature_map(k.to(dt)), v.to(dt)
+            if gate_logits is not None:
+                logits = gate_logits.to(dt)
+                frames = -F.logsigmoid(logits).cumsum(-1)  # −G_t, non-decreasing
+                weight = torch.sigmoid(-logits) * torch.exp(frames - frames[..., -1:])  # (1 − g_j)·Π g_t ≤ 1
+                phi_k = phi_k * weight.unsqueeze(-1)
+            state = kernel_state(phi_k, v)
+        return out, DecodeState(length=q.shape[-2], recurrent=(state,))
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: DecodeState,
+             gate_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeState]:
+        dt = acc_dtype(q.dtype)
+        with torch.autocast(q.device.type, enabled=False):
+            phi_q = self.feature_map(group_queries(q.to(dt), k.shape[1]))
+            phi_k, decay = self.feature_map(k.to(dt)), 1.0
+            if gate_logits is not None:  # (B, H, 1): S ← g S + (1 − g) φ(k)ᵀ[v 1]
+                logits = gate_logits.to(dt).unsqueeze(-1)
+                decay, phi_k = torch.sigmoid(logits), phi_k * torch.sigmoid(-logits)
+            out, s = kernel_step(phi_q, phi_k, v.to(dt), state.recurrent[0], self.eps, decay=decay)
+        return ungroup_queries(out, q.shape[1]).to(v.dtype), DecodeState(length=state.length + 1, recurrent=(s,))
+
+    def layer_input(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What prefill and step read from the layer input x (B, N, dim): the gates."""
+        return {} if self.gate_proj is None else {"gate_logits": self.gate_proj(x).transpose(1, 2)}
 
     def flops(self, batch: int, seq_len: int) -> int:
         bh, n, d, m = batch * self.heads, seq_len, self.head_dim, self.features

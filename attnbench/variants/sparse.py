@@ -27,6 +27,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnbench.variants.decoding import (
+    DecodeState,
+    expand_kv,
+    group_queries,
+    ring_append,
+    ring_prefill,
+    ungroup_queries,
+)
 from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
@@ -166,14 +174,29 @@ class LocalAttention(SparseCore):
     """Blocked sliding window: query i sees keys |i − j| ≤ window (j ≤ i when causal),
     computed block by block, each block of w queries against 3 (causal: 2) key blocks.
 
+    Decodes from a ring of the last w + 1 keys and values (sliding-window attention's
+    cache: its size does not grow with N).
+
     Parameters:
         window: w: keys within w of the query are seen; queries run in blocks of w
     """
+
+    decode_refusal = None  # a ring of the last window + 1 keys
+    kv_heads_refusal = None
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 256) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         self.window = check_int("local window", window)
+
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int) -> tuple[Tensor, DecodeState]:
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]))
+        return out, ring_prefill(k, v, self.window + 1)
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        keys, values, state = ring_append(state, k, v)
+        out = attend_scores(group_queries(q * self.scale, k.shape[1]), keys, values, None)
+        return ungroup_queries(out, q.shape[1]), state
 
     def _geometry(self, n: int) -> tuple[int, int, int]:
         return min(self.window, n), self.window, 0 if self.causal else self.window
@@ -203,6 +226,8 @@ class StridedAttention(SparseCore):
     Parameters:
         stride: l: the strided heads' stride and the local heads' width; None: ⌈√N⌉
     """
+
+    decode_refusal = 'does not decode yet: its strided heads would read every l-th row of a full cache'
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  stride: int | None = None) -> None:
@@ -281,6 +306,8 @@ class LongformerAttention(SparseCore):
         global_tokens: g: the first g tokens see, and are seen by, every token
     """
 
+    decode_refusal = 'does not decode yet: its global rows and band would need a ring plus the global keys'
+
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 512, global_tokens: int = 1) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
@@ -329,6 +356,8 @@ class BigBirdAttention(SparseCore):
         random_blocks: r: random key blocks per query block
         seed: seed of the random blocks
     """
+
+    decode_refusal = 'cannot decode: it is not causal (its random and global blocks read later tokens)'
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  block: int = 64, random_blocks: int = 3, seed: int = 0) -> None:

@@ -49,6 +49,8 @@ class Synthesizer(AttentionLayer):
         k: rank of the factorized mode (unused otherwise)
     """
 
+    decode_refusal = "cannot decode: its attention weights are learned per position of a fixed N, none past N"
+
     def __init__(self, dim: int, heads: int, seq_len: int, causal: bool = False,
                  mode: SynthesizerMode = "dense", k: int = 32) -> None:
         super().__init__(dim, heads, seq_len, causal)
