@@ -1,86 +1,263 @@
-"""Does attnbench time a layer as torch.utils.benchmark does? Each forward case
-of a suite, timed by attnbench (a run of the suite) and by
-``torch.utils.benchmark.Timer.blocked_autorange`` on the same layer, shape,
-dtype and thread count, under both CPU allocators (``timing.allocator``:
-steady and default): the two timers must agree within 10% under the same
-allocator. Across allocators they need not: glibc's default maps every
-tensor over 32 MiB afresh (see docs/measurement.md, "The CPU allocator").
+"""Does attnbench time a layer as torch.utils.benchmark does? Every CPU
+forward case of a suite, timed by both timers on the same layer, input and
+thread count, under both CPU allocators (``timing.allocator``: steady and
+default); the two must agree within 10% under the same allocator. Across
+allocators they need not: glibc's default maps every tensor over 32 MiB
+afresh (see docs/measurement.md, "The CPU allocator").
 
-    python benchmarks/timer_agreement.py suites/quick.yaml             # runs attnbench twice, then the Timer
+    python benchmarks/timer_agreement.py suites/quick.yaml                  # the check (both timers interleaved)
+    python benchmarks/timer_agreement.py suites/quick.yaml --match softmax --limit 4 --rounds 3
+    python benchmarks/timer_agreement.py suites/quick.yaml --out agreement.csv   # or .json
+    python benchmarks/timer_agreement.py suites/quick.yaml --sweep [--no-turns]  # a run of the suite instead
     python benchmarks/timer_agreement.py suites/quick.yaml --runs STEADY_RUN DEFAULT_RUN
-    python benchmarks/timer_agreement.py suites/quick.yaml --no-turns  # each case's samples back to back
 
+The check (the default) compares the two timers, not two moments. Each
+allocator gets a process of its own (glibc's thresholds, once fixed, stay
+fixed), set up as attnbench's worker sets itself up (``ATTNBENCH_MALLOC``,
+``steady_malloc``, its CPU share and thread count, the preloaded modules,
+``gc.freeze``). There each case's layer and input are built as the worker
+builds them (``start_case``, ``pass_functions``, then one untimed call, as
+the worker's memory run), and the two timers take turns on that same layer
+for ``--rounds`` rounds, in the order A B, then B A, and so on. A is
+attnbench's timing engine (``timing.sample`` with the suite's timing
+settings: one visit, its median); B is ``torch.utils.benchmark.Timer("with
+torch.inference_mode(): layer(x)").blocked_autorange(min_run_time)`` on
+torch's thread count, its median. Per case: the median over rounds of each
+timer (attnbench's own figure is the median of its visit medians too), their
+ratio, the range of the per-round ratios, and each timer's round spread (the
+standard deviation of the log round medians, as attnbench's
+``round_spread``). A case whose ratio is off by more than 10%, or that could
+not be built, fails the check: the exit status is 1. Where either timer's
+round spread is over 5% a disagreement is marked ``noisy``: the machine
+moved too much between rounds to tell it from noise; rerun it on a quiet
+machine.
+
+``--sweep`` answers another question: what the sweep's protocol costs. It
+runs the suite (forward only) through the command line under each allocator,
+or reads ``--runs``, and holds each case's figure against the Timer's median
+over ``--rounds`` measurements on the worker-built layer, taken afterwards.
 In turns (attnbench's default) a variant's call follows its peers' calls, so
-it starts with the caches they left; the Timer repeats one layer back to back.
-Small layers, whose data fit in the caches, pay for that in turns: compare
-with --no-turns to see the two timers on the same footing.
-
-Each allocator's Timer measurements run in a process of their own (glibc's
-thresholds, once fixed, stay fixed). Run it on a quiet machine.
+it starts with the caches they left, while the Timer repeats one layer back
+to back; with ``--no-turns`` the run takes each case's samples back to back.
+The two timings are taken minutes apart, so on a shared machine single cases
+also differ by the machine's drift. This mode reports and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOCATORS = ("steady", "default")
-TOLERANCE = 0.10
+TOLERANCE = 0.10  # the check: |attnbench / Timer - 1| at most this, per case
+NOISY_SPREAD = 0.05  # a round spread over this: a 10% disagreement cannot be told from noise
 CLI = [sys.executable, "-c", "from attnbench.cli.entry import main; main()"]
+TIMER_STMT = "with torch.inference_mode(): layer(x)"
+COLUMNS = ("case", "allocator", "attnbench_ms", "timer_ms", "ratio", "ratio_lo", "ratio_hi", "attnbench_spread",
+           "timer_spread", "rounds", "threads", "verdict")
 
 
-def forward_cases(run_dir: Path) -> list[dict]:
-    """(label, variant, params, batch, N, heads, dim, dtype, causal, threads, median ms) of each forward case."""
-    from attnbench.store.results import load_run
-
-    run = load_run(run_dir)
-    frame = run.frame()
-    rows = frame[(frame["pass"] == "forward") & (frame["status"] == "ok")]
-    return [{"label": r.label, "variant": r.variant, "params": json.loads(r.params) if isinstance(r.params, str)
-             else (r.params or {}), "batch": int(r.batch), "seq_len": int(r.seq_len), "heads": int(r.heads),
-             "dim": int(r.dim), "dtype": r.dtype, "causal": bool(r.causal), "threads": int(r.threads),
-             "attnbench_ms": float(r.median_ms)} for r in rows.itertuples()]
+# --- pure helpers --------------------------------------------------------------------------------
 
 
-def measure(cases: list[dict], allocator: str, min_run_time: float) -> list[float]:
-    """torch.utils.benchmark's median (ms) of each case's forward, in this process."""
-    import os
+def round_order(r: int) -> tuple[str, str]:
+    """Which timer goes first in round ``r``: attnbench in even rounds, the Timer in odd ones."""
+    return ("attnbench", "timer") if r % 2 == 0 else ("timer", "attnbench")
 
+
+def log_spread(values: list[float]) -> float | None:
+    """The standard deviation of the logs (about the relative spread); None with fewer than two."""
+    logs = [math.log(v) for v in values if v > 0]
+    return statistics.stdev(logs) if len(logs) > 1 else None
+
+
+def verdict(ratio: float, spreads: list[float | None], tolerance: float = TOLERANCE,
+            noisy: float = NOISY_SPREAD) -> str:
+    """``agree`` within the tolerance; else ``DISAGREE``, marked ``noisy`` when a
+    timer's round spread is over ``noisy``."""
+    if abs(ratio - 1) <= tolerance:
+        return "agree"
+    return "DISAGREE (noisy)" if any(s is not None and s > noisy for s in spreads) else "DISAGREE"
+
+
+def summarize(attnbench_ms: list[float], timer_ms: list[float], tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """One case's figures from its round medians: each timer's median over rounds, their ratio,
+    the range of the per-round ratios (rounds paired, when both have as many), the round spreads."""
+    ours, theirs = statistics.median(attnbench_ms), statistics.median(timer_ms)
+    ratio = ours / theirs
+    paired = ([a / t for a, t in zip(attnbench_ms, timer_ms, strict=True)]
+              if len(attnbench_ms) == len(timer_ms) > 1 else [])
+    spreads = [log_spread(attnbench_ms), log_spread(timer_ms)]
+    return {"attnbench_ms": ours, "timer_ms": theirs, "ratio": ratio,
+            "ratio_lo": min(paired) if paired else None, "ratio_hi": max(paired) if paired else None,
+            "attnbench_spread": spreads[0], "timer_spread": spreads[1], "rounds": len(timer_ms),
+            "verdict": verdict(ratio, spreads, tolerance),
+            "attnbench_rounds_ms": list(attnbench_ms), "timer_rounds_ms": list(timer_ms)}
+
+
+def case_name(case: dict[str, Any]) -> str:
+    """``softmax N=1024 H=8`` (and the width, batch, dtype and causality where not the quick suite's)."""
+    extra = "".join([f" dim={case['dim']}" if case["dim"] != 256 else "",
+                     f" B={case['batch']}" if case["batch"] != 1 else "",
+                     f" {case['dtype']}" if case["dtype"] != "float32" else "",
+                     " causal" if case["causal"] else ""])
+    return f"{case['label']} N={case['seq_len']} H={case['heads']}{extra}"
+
+
+def select(cases: list[dict[str, Any]], match: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The cases (``name``, ``case_id``) whose name or case id matches the regular
+    expression ``match``, the first ``limit`` of them."""
+    if match:
+        pattern = re.compile(match)
+        cases = [c for c in cases if pattern.search(c["name"]) or pattern.search(c["case_id"])]
+    return cases[:limit] if limit else cases
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of the rows."""
+    lines = ["| case | allocator | attnbench ms | Timer ms | ratio | round ratios | attnbench spread "
+             "| Timer spread | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['case']} | {r['allocator']} | – | – | – | – | – | – | error: {r['error']} |")
+            continue
+        span = "–" if r["ratio_lo"] is None else f"{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}"
+        lines.append(f"| {r['case']} | {r['allocator']} | {r['attnbench_ms']:.2f} | {r['timer_ms']:.2f} "
+                     f"| {r['ratio']:.3f} | {span} | {_pct(r['attnbench_spread'])} | {_pct(r['timer_spread'])} "
+                     f"| {r['verdict']} |")
+    return lines
+
+
+def summary_lines(rows: list[dict[str, Any]], tolerance: float = TOLERANCE) -> list[str]:
+    """Per allocator: the worst disagreement, the median ratio, how many cases
+    disagree (and how many of those are noisy)."""
+    out = []
+    for allocator in dict.fromkeys(r["allocator"] for r in rows):
+        mine = [r for r in rows if r["allocator"] == allocator and not r.get("error")]
+        if not mine:
+            continue
+        worst = max(mine, key=lambda r: abs(r["ratio"] - 1))
+        bad = [r for r in mine if r["verdict"] != "agree"]
+        noisy = sum(1 for r in bad if "noisy" in r["verdict"])
+        out.append(f"{allocator}: worst {worst['ratio'] - 1:+.1%} ({worst['case']}), median ratio "
+                   f"{statistics.median(r['ratio'] for r in mine):.3f}, {len(bad)} of {len(mine)} cases beyond "
+                   f"{tolerance:.0%}" + (f" ({noisy} of them noisy)" if bad else ""))
+    return out
+
+
+def write_out(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The rows as JSON (``.json``: with ``meta``) or CSV (anything else)."""
+    if path.suffix == ".json":
+        path.write_text(json.dumps({**meta, "cases": rows}, indent=1) + "\n")
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --- the measuring process (one per allocator) ---------------------------------------------------
+
+
+def _worker_setup(allocator: str) -> str:
+    """Set this process up as attnbench's worker sets itself up (``process._worker_entry``); what malloc got."""
     os.environ["ATTNBENCH_MALLOC"] = allocator
-    from attnbench.bench.worker.setup import steady_malloc
+    import gc
 
-    steady_malloc()  # as a worker does (a no-op for "default")
+    from attnbench.bench.worker.process import SERVER_PRELOAD, import_modules
+    from attnbench.bench.worker.setup import die_with_parent, steady_malloc, take_cpu_share
+
+    die_with_parent()
+    take_cpu_share()
+    applied = steady_malloc()
+    import_modules(SERVER_PRELOAD)
+    gc.freeze()
+    return applied
+
+
+def measure(cases: list[dict[str, Any]], allocator: str, rounds: int, min_run_time: float,
+            timer_only: bool = False) -> dict[str, Any]:
+    """Each case's round medians (ms) of both timers, in turns on one worker-built layer
+    (only the Timer's with ``timer_only``), in this process."""
+    applied = _worker_setup(allocator)
     import torch
     import torch.utils.benchmark as benchmark
 
-    import attnbench
+    from attnbench.bench.worker import timing
+    from attnbench.bench.worker.measure import pass_functions, release, start_case
+    from attnbench.bench.worker.messages import Failure
+    from attnbench.model import Case
 
     out = []
-    for case in cases:
-        torch.manual_seed(0)
-        dtype = getattr(torch, case["dtype"])
-        layer = attnbench.build(case["variant"], dim=case["dim"], heads=case["heads"], seq_len=case["seq_len"],
-                                causal=case["causal"], **case["params"]).to(dtype).eval()
-        x = torch.randn(case["batch"], case["seq_len"], case["dim"], dtype=dtype)
-        timer = benchmark.Timer("with torch.inference_mode(): layer(x)", globals={"torch": torch, "layer": layer,
-                                                                                  "x": x},
-                                num_threads=case["threads"])
-        out.append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
-    return out
+    for n, spec in enumerate(cases, 1):
+        case = Case.from_dict(spec["case"])
+        messages: list[Any] = []
+        built = start_case(case, messages.append)
+        if built is None:
+            failure = next((m for m in messages if isinstance(m, Failure)), None)
+            out.append({"error": failure.error if failure else "could not build"})
+            continue
+        threads = torch.get_num_threads()
+        with torch.enable_grad():  # as the worker calls it; the forward runs under inference_mode
+            memory_region, sample_once = pass_functions(built, "forward")
+        memory_region()  # untimed, as the worker's memory run on a case's first visit
+        timer = benchmark.Timer(TIMER_STMT, globals={"torch": torch, "layer": built.layer, "x": built.x},
+                                num_threads=threads)
+        medians: dict[str, list[float]] = {"attnbench": [], "timer": []}
+        for r in range(rounds):
+            for which in round_order(r):
+                if which == "timer":
+                    medians["timer"].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+                elif not timer_only:
+                    medians["attnbench"].append(statistics.median(timing.sample(sample_once, case.timing)))
+        memory_region = sample_once = timer = None
+        release(built)
+        built = None
+        out.append({**medians, "threads": threads})
+        ours = f"{statistics.median(medians['attnbench']):.2f} ms, " if medians["attnbench"] else ""
+        print(f"  [{allocator}] {n}/{len(cases)} {spec['name']}: {ours}Timer "
+              f"{statistics.median(medians['timer']):.2f} ms", file=sys.stderr, flush=True)
+    return {"malloc": applied, "cases": out}
+
+
+def measure_in_child(cases: list[dict[str, Any]], allocator: str, args: argparse.Namespace, tmp: Path,
+                     timer_only: bool = False) -> dict[str, Any]:
+    """``measure`` in a process of its own, under ``allocator``."""
+    spec, result = tmp / f"cases-{allocator}.json", tmp / f"result-{allocator}.json"
+    spec.write_text(json.dumps(cases))
+    command = [sys.executable, __file__, str(args.suite), "--measure", allocator, "--cases", str(spec),
+               "--result", str(result), "--rounds", str(args.rounds), "--min-run-time", str(args.min_run_time)]
+    subprocess.run(command + (["--timer-only"] if timer_only else []), check=True, cwd=ROOT,
+                   env={**os.environ, "ATTNBENCH_MALLOC": allocator})
+    return json.loads(result.read_text())
+
+
+# --- the sweep mode ------------------------------------------------------------------------------
 
 
 def run_attnbench(suite: Path, allocator: str, out_dir: Path, turns: bool = True) -> Path:
     """A run of ``suite`` with ``timing.allocator`` set, forward only; its directory.
     ``turns`` False: each case's samples back to back (``timing.interleave: false``),
     as the Timer takes them, instead of in turns with the other variants."""
+    import yaml
+
     raw = yaml.safe_load(suite.read_text())
     raw.setdefault("timing", {})["allocator"] = allocator
     raw["timing"]["interleave"] = turns
@@ -93,49 +270,119 @@ def run_attnbench(suite: Path, allocator: str, out_dir: Path, turns: bool = True
                key=lambda d: d.stat().st_mtime)
 
 
-def main() -> int:
+def sweep_figures(run_dir: Path) -> dict[str, tuple[float, float | None]]:
+    """case id -> (median ms, round spread) of each forward case a run measured."""
+    from attnbench.store.results import load_run
+
+    frame = load_run(run_dir).frame()
+    rows = frame[(frame["pass"] == "forward") & (frame["status"] == "ok")]
+    return {r.case_id: (float(r.median_ms), None if r.round_spread is None or math.isnan(r.round_spread)
+                        else float(r.round_spread)) for r in rows.itertuples()}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def suite_cases(suite: Path) -> list[dict[str, Any]]:
+    """The suite's CPU forward cases, as the worker gets them (forward only), with their names."""
+    from attnbench.suite.load import load
+
+    out = []
+    for case in load(suite).cases():
+        if "forward" not in case.passes or case.device != "cpu":
+            continue
+        d = case.to_dict()
+        d["passes"] = ["forward"]
+        out.append({"case": d, "case_id": case.case_id, "name": case_name(d)})
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("suite", type=Path)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per case (default 5)")
+    parser.add_argument("--min-run-time", type=float, default=0.2,
+                        help="seconds per Timer measurement (blocked_autorange's own default, 0.2)")
+    parser.add_argument("--match", help="only the cases whose name or case id matches this regular expression")
+    parser.add_argument("--limit", type=int, help="only the first LIMIT cases (after --match)")
+    parser.add_argument("--allocators", nargs="+", choices=ALLOCATORS, default=list(ALLOCATORS))
+    parser.add_argument("--out", type=Path, help="write the table as CSV, or JSON if the name ends in .json")
+    parser.add_argument("--sweep", action="store_true", help="time attnbench by a run of the suite (forward "
+                        "only) instead, the Timer afterwards: what the sweep's protocol costs; exits 0")
     parser.add_argument("--runs", nargs=2, type=Path, metavar=("STEADY_RUN", "DEFAULT_RUN"),
-                        help="attnbench runs of the suite under each allocator (default: run them now)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per Timer measurement")
-    parser.add_argument("--no-turns", action="store_true", help="attnbench samples each case back to back "
-                        "(timing.interleave: false), as the Timer does, instead of in turns with its peers")
+                        help="--sweep with these runs of the suite (default: run them now)")
+    parser.add_argument("--no-turns", action="store_true", help="--sweep: each case's samples back to back "
+                        "(timing.interleave: false), as the Timer takes them, not in turns with its peers")
     parser.add_argument("--measure", choices=ALLOCATORS, help=argparse.SUPPRESS)  # the child's role
     parser.add_argument("--cases", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--timer-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.runs or args.no_turns:
+        args.sweep = True
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.measure:
         cases = json.loads(args.cases.read_text())
-        print(json.dumps(measure(cases, args.measure, args.min_run_time)))
+        result = measure(cases, args.measure, args.rounds, args.min_run_time, args.timer_only)
+        args.result.write_text(json.dumps(result))
         return 0
+    cases = select(suite_cases(args.suite), args.match, args.limit)
+    if not cases:
+        print("no CPU forward case to measure", file=sys.stderr)
+        return 2
+    allocators = ALLOCATORS if args.runs else args.allocators
+    mode = "sweep" + (" (--no-turns)" if args.no_turns else " (in turns)") if args.sweep else "interleaved"
+    print(f"{len(cases)} forward cases of {args.suite}, {mode}, {args.rounds} rounds, Timer min_run_time "
+          f"{args.min_run_time} s, allocators {', '.join(allocators)}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    malloc: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = args.runs or [run_attnbench(args.suite, a, Path(tmp), turns=not args.no_turns) for a in ALLOCATORS]
-        table, worst = [], 0.0
-        for allocator, run_dir in zip(ALLOCATORS, runs, strict=True):
-            cases = forward_cases(run_dir)
-            spec = Path(tmp) / f"cases-{allocator}.json"
-            spec.write_text(json.dumps(cases))
-            child = subprocess.run([sys.executable, __file__, str(args.suite), "--measure", allocator, "--cases",
-                                    str(spec), "--min-run-time", str(args.min_run_time)],
-                                   check=True, capture_output=True, text=True)
-            for case, timer_ms in zip(cases, json.loads(child.stdout), strict=True):
-                ratio = case["attnbench_ms"] / timer_ms
-                worst = max(worst, abs(ratio - 1))
-                table.append((allocator, case["label"], case["seq_len"], case["heads"], case["attnbench_ms"],
-                              timer_ms, ratio))
-    print("| allocator | variant | N | heads | attnbench ms | torch.utils.benchmark ms | ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for allocator, label, n, heads, ours, theirs, ratio in table:
-        flag = "" if abs(ratio - 1) <= TOLERANCE else " **"
-        print(f"| {allocator} | {label} | {n} | {heads} | {ours:.2f} | {theirs:.2f} | {ratio:.3f}{flag} |")
-    ratios = [r for *_, r in table]
-    print(f"\nworst disagreement: {worst:.1%} (tolerance {TOLERANCE:.0%}); median ratio "
-          f"{statistics.median(ratios):.3f} over {len(ratios)} cases")
-    for allocator in ALLOCATORS:
-        softmax = [(r[1], r[2], r[3], r[5]) for r in table if r[0] == allocator and r[1] == "softmax"]
-        if softmax:
-            print(f"softmax under {allocator}: " + ", ".join(f"N={n} H={h} {ms:.1f} ms" for _, n, h, ms in softmax))
-    return 0 if worst <= TOLERANCE else 1
+        for i, allocator in enumerate(allocators):
+            figures = None
+            if args.sweep:
+                run_dir = args.runs[i] if args.runs else run_attnbench(args.suite, allocator, Path(tmp),
+                                                                         turns=not args.no_turns)
+                figures = sweep_figures(run_dir)
+            result = measure_in_child(cases, allocator, args, Path(tmp), timer_only=args.sweep)
+            malloc[allocator] = result["malloc"]
+            for spec, got in zip(cases, result["cases"], strict=True):
+                row: dict[str, Any] = {"case": spec["name"], "allocator": allocator}
+                if got.get("error"):
+                    rows.append({**row, "error": got["error"]})
+                    continue
+                if figures is None:
+                    row.update(summarize(got["attnbench"], got["timer"]))
+                elif spec["case_id"] in figures:
+                    median, spread = figures[spec["case_id"]]
+                    row.update(summarize([median], got["timer"]))
+                    row["attnbench_spread"] = spread
+                    row["verdict"] = verdict(row["ratio"], [spread, row["timer_spread"]])
+                else:
+                    rows.append({**row, "error": "not measured by the run"})
+                    continue
+                rows.append({**row, "threads": got["threads"]})
+    wall = time.perf_counter() - started
+    print("\n".join(table_lines(rows)))
+    print()
+    print("\n".join(summary_lines(rows)))
+    threads = sorted({r["threads"] for r in rows if r.get("threads")})
+    print(f"{wall:.0f} s; torch threads {', '.join(map(str, threads))}; malloc as applied: "
+          + ", ".join(f"{a} -> {m}" for a, m in malloc.items()))
+    if args.out:
+        write_out(args.out, rows, {"suite": str(args.suite), "mode": mode, "rounds": args.rounds,
+                                   "min_run_time": args.min_run_time, "tolerance": TOLERANCE,
+                                   "noisy_spread": NOISY_SPREAD, "malloc": malloc, "wall_s": wall})
+    if args.sweep:
+        print("(--sweep reports what the sweep's protocol costs; the check is the default, interleaved mode)")
+        return 0
+    return 0 if all(r.get("verdict") == "agree" for r in rows) else 1
 
 
 if __name__ == "__main__":
