@@ -18,17 +18,25 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 # The CPU workers' allocator: glibc's malloc with its thresholds fixed (steady),
 # or as glibc leaves it (default). See bench/worker/setup.py.
 ALLOCATORS = ("steady", "default")
-PASSES = ("forward", "backward", "forward_backward")
-#: The passes a report shows: the papers' inference and training step.
-REPORTED_PASSES = ("forward", "forward_backward")
-PASS_SHORT = {"forward": "fwd", "backward": "bwd", "forward_backward": "f+b"}  # table cells and --pass
+PASSES = ("forward", "backward", "forward_backward", "prefill", "decode")
+#: What a suite times unless it says: one encoder layer's inference, backward and training step.
+DEFAULT_PASSES = ("forward", "backward", "forward_backward")
+#: Serving: the causal forward of a prompt that leaves a cache or state (prefill), and
+#: one-token steps against it (decode; its figure is the time per step). Causal only.
+SERVING_PASSES = ("prefill", "decode")
+#: The passes a report shows: the papers' inference and training step, and serving's.
+REPORTED_PASSES = ("forward", "forward_backward", "prefill", "decode")
+PASS_SHORT = {"forward": "fwd", "backward": "bwd", "forward_backward": "f+b",  # table cells and --pass
+              "prefill": "pre", "decode": "dec"}
+#: Consecutive one-token steps a decode pass times from its prefill's state (a suite's decode_steps).
+DEFAULT_DECODE_STEPS = 16
 #: What a series of cases shares: everything but seq_len.
-SERIES_FIELDS = ("label", "heads", "dim", "batch", "dtype", "device", "causal")
+SERIES_FIELDS = ("label", "heads", "kv_heads", "dim", "batch", "dtype", "device", "causal")
 # What the variants of one setting group share (everything but the variant); N last.
-SETTING_FIELDS = ("device", "dtype", "batch", "dim", "causal", "heads", "seq_len")
+SETTING_FIELDS = ("device", "dtype", "batch", "dim", "causal", "heads", "kv_heads", "seq_len")
 # A results row's experiment apart from the variant: its setting, then heads, N and pass.
 SETTING = ["batch", "dim", "dtype", "device", "causal"]
-CASE_KEYS = [*SETTING, "heads", "seq_len", "pass"]
+CASE_KEYS = [*SETTING, "heads", "kv_heads", "seq_len", "pass"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,12 @@ class Case:
     timing: TimingSettings = field(default_factory=TimingSettings)
     limits: Limits = field(default_factory=Limits)
     round: int = 0  # which visit of the case this is (0 .. timing.rounds - 1); not part of its identity
+    kv_heads: int | None = None  # key/value heads (grouped-query attention); None: heads
+    decode_steps: int = DEFAULT_DECODE_STEPS  # one-token steps a decode pass times
+
+    def __post_init__(self) -> None:
+        if not self.kv_heads:
+            object.__setattr__(self, "kv_heads", self.heads)
 
     @property
     def head_dim(self) -> int:
@@ -165,8 +179,10 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        """Stable identity of the case, used by --resume and compare."""
-        return (f"{self.label}|N={self.seq_len}|H={self.heads}|dim={self.dim}|B={self.batch}"
+        """Stable identity of the case, used by --resume and compare (kv_heads only when
+        fewer than heads, so that the identities of earlier runs stay as they were)."""
+        kv = f"|kv={self.kv_heads}" if self.kv_heads != self.heads else ""
+        return (f"{self.label}|N={self.seq_len}|H={self.heads}{kv}|dim={self.dim}|B={self.batch}"
                 f"|{self.dtype}|{self.device}|causal={int(self.causal)}")
 
     @property
@@ -198,11 +214,19 @@ class Case:
         return cls(**d)
 
 
+def case_field(case: dict[str, Any], name: str) -> Any:
+    """A field of a case as a record stores it; kv_heads is heads in records from
+    before grouped-query heads existed."""
+    if name == "kv_heads":
+        return case.get("kv_heads") or case["heads"]
+    return case[name]
+
+
 def setting_of(case: dict[str, Any]) -> tuple:
     """The setting group (``Case.setting``) of a case as a record stores it."""
-    return tuple(case[name] for name in SETTING_FIELDS)
+    return tuple(case_field(case, name) for name in SETTING_FIELDS)
 
 
 def series_of(case: dict[str, Any]) -> tuple:
     """The series key (``Case.series``) of a case as a record stores it."""
-    return tuple(case[name] for name in SERIES_FIELDS)
+    return tuple(case_field(case, name) for name in SERIES_FIELDS)

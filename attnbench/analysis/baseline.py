@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.errors import DataError
-from attnbench.model import CASE_KEYS, PASSES, SETTING, Status
+from attnbench.model import CASE_KEYS, PASSES, SETTING, Status, case_field
 from attnbench.stats import paired
 from attnbench.stats.samples import quartiles
 from attnbench.store.visits import aligned_values, paired_rounds
@@ -108,7 +108,7 @@ def paired_table(records: list[dict[str, Any]], baseline: str, level: float = pa
     for record in records:
         case = record["case"]
         for p in record.get("passes", []):
-            key = tuple(case[k] for k in CASE_KEYS[:-1]) + (p["pass"],)
+            key = tuple(case_field(case, k) for k in CASE_KEYS[:-1]) + (p["pass"],)
             if case["label"] == baseline and p["status"] == "ok":
                 base[key] = p
             rows.append((case, key, p))

@@ -129,7 +129,7 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
     executor = executor or make_executor(suite, options)
     try:
         run_dir, meta, done, warnings = prepare_run_dir(suite, options)
-        warnings = warnings + unrunnable
+        warnings = warnings + unrunnable + suite.refused()
         meta.setdefault("order_seed", random.SystemRandom().randrange(2**32))
         meta["executor"] = executor.describe()  # how this (part of the) run was spread, e.g. shared CPU
         meta["allocator"] = suite.timing.allocator
@@ -211,7 +211,7 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
         try:
             summary.workers_started = executor.workers_started
             executor.close(interrupted=summary.interrupted)
-            write_csv(records_frame(records, run_dir.name), run_dir / "results.csv")
+            write_csv(records_frame(records, run_dir.name, meta), run_dir / "results.csv")
             meta["status"] = "interrupted" if summary.interrupted else "finished"
             meta["finished_at"] = dt.datetime.now().astimezone().isoformat()
             # Done and planned together: a resumed run may hold cases its suite no longer lists.

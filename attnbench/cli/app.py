@@ -347,6 +347,8 @@ def validate(
     if quick and "quick" not in suite.raw:
         warn([f"{suite_path} has no quick: section; --quick checks (and runs) the full suite"])
     cases = suite.cases()
+    if suite.refusals:
+        warn(suite.refused())
     too_big = [(c, memory_skip_reason(c)) for c in cases if c.device == "cpu" and c.round == 0]
     too_big = [(c, why) for c, why in too_big if why]
     if too_big:

@@ -31,6 +31,14 @@ from attnbench.analysis.baseline import check_pairable, default_baseline, label_
 from attnbench.analysis.quality import ApproxTable, MQARSummary, approx_table, measured_scores, mqar_summary
 from attnbench.analysis.roofline import calibrations, run_notes, with_peak_fraction
 from attnbench.analysis.scaling import scaling_summary
+from attnbench.analysis.serving import (
+    Crossover,
+    DecodeScaling,
+    crossovers,
+    decode_rows,
+    decode_scaling,
+    with_kv_labels,
+)
 from attnbench.analysis.verdict import Verdict, run_verdict
 from attnbench.errors import DataError
 from attnbench.model import PASSES, Status
@@ -78,7 +86,8 @@ class RunReport:
 
     def __init__(self, run: Run, frame: pd.DataFrame, baseline: str | None) -> None:
         self.run = run
-        self.frame = frame  # the tidy rows kept by the options
+        self.cases_frame = frame  # the tidy rows kept by the options, labelled as the suite does
+        self.frame = with_kv_labels(frame)  # ... with grouped-query cases labelled apart (sdpa kv2)
         self.baseline = baseline
 
     # --- the run ------------------------------------------------------------------------
@@ -128,7 +137,7 @@ class RunReport:
         (paired within rounds, with intervals); no rows without a baseline."""
         if self.baseline is None:
             return self.frame.iloc[0:0]
-        return with_baseline(self.frame, self.baseline, self.records)
+        return with_kv_labels(with_baseline(self.cases_frame, self.baseline, self.records))
 
     def relative_of(self, pass_name: str) -> pd.DataFrame:
         return self.relative[self.relative["pass"] == pass_name]
@@ -137,6 +146,21 @@ class RunReport:
     def scaling(self) -> dict[str, pd.DataFrame]:
         """Per pass: the scaling exponents and the crossover against the baseline."""
         return {p: scaling_summary(self.frame, self.baseline, p) for p in self.passes}
+
+    @cached_property
+    def decode(self) -> pd.DataFrame:
+        """The decode table: µs per token, tokens/s, cache, achieved GB/s and % of the bound."""
+        return decode_rows(self.cases_frame)
+
+    @cached_property
+    def decode_scaling(self) -> list[DecodeScaling]:
+        """Per decode series: how its step and its cache grow with N."""
+        return decode_scaling(self.cases_frame)
+
+    @cached_property
+    def crossovers(self) -> list[Crossover]:
+        """Where each mechanism's decode overtakes the KV cache's, in time and memory."""
+        return crossovers(self.cases_frame)
 
     @cached_property
     def calibrations(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -291,7 +315,7 @@ def report_of_records(run_dir: Path, records: list[dict[str, Any]], quality: lis
     except (OSError, ValueError):
         meta = {}
     run = Run(path=run_dir, meta=meta, records=records, quality=quality)
-    frame = records_frame(records, run.run_id)
+    frame = records_frame(records, run.run_id, meta)
     baseline = default_baseline(frame, meta.get("baseline")) if not frame.empty else None
     try:
         check_pairable(frame)

@@ -9,6 +9,7 @@ from typing import Any
 from attnbench.report.build import RunReport
 from attnbench.report.cells import fastest_lines
 from attnbench.report.quality import quality_json
+from attnbench.report.serving import decode_json
 from attnbench.store.results import CSV_COLUMNS, frame_records
 
 COMPARE_JSON_COLUMNS = ["label", "variant", "family", "batch", "dim", "dtype", "device", "causal", "heads",
@@ -28,7 +29,7 @@ def report_payload(report: RunReport) -> dict[str, Any]:
             "columns": CSV_COLUMNS, "rows": frame_records(report.frame, CSV_COLUMNS),
             "against_baseline": frame_records(report.relative, COMPARE_JSON_COLUMNS),
             "scaling": {p: frame_records(summary) for p, summary in report.scaling.items()},
-            "quality": quality_json(report), "summary": fastest_lines(report)}
+            "quality": quality_json(report), "decode": decode_json(report), "summary": fastest_lines(report)}
 
 
 def baseline_payload(report: RunReport, run_dir: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from attnbench.report.cells import (
     verdict_text,
 )
 from attnbench.report.quality import quality_markdown
+from attnbench.report.serving import decode_markdown
 from attnbench.store.results import write_atomic
 
 
@@ -112,6 +113,7 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
         rows = scaling_rows(report.scaling[pass_name])
         lines += [f"**scaling in N and crossover vs {md_escape(baseline)}** ({SCALING_LEGEND})", "",
                   md_table(list(SCALING_COLUMNS), rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]), ""]
+    lines += decode_markdown(report, md_table, md_escape)
     section = report.published
     if section is not None:
         if section.table is None:

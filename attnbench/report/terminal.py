@@ -38,6 +38,7 @@ from attnbench.report.cells import (
 )
 from attnbench.report.quality import quality_tables
 from attnbench.report.roofline import roofline_tables
+from attnbench.report.serving import decode_tables
 
 
 def _setting_title(setting: dict, several: bool) -> str:
@@ -185,6 +186,7 @@ def terminal_report(report: RunReport) -> list:
             out.extend(comparison_tables(report, pass_name))
         out.append(relative_legend(report))
     out.extend(roofline_tables(report))
+    out.extend(decode_tables(report))
     out.extend(report.notes)
     out.extend(report_sections(report))
     out.extend(quality_tables(report))

@@ -207,7 +207,7 @@ def _write(out: Path, meta: dict[str, Any], records: list[dict[str, Any]],
         rewrite_records(staging / "cases.jsonl", records)
         if quality is not None:
             rewrite_records(staging / QUALITY_FILE, quality)
-        write_csv(records_frame(records, meta["run_id"]), staging / "results.csv")
+        write_csv(records_frame(records, meta["run_id"], meta), staging / "results.csv")
         write_atomic(staging / "run.json", json.dumps(meta, indent=2, default=str) + "\n")
         os.chmod(staging, 0o777 & ~_umask())
         if out.exists():  # an empty directory (checked): rename replaces it

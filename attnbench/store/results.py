@@ -27,7 +27,24 @@ CSV_COLUMNS = [
     "std_ms", "samples", "rounds", "round_spread", "rel_iqr", "noisy", "peak_mem_mib", "peak_reserved_mib",
     "flops", "flops_source", "tflops", "tokens_per_s", "param_count", "error", "compile", "compile_s",
     "sdpa_backend", "device_name", "case_id", "host", "worker_device", "device_model",
+    # Serving (prefill, decode): key/value heads; the cache or state after the prompt; the steps a decode
+    # pass timed; its achieved bytes per second, and the share of the bound the copy bandwidth sets.
+    "kv_heads", "cache_mib", "decode_steps", "bandwidth_gbs", "bandwidth_pct",
 ]
+
+
+def copy_bandwidths(meta: dict[str, Any] | None) -> dict[tuple[str, str], float]:
+    """(device, dtype) -> the higher copy bandwidth (bytes/s) of the run's calibrations
+    at its start and end (run.json's ``calibration``): what the machine showed it can move."""
+    found: dict[tuple[str, str], float] = {}
+    calibration = (meta or {}).get("calibration") or {}
+    for when in ("start", "end"):
+        for c in calibration.get(when) or []:
+            rate = c.get("bandwidth_bytes_per_s") if isinstance(c, dict) and not c.get("error") else None
+            if rate:
+                key = (c.get("device"), c.get("dtype"))
+                found[key] = max(found.get(key, 0.0), float(rate))
+    return found
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -90,7 +107,7 @@ class Run:
         return str(self.meta.get("run_id", self.path.name))
 
     def frame(self) -> pd.DataFrame:
-        return records_frame(self.records, self.run_id)
+        return records_frame(self.records, self.run_id, self.meta)
 
 
 _CASE_FIELDS = {"variant": str, "label": str, "params": dict, "batch": int, "seq_len": int, "heads": int,
@@ -210,8 +227,10 @@ def _stats_row(samples: list[float]) -> dict[str, Any]:
     return row
 
 
-def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
-    """The CSV rows (one per pass) of a case record."""
+def record_rows(record: dict[str, Any], run_id: str,
+                bandwidths: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+    """The CSV rows (one per pass) of a case record; ``bandwidths`` (``copy_bandwidths``)
+    give a decode step's bound."""
     case = record["case"]
     passes = {p["pass"]: p for p in record.get("passes", [])}
     rows = []
@@ -246,15 +265,35 @@ def record_rows(record: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
             row["noisy"] = bool(row["rel_iqr"] is not None and row["rel_iqr"] > NOISY_REL_IQR)
         med = row["median_ms"]
         row["tflops"] = (row["flops"] / (med / 1e3) / 1e12) if med and row["flops"] else None
-        row["tokens_per_s"] = (case["batch"] * case["seq_len"] / (med / 1e3)) if med else None
+        tokens = case["batch"] if pass_name == "decode" else case["batch"] * case["seq_len"]  # decode: per step
+        row["tokens_per_s"] = (tokens / (med / 1e3)) if med else None
+        row.update(_serving(case, pass_name, result, med, bandwidths or {}))
         rows.append(row)
     return rows
 
 
-def records_frame(records: list[dict[str, Any]], run_id: str) -> pd.DataFrame:
+def _serving(case: dict[str, Any], pass_name: str, result: dict[str, Any], median_ms: float | None,
+             bandwidths: dict[tuple[str, str], float]) -> dict[str, Any]:
+    """kv_heads, and for prefill and decode the cache, steps and bandwidth columns."""
+    out: dict[str, Any] = {"kv_heads": case.get("kv_heads") or case["heads"], "cache_mib": result.get("cache_mib"),
+                           "decode_steps": None, "bandwidth_gbs": None, "bandwidth_pct": None}
+    if pass_name == "decode":
+        out["decode_steps"] = case.get("decode_steps")
+        step_bytes = result.get("step_bytes")
+        if step_bytes and median_ms:
+            achieved = step_bytes / (median_ms / 1e3)
+            out["bandwidth_gbs"] = achieved / 1e9
+            bound = bandwidths.get((case["device"], case["dtype"]))
+            out["bandwidth_pct"] = 100 * achieved / bound if bound else None
+    return out
+
+
+def records_frame(records: list[dict[str, Any]], run_id: str, meta: dict[str, Any] | None = None) -> pd.DataFrame:
     """The tidy frame (results.csv) of case records, or of visit records,
-    which are merged per case first."""
-    rows = [row for record in merge_visits(records) for row in record_rows(record, run_id)]
+    which are merged per case first; ``meta`` (run.json) gives the calibrated
+    copy bandwidth that a decode step's figure is held against."""
+    bandwidths = copy_bandwidths(meta)
+    rows = [row for record in merge_visits(records) for row in record_rows(record, run_id, bandwidths)]
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     if not frame.empty:
         frame["flops"] = frame["flops"].astype("Int64")

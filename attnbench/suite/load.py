@@ -16,8 +16,11 @@ from typing import Any, TypeVar
 
 from attnbench.errors import SuiteError, SuiteErrors, VariantError, did_you_mean
 from attnbench.model import (
+    DEFAULT_DECODE_STEPS,
+    DEFAULT_PASSES,
     DTYPES,
     PASSES,
+    SERVING_PASSES,
     Case,
     Limits,
     TimingSettings,
@@ -63,23 +66,63 @@ class Suite:
     published: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     quality: QualitySettings | None = None  # the ``quality:`` section (attnbench.suite.quality)
+    # Passes a variant cannot run in a setting, with the reason (suite.buildcheck):
+    # (label, heads, kv_heads) -> {pass: reason}. cases() leaves them out.
+    refusals: dict[tuple[str, int, int], dict[str, str]] = field(default_factory=dict)
 
-    def cases(self) -> list[Case]:
-        """The grid expanded: for each variant, N × heads × devices, N innermost
-        so that a series runs from small to large (an OOM then skips the rest)."""
+    def settings_of(self, spec: VariantSpec) -> dict[str, Any]:
+        """The variant's settings: the suite's defaults and its own, ``head_dim`` (when
+        given at the more specific level) taking the place of ``dim``."""
+        own = {k: v for k, v in spec.overrides.items() if k in DEFAULT_KEYS}
+        settings = {**self.defaults, **own}
+        if "dim" in own and "head_dim" not in own:
+            settings.pop("head_dim", None)
+        return settings
+
+    def grid_of(self, spec: VariantSpec) -> dict[str, list[Any]]:
+        return {**self.grid, **{k: v for k, v in spec.overrides.items() if k in GRID_KEYS}}
+
+    def planned(self) -> list[Case]:
+        """The grid expanded: for each variant, devices × batch × heads × kv_heads × N, N
+        innermost so that a series runs from small to large (an OOM then skips the rest).
+        Every pass the suite asks for, refused or not."""
         out: list[Case] = []
         for spec in self.variants:
-            settings = {**self.defaults, **{k: v for k, v in spec.overrides.items() if k in DEFAULT_KEYS}}
-            grid = {**self.grid, **{k: v for k, v in spec.overrides.items() if k in GRID_KEYS}}
+            settings, grid = self.settings_of(spec), self.grid_of(spec)
             devices = list(dict.fromkeys(resolve_device(d) for d in grid["devices"]))
-            for device, heads, seq_len in itertools.product(devices, grid["heads"], sorted(grid["seq_lens"])):
-                out.append(Case(
-                    suite=self.name, variant=spec.name, label=spec.label, params=dict(spec.params),
-                    batch=settings["batch"], seq_len=seq_len, heads=heads, dim=settings["dim"],
-                    dtype=settings["dtype"], device=device, causal=settings["causal"],
-                    passes=tuple(settings["passes"]), compile=settings.get("compile", False),
-                    timing=self.timing, limits=self.limits))
+            for device, batch, heads in itertools.product(devices, settings["batch"], grid["heads"]):
+                dim = settings["head_dim"] * heads if "head_dim" in settings else settings["dim"]
+                for kv_heads, seq_len in itertools.product(grid.get("kv_heads") or [heads],
+                                                           sorted(grid["seq_lens"])):
+                    out.append(Case(
+                        suite=self.name, variant=spec.name, label=spec.label, params=dict(spec.params),
+                        batch=batch, seq_len=seq_len, heads=heads, dim=dim, kv_heads=kv_heads,
+                        dtype=settings["dtype"], device=device, causal=settings["causal"],
+                        passes=tuple(settings["passes"]), compile=settings.get("compile", False),
+                        decode_steps=settings.get("decode_steps", DEFAULT_DECODE_STEPS),
+                        timing=self.timing, limits=self.limits))
         return out
+
+    def cases(self) -> list[Case]:
+        """The cases to run: ``planned()`` without the passes a variant refuses
+        (``refused()`` says which and why); a case with no pass left is dropped."""
+        out = []
+        for case in self.planned():
+            refused = self.refusals.get((case.label, case.heads, case.kv_heads), {})
+            passes = tuple(p for p in case.passes if p not in refused)
+            if passes:
+                out.append(replace(case, passes=passes))
+        return out
+
+    def refused(self) -> list[str]:
+        """One line per variant and setting whose passes are refused, with the reason."""
+        lines = []
+        for (label, heads, kv_heads), passes in self.refusals.items():
+            for reason in dict.fromkeys(passes.values()):
+                names = [p for p, r in passes.items() if r == reason]
+                kv = f" with kv_heads {kv_heads} of heads {heads}" if kv_heads != heads else ""
+                lines.append(f"{label}{kv}: {', '.join(names)} skipped: {reason}")
+        return lines
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for two runs' figures to be comparable (used by --resume)."""
@@ -100,8 +143,8 @@ class Suite:
 
 # --- validation ---------------------------------------------------------------
 
-DEFAULTS: dict[str, Any] = {"batch": 1, "dim": 256, "dtype": "float32", "causal": False,
-                            "passes": list(PASSES), "compile": False}
+DEFAULTS: dict[str, Any] = {"batch": [1], "dim": 256, "dtype": "float32", "causal": False,
+                            "passes": list(DEFAULT_PASSES), "compile": False}
 
 
 class _Validator:
@@ -337,6 +380,16 @@ def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, de
     labels[label] = line or 0
     own = v.fields(item, f"{key}.", SETTING_FIELDS, {})
     own.update(v.fields(item, f"{key}.", GRID_FIELDS, {}))
+    if "dim" in own and "head_dim" in own:
+        v.fail("give dim or head_dim, not both (dim = heads x head_dim)", key=f"{key}.head_dim",
+               line=v.line_of(item, "head_dim"))
+    passes = own.get("passes", defaults["passes"])
+    serving = [p for p in passes if p in SERVING_PASSES]
+    if serving and not own.get("causal", defaults["causal"]):
+        where = "passes" if "passes" in item else ("causal" if "causal" in item else None)
+        v.fail(f"{' and '.join(serving)} {'are' if len(serving) > 1 else 'is'} causal (a prompt, then tokens one "
+               "by one): set causal: true", key=f"{key}.{where}" if where else "defaults.causal",
+               line=v.line_of(item, where) if where else line)
     if own.get("causal", defaults["causal"]) and not info.causal:
         v.fail(f"variant {vname!r} does not support causal attention; set causal: false for it",
                key=f"{key}.causal" if "causal" in item else "defaults.causal",
@@ -384,14 +437,30 @@ def _references(v: _Validator, raw: dict, suite: Suite) -> None:
                key="baseline", line=v.line_of(raw, "baseline"))
 
 
+def _check_width(v: _Validator, sections: _Sections) -> None:
+    """dim or head_dim in a defaults section, not both."""
+    for part in sections.parts("defaults", tuple(SETTING_FIELDS)):
+        if "dim" in part and "head_dim" in part:
+            v.fail("give dim or head_dim, not both (dim = heads x head_dim)", key="defaults.head_dim",
+                   line=v.line_of(part, "head_dim"))
+
+
 def _check_heads(suite: Suite, v: _Validator, raw: dict) -> None:
     for spec in suite.variants:
-        dim = spec.overrides.get("dim", suite.defaults["dim"])
-        for heads in spec.overrides.get("heads", suite.grid["heads"]):
-            if dim % heads:
+        settings, grid = suite.settings_of(spec), suite.grid_of(spec)
+        for heads in grid["heads"]:
+            dim = settings["dim"]
+            if "head_dim" not in settings and dim % heads:
                 where = "heads" if "heads" in spec.overrides or "dim" in spec.overrides else "grid.heads"
                 v.fail(f"heads {heads} does not divide dim {dim} (variant {spec.label!r})", key=where,
                        line=spec.line if where == "heads" else v.line_of(raw.get("grid") or {}, "heads"))
+            for kv_heads in grid.get("kv_heads") or []:
+                if heads % kv_heads:
+                    own = "kv_heads" in spec.overrides or "heads" in spec.overrides
+                    v.fail(f"kv_heads {kv_heads} does not divide heads {heads} (variant {spec.label!r}): each "
+                           "key/value head serves heads / kv_heads query heads",
+                           key="kv_heads" if own else "grid.kv_heads",
+                           line=spec.line if own else v.line_of(raw.get("grid") or {}, "kv_heads"))
 
 
 def _collect(errors: list[SuiteError], check: Callable[[], T], fallback: T) -> T:
@@ -416,6 +485,7 @@ def parse(text: str, path: str = "<suite>", quick: bool = False) -> Suite:
     sections = _Sections(v, raw, quick)
     defaults = _collect(errors, lambda: sections.values("defaults", SETTING_FIELDS, dict(DEFAULTS), "defaults."),
                         dict(DEFAULTS))
+    _collect(errors, lambda: _check_width(v, sections), None)
     grid = _collect(errors, lambda: _grid(v, raw, sections), {})
     timing = _collect(errors, lambda: _timing(sections), TimingSettings())
     limits = _collect(errors, lambda: Limits(**sections.values("limits", LIMIT_FIELDS, {}, "limits.")), Limits())

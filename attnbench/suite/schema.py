@@ -48,17 +48,27 @@ class Field:
     choices: tuple[str, ...] = ()
 
 
+MAX_DECODE_STEPS = 1 << 16
 SETTING_FIELDS: dict[str, Field] = {
-    "batch": Field("integer", "Batch size.", 1, MAX_BATCH),
+    "batch": Field("int_list", "Batch size, or a list of them (a grid axis: decode goes from memory-bound to "
+                   "compute-bound as the batch grows).", 1, MAX_BATCH),
     "dim": Field("integer", "Model width (heads x head_dim).", 1, MAX_DIM),
+    "head_dim": Field("integer", "Width of one head, instead of dim: dim = heads x head_dim for each heads of "
+                      "the grid (32 heads of 128: head_dim: 128).", 1, MAX_DIM),
+    "decode_steps": Field("integer", "One-token steps a decode pass times from its prefill's state; its figure "
+                          "is the time per step.", 1, MAX_DECODE_STEPS),
     "dtype": Field("dtype", "The layer's and the input's dtype."),
     "causal": Field("boolean", "Causal (autoregressive) attention."),
-    "passes": Field("passes", "What is timed: forward (inference), backward, forward_backward (a training step)."),
+    "passes": Field("passes", "What is timed: forward (inference), backward, forward_backward (a training step), "
+                    "prefill (the causal forward of N tokens that fills the cache or state) and decode (one-token "
+                    "steps against the cache or state of N tokens); prefill and decode need causal: true."),
     "compile": Field("boolean", "torch.compile the layer first (compilation is timed apart)."),
 }
 GRID_FIELDS: dict[str, Field] = {
     "seq_lens": Field("int_list", "Sequence lengths N.", 1, MAX_SEQ_LEN),
     "heads": Field("int_list", "Numbers of heads; each must divide dim.", 1, MAX_DIM),
+    "kv_heads": Field("int_list", "Key/value heads (grouped-query attention: each shared by heads / kv_heads "
+                      "query heads); each must divide every heads value. Default: heads.", 1, MAX_DIM),
     "devices": Field("devices", "cpu, cuda, cuda:N or auto (the GPU when there is one)."),
 }
 TIMING_FIELDS: dict[str, Field] = {
@@ -122,7 +132,7 @@ TOP_DESCRIPTIONS = {
     "name": "The suite's name (default: the file name).",
     "description": "What the suite measures.",
     "defaults": "Settings of every variant, unless a variant sets its own.",
-    "grid": "The sizes every variant runs at: seq_lens x heads x devices.",
+    "grid": "The sizes every variant runs at: seq_lens x heads x kv_heads x devices.",
     "variants": "The variants to measure: a name, or a mapping with name, label, params and own settings.",
     "timing": "How each pass is sampled.",
     "limits": "Per-case limits.",

@@ -216,8 +216,8 @@ def build(name: str, dim: int = 512, heads: int = 8, seq_len: int = 1024,
         core = entry.target(heads=heads, head_dim=head_dim, seq_len=seq_len, causal=causal, **params)
         return ProjectedAttention(core, dim=dim, heads=heads, seq_len=seq_len, causal=causal, kv_heads=kv_heads)
     if kv_heads is not None and kv_heads != heads:
-        if "kv_heads" in inspect.signature(entry.target).parameters:
-            params = {**params, "kv_heads": kv_heads}
+        if "kv_heads" in inspect.signature(entry.target).parameters:  # a layer of its own that takes them
+            params = {"kv_heads": kv_heads, **params}
         else:
             reason = inspect.getattr_static(entry.target, "kv_heads_refusal", None) or "takes no kv_heads"
             raise VariantError(f"variant {name!r}: kv_heads {kv_heads} < heads {heads}: this mechanism {reason}")

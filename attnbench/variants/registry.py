@@ -67,7 +67,7 @@ def _signature_params(target: Callable[..., Any], fixed: tuple[str, ...]) -> dic
     sig = inspect.signature(target)
     params: dict[str, Any] = {}
     for p in sig.parameters.values():
-        if p.name == "self" or p.name in fixed or p.name == "kv_heads":  # kv_heads: a grid axis (build)
+        if p.name == "self" or p.name in fixed:
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue  # **kwargs would swallow typos; variants should not use it

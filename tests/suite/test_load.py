@@ -122,12 +122,12 @@ def test_shipped_lra_and_fastformer_suites_validate(name: str):
         assert all(set(c.passes) == {"forward", "forward_backward"} for c in s.cases())
     if name == "lra":
         assert full.published == "lra_table2"
-        assert full.defaults["batch"] == 32 and full.defaults["dim"] == 256 and full.grid["heads"] == [4]
+        assert full.defaults["batch"] == [32] and full.defaults["dim"] == 256 and full.grid["heads"] == [4]
         assert full.grid["seq_lens"] == [1024, 2048, 3072, 4096]
         from attnbench.store.published import load_published
 
         assert {v.name for v in full.variants} == set(load_published("lra_table2").frame["variant"])
-        assert quick.defaults["batch"] < 32 and quick.grid["seq_lens"] == full.grid["seq_lens"]
+        assert quick.defaults["batch"][0] < 32 and quick.grid["seq_lens"] == full.grid["seq_lens"]
     else:
         assert full.defaults["dim"] == 256 and full.grid["heads"] == [16]
         assert {v.name for v in full.variants} == {"softmax", "longformer", "bigbird", "linformer", "linear",

@@ -89,3 +89,44 @@ def check_layer(case: Case, layer: nn.Module, x: torch.Tensor) -> None:
                     "layer has no causal mode (supports_causal = False, or causal=False in @attnbench.register)")
     finally:
         layer.train(was_training)
+
+
+#: A custom layer's decode check: a prompt of this many tokens, then this many steps.
+CHECK_PROMPT, CHECK_STEPS = 12, 4
+DECODE_ATOL = 1e-8  # float64: the incremental form equals the causal forward
+
+
+def check_decode(case: Case, layer: nn.Module) -> None:
+    """Raise LayerCheckError unless a layer that claims to decode (``decode_refusal``
+    None, ``prefill`` and ``step`` methods) gives, in float64 on the CPU, the causal
+    forward's outputs: a prefill of CHECK_PROMPT tokens and CHECK_STEPS steps against
+    one forward over all of them. Runs on a float64 copy, so the layer itself is
+    untouched."""
+    import copy
+
+    shown = display_name(case.variant)
+    probe = copy.deepcopy(layer).to(device="cpu", dtype=torch.float64).eval()
+    n = CHECK_PROMPT + CHECK_STEPS
+    generator = torch.Generator(device="cpu").manual_seed(case.seed)
+    x = torch.randn(1, n, case.dim, generator=generator, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            full = probe(x)
+            out, state = probe.prefill(x[:, :CHECK_PROMPT], n)
+            outs = [out]
+            for t in range(CHECK_PROMPT, n):
+                y, state = probe.step(x[:, t:t + 1], state)
+                outs.append(y)
+            got = torch.cat(outs, dim=1)
+    except Exception as exc:  # noqa: BLE001 - the layer's own failure, said in one line
+        raise LayerCheckError(f"{shown} claims to decode (decode_refusal = None) but its prefill/step failed on "
+                              f"{n} tokens in float64: {type(exc).__name__}: {exc}") from None
+    if got.shape != full.shape:
+        raise LayerCheckError(f"{shown}'s prefill and steps returned {tuple(got.shape)} for {n} tokens, "
+                              f"expected {tuple(full.shape)}")
+    error = (got - full).abs().nan_to_num(nan=float("inf")).max().item()
+    if error > DECODE_ATOL * max(full.abs().max().item(), 1.0):
+        raise LayerCheckError(
+            f"{shown}'s prefill of {CHECK_PROMPT} tokens and {CHECK_STEPS} steps differ from its causal forward by "
+            f"up to {error:.3g} (float64): the state a step carries does not reproduce the forward. Fix prefill/step, "
+            "or declare that it does not decode (decode_refusal = 'the reason')")

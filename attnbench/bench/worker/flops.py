@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from attnbench.bench.worker.checks import LayerCheckError
-from attnbench.model import PASSES, Case
+from attnbench.model import Case
 from attnbench.variants.factory import resolve
 
 #: A pass's FLOPs in forwards: backward costs about two forwards, a training step three.
-PASS_FLOPS_FACTOR = dict(zip(PASSES, (1, 2, 3), strict=True))
+# A pass's FLOPs in forwards; decode has no figure (a step's work is not a forward's).
+PASS_FLOPS_FACTOR = {"forward": 1, "backward": 2, "forward_backward": 3, "prefill": 1}
 
 
 def _call_flops(fn: Callable[..., Any], **kwargs: Any) -> Any:

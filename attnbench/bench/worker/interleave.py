@@ -117,7 +117,7 @@ def sample_in_turns(samplers: dict[int, Callable[[], float]], settings: dict[int
 def _time_alone(built: BuiltCase, pass_name: str, result: PassResult) -> None:
     try:
         with torch.enable_grad():
-            _, sample_once = pass_functions(built, pass_name)
+            _, sample_once = pass_functions(built, pass_name, result)
             result.samples_ms = timing.sample(sample_once, built.case.timing)
     except Exception as exc:  # noqa: BLE001 - the case's failure, reported as alone
         record_failure(result, exc)
@@ -135,7 +135,7 @@ def _measure_pass(pass_name: str, members: dict[int, BuiltCase], rng: random.Ran
         at(i)
         try:
             with torch.enable_grad():
-                memory_region, _ = pass_functions(built, pass_name)
+                memory_region, _ = pass_functions(built, pass_name, results[i])
                 measure_memory(results[i], memory_region, built.device)
         except Exception as exc:  # noqa: BLE001
             record_failure(results[i], exc)
@@ -150,7 +150,7 @@ def _measure_pass(pass_name: str, members: dict[int, BuiltCase], rng: random.Ran
             for i, built in ready.items():
                 at(i)
                 try:
-                    samplers[i] = pass_functions(built, pass_name)[1]
+                    samplers[i] = pass_functions(built, pass_name, results[i])[1]
                 except Exception as exc:
                     if is_oom(exc) and samplers:
                         raise _TogetherOOM from exc

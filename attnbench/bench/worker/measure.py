@@ -9,6 +9,10 @@ Passes:
   clears the gradients (untimed) and times ``y.backward(grad, retain_graph=True)``;
 * forward_backward: a training step of the layer, forward then backward of a
   fixed random upstream gradient, gradients cleared between samples (untimed).
+* prefill: ``layer.prefill(x, N + decode_steps)`` under inference mode: the causal
+  forward that also fills the cache or state (attnbench.variants.decoding);
+* decode: one prefill, untimed; then each sample runs ``decode_steps`` one-token
+  steps from (a fork of) its state, and the sample is their time per step.
 x requires grad in the backward passes, as for any layer inside a network.
 """
 
@@ -24,11 +28,11 @@ from typing import Any
 import torch
 
 from attnbench.bench.worker import memory, timing
-from attnbench.bench.worker.checks import TRUSTED_ORIGINS, LayerCheckError, check_layer
+from attnbench.bench.worker.checks import TRUSTED_ORIGINS, LayerCheckError, check_decode, check_layer
 from attnbench.bench.worker.flops import PASS_FLOPS_FACTOR, forward_flops
 from attnbench.bench.worker.messages import Emit, Failure, Meta, PassResult
 from attnbench.errors import AttnbenchError
-from attnbench.model import SDPA_KERNELS, Case, Status, resolve_device
+from attnbench.model import MIB, SDPA_KERNELS, SERVING_PASSES, Case, Status, resolve_device
 from attnbench.variants import build, variant_info
 from attnbench.variants.layer import AttentionLayer
 
@@ -100,7 +104,7 @@ def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Te
         t0 = time.perf_counter()
         with torch.inference_mode():
             layer(x)
-        if any(p != "forward" for p in case.passes):
+        if any(p in ("backward", "forward_backward") for p in case.passes):
             layer(x.detach().requires_grad_()).backward(grad)
             layer.zero_grad(set_to_none=True)
         info["compile_s"] = time.perf_counter() - t0
@@ -167,10 +171,52 @@ def _pass_functions(name: str, layer: torch.nn.Module, x: torch.Tensor, grad: to
     return memory_region, sample_once
 
 
+def _serving_functions(name: str, built: BuiltCase, result: PassResult | None
+                       ) -> tuple[Callable[[], object], Callable[[], float]]:
+    """(memory region, one timed sample) of prefill or decode; the cache or state's
+    size (and, for decode, the least bytes a step moves) go into ``result``."""
+    layer, x, device, case = built.layer, built.x, built.device, built.case
+    refusal = getattr(layer, "decode_refusal", "has no prefill and step methods (attnbench.variants.decoding)")
+    if refusal is not None:
+        raise CaseSkipped(f"{case.label} {refusal}" if not refusal.startswith(case.label) else refusal)
+    capacity = case.seq_len + case.decode_steps  # the room a server leaves for the answer
+
+    def prefill() -> tuple[torch.Tensor, Any]:
+        with torch.inference_mode():
+            return layer.prefill(x, capacity)
+
+    if name == "prefill":
+        _, state = prefill()
+        if result is not None:
+            result.cache_mib = state.nbytes / MIB
+        state = None
+        return prefill, lambda: timing.timed(prefill, device)
+
+    _, start = prefill()
+    generator = torch.Generator(device="cpu").manual_seed(case.seed + 2)
+    tokens = torch.randn(case.batch, case.decode_steps, case.dim, generator=generator).to(device, x.dtype)
+
+    def steps(state: Any) -> None:
+        with torch.inference_mode():
+            for t in range(case.decode_steps):
+                _, state = layer.step(tokens[:, t:t + 1], state)
+
+    if result is not None:
+        result.cache_mib = start.nbytes / MIB
+        weights = sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
+        result.step_bytes = start.step_traffic_bytes + weights + 2 * tokens[:, :1].numel() * tokens.element_size()
+
+    def sample_once() -> float:
+        state = start.fork()  # untimed: a ring is copied, a KV cache or recurrent state shared
+        return timing.timed(lambda: steps(state), device) / case.decode_steps
+
+    return lambda: steps(start.fork()), sample_once
+
+
 def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(case.seed)
     layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
-                  **case.params)
+                  kv_heads=case.kv_heads if case.kv_heads != case.heads else None, **case.params)
     layer = layer.to(device=device, dtype=torch_dtype(case.dtype))
     if case.compile:
         layer = torch.compile(layer)
@@ -203,6 +249,8 @@ def start_case(case: Case, emit: Emit) -> BuiltCase | None:
         grad = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, torch_dtype(case.dtype))
         if info.origin not in TRUSTED_ORIGINS:  # shape, dtype, device, causal: the fix, before timing
             check_layer(case, layer, x)
+            if set(case.passes) & set(SERVING_PASSES) and getattr(layer, "decode_refusal", "") is None:
+                check_decode(case, layer)
         flops, flops_source = forward_flops(case, layer, x)
         prepared = _prepare(case, layer, x, grad)
     except LayerCheckError as exc:
@@ -221,15 +269,20 @@ def start_case(case: Case, emit: Emit) -> BuiltCase | None:
 def new_result(built: BuiltCase, pass_name: str) -> PassResult:
     """An empty result of one pass, with its FLOPs."""
     result = PassResult(pass_name=pass_name)
-    if built.flops is not None:
-        result.flops, result.flops_source = built.flops * PASS_FLOPS_FACTOR[pass_name], built.flops_source
+    factor = PASS_FLOPS_FACTOR.get(pass_name)
+    if built.flops is not None and factor is not None:
+        result.flops, result.flops_source = built.flops * factor, built.flops_source
     return result
 
 
-def pass_functions(built: BuiltCase, pass_name: str) -> tuple[Callable[[], object], Callable[[], float]]:
+def pass_functions(built: BuiltCase, pass_name: str, result: PassResult | None = None
+                   ) -> tuple[Callable[[], object], Callable[[], float]]:
     """(region for the memory run, one timed sample) of a pass; the backward
-    pass builds its retained graph here. Call under ``torch.enable_grad()``."""
-    built.x.requires_grad_(pass_name != "forward")
+    pass builds its retained graph here, decode its prefill's state (and says the
+    state's size in ``result``). Call under ``torch.enable_grad()``."""
+    built.x.requires_grad_(pass_name in ("backward", "forward_backward"))
+    if pass_name in SERVING_PASSES:
+        return _serving_functions(pass_name, built, result)
     return _pass_functions(pass_name, built.layer, built.x, built.grad, built.device)
 
 
@@ -266,7 +319,7 @@ def run_case(case: Case, emit: Emit) -> None:
         result = new_result(built, pass_name)
         try:
             with torch.enable_grad():
-                memory_region, sample_once = pass_functions(built, pass_name)
+                memory_region, sample_once = pass_functions(built, pass_name, result)
                 if case.round == 0:  # peak memory repeats exactly: measured on the first visit only
                     measure_memory(result, memory_region, built.device)
                 result.samples_ms = timing.sample(sample_once, case.timing)

@@ -70,6 +70,8 @@ class PassResult:
     memory_measured: bool = False  # the memory run finished: the record then carries its figures
     traceback: str | None = None  # of an error (not an OOM or a skip): kept in cases.jsonl only
     turns: str | None = None  # sampled in turns: the unit's token, shared by the cases sampled with it
+    cache_mib: float | None = None  # prefill, decode: the cache or state after the prompt
+    step_bytes: int | None = None  # decode: the least bytes one step moves (state, weights, token)
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pass": self.pass_name, "status": self.status, "error": self.error,
@@ -81,6 +83,10 @@ class PassResult:
             out["turns"] = self.turns
         if self.memory_measured:
             out.update(peak_mem_mib=self.peak_mem_mib, peak_reserved_mib=self.peak_reserved_mib)
+        if self.cache_mib is not None:
+            out["cache_mib"] = self.cache_mib
+        if self.step_bytes is not None:
+            out["step_bytes"] = self.step_bytes
         return out
 
 
