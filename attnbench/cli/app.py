@@ -186,16 +186,20 @@ def report(
         "--plot-tradeoff", metavar="FILE", help="Draw LRA's Figure 3 (speed, quality, memory) for the run beside "
         "the paper's own, to a .png or .svg file: quality is the run's MQAR accuracy when it measured it, else "
         "LRA's published score.", show_default=False)] = None,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the whole report as one "
+                                              "self-contained HTML page (charts, sortable tables; opens offline). "
+                                              "Needs the html extra.", show_default=False)] = None,
 ) -> None:
     """Print a run's tables again from disk; write its CSV, markdown and plot.
 
     Example: [bold]attnbench report results/20260101-120000-quick --csv quick.csv[/]
+    Example: [bold]attnbench report results/20260101-120000-quick --html quick.html[/]
     """
     from attnbench.report.build import ReportOptions
     from attnbench.report.files import ReportFiles
 
     with user_errors():
-        check_outputs(plot, csv, as_json, plot_tradeoff)
+        check_outputs(plot, csv, as_json, plot_tradeoff, html)
         options = ReportOptions(baseline=baseline, variants=variants, seq_lens=ns, pass_name=pass_option(pass_name))
         report = build_run_report(run_dir, options)
     warn(report.run.warnings)
@@ -212,7 +216,7 @@ def report(
             out.print(item, highlight=False)
     with user_errors():
         write_files(report, ReportFiles(csv=Path(csv) if csv not in (None, "-") else None, markdown=markdown,
-                                        plot=plot, plot_tradeoff=plot_tradeoff))
+                                        plot=plot, plot_tradeoff=plot_tradeoff, html=html))
     if strict_exit(report.verdict, strict):
         raise typer.Exit(EXIT_UNRELIABLE)
 
@@ -235,6 +239,9 @@ def compare(
                                                   f"{PASS_NAMES_HELP} \\[default: all measured].",
                                                   show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON on stdout.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the comparison as one "
+                                              "self-contained HTML page (with one run: its whole report). Needs "
+                                              "the html extra.", show_default=False)] = None,
 ) -> None:
     """One run: each variant against a baseline. Two runs: RUN_B against RUN_A, case by case.
 
@@ -253,6 +260,7 @@ def compare(
 
     Example: [bold]attnbench compare results/20260101-120000-quick --baseline softmax[/]
     Example: [bold]attnbench compare results/before results/after --fail-above 1.10[/]
+    Example: [bold]attnbench compare results/before results/after --html compare.html[/]
     """
     with user_errors():
         only_pass = pass_option(pass_name)
@@ -262,9 +270,10 @@ def compare(
                                      "RUN_B against RUN_A has no baseline: drop --baseline")
         elif fail_above is not None:
             raise AttnbenchError("--fail-above needs two runs: compare RUN_A RUN_B --fail-above RATIO")
+        check_outputs(None, None, as_json, html=html)
     if run_b is not None:
-        return print_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json)
-    print_baseline_comparison(run_dir, baseline, only_pass, as_json)
+        return print_two_runs(run_dir, run_b, only_pass, fail_above, min_effect, as_json, html)
+    print_baseline_comparison(run_dir, baseline, only_pass, as_json, html)
 
 
 @app.command()

@@ -39,9 +39,16 @@ def pass_option(value: str | None) -> str | None:
     return names[value]
 
 
-def check_outputs(plot: Path | None, csv: str | None, as_json: bool, plot_tradeoff: Path | None = None) -> None:
-    """Refuse what cannot be written before anything is printed."""
+def check_outputs(plot: Path | None, csv: str | None, as_json: bool, plot_tradeoff: Path | None = None,
+                  html: Path | None = None) -> None:
+    """Refuse what cannot be written before anything is printed (an HTML page
+    without the html extra: one line naming it)."""
     from attnbench.report.plots import FORMATS
+
+    if html is not None:
+        from attnbench.report.html_page import require_html
+
+        require_html()
 
     for option, path in (("--plot", plot), ("--plot-tradeoff", plot_tradeoff)):
         if path is not None and path.suffix.lower() not in FORMATS:
@@ -66,8 +73,10 @@ def build_run_report(run_dir: Path, options: Any) -> Any:
     return report
 
 
-def print_baseline_comparison(run_dir: Path, baseline: str | None, pass_name: str | None, as_json: bool) -> None:
-    """``compare RUN``: each variant's speed and memory against the baseline."""
+def print_baseline_comparison(run_dir: Path, baseline: str | None, pass_name: str | None, as_json: bool,
+                              html: Path | None = None) -> None:
+    """``compare RUN``: each variant's speed and memory against the baseline;
+    with ``html``, the run's whole report (with that baseline) as a page."""
     from attnbench.report.build import ReportOptions, build_report
     from attnbench.report.cells import relative_legend
     from attnbench.report.json import baseline_payload
@@ -82,11 +91,16 @@ def print_baseline_comparison(run_dir: Path, baseline: str | None, pass_name: st
     if as_json:
         warn(report.run.warnings)
         print_json(baseline_payload(report, str(run_dir)))
-        return
-    for p in report.passes:
-        for table in comparison_tables(report, p):
-            out.print(table)
-    out.print(relative_legend(report), highlight=False)
+    else:
+        for p in report.passes:
+            for table in comparison_tables(report, p):
+                out.print(table)
+        out.print(relative_legend(report), highlight=False)
+    if html is not None:
+        from attnbench.report.files import ReportFiles
+
+        with user_errors():
+            write_files(report, ReportFiles(html=html))
 
 
 def csv_columns(frame: Any) -> list[str]:
@@ -107,14 +121,14 @@ def write_files(report: Any, files: Any) -> None:
 
 
 def print_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: float | None,
-                   min_effect: float, as_json: bool) -> None:
-    """``compare RUN_A RUN_B``: B against A, case by case; exit 1 when the gate
-    (``--fail-above``) fails."""
+                   min_effect: float, as_json: bool, html: Path | None = None) -> None:
+    """``compare RUN_A RUN_B``: B against A, case by case, and with ``html`` the
+    page of it; exit 1 when the gate (``--fail-above``) fails."""
     from dataclasses import asdict
 
     from attnbench.analysis.two_runs import compare_two_runs, gate, suite_differences
     from attnbench.report.roofline import calibration_table
-    from attnbench.report.two_runs import compare_runs_tables, lost_case_lines
+    from attnbench.report.two_runs import compare_runs_tables, lost_case_lines, two_runs_warnings
     from attnbench.store.results import frame_records, load_run
 
     with user_errors():
@@ -150,15 +164,7 @@ def print_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: 
         side_by_side = calibration_table([("A " + a.run_id, a.meta), ("B " + b.run_id, b.meta)])
         if side_by_side is not None:
             out.print(side_by_side)
-    if runs.missing_in_a:
-        warn([f"{runs.missing_in_a} case(s) not measured in RUN_A (marked x): nothing to compare them with"])
-    if runs.moved:
-        warn([f"{len(runs.moved)} setting(s) whose variants all moved together, beyond the other settings (each "
-              "variant is judged against the others, so this shows only here: a change under all of them, or "
-              "the machine's state for that setting):\n  " + "\n  ".join(runs.moved)])
-    if runs.undecided:
-        warn([f"{runs.undecided} case(s) have too few rounds for a verdict (marked ?): a run needs timing.rounds "
-              ">= 2 to tell a change from the drift between visits"])
+    warn(two_runs_warnings(runs))
     if verdict is not None and verdict.shifted:
         err.print(f"[bold red]regression:[/] every case is slower together: B/A = {shift.ratio:.3f} "
                   f"[{shift.low:.3f}–{shift.high:.3f}], past {fail_above}x", markup=True, highlight=False)
@@ -172,5 +178,12 @@ def print_two_runs(run_a: Path, run_b: Path, pass_name: str | None, fail_above: 
         err.print(f"[bold red]regression:[/] {len(bad)} case(s) significantly slower than {fail_above}x; worst "
                   f"{worst['label']} N={worst['seq_len']} {worst['pass']}: {worst['ratio']:.2f}x",
                   markup=True, highlight=False)
+    if html is not None:
+        from attnbench.report.html import write_html
+        from attnbench.report.html_compare import html_two_runs
+
+        with user_errors():
+            write_html(html, html_two_runs(a, b, runs, differences if not same else [], verdict))
+        err.print(f"wrote {html}", highlight=False)
     if verdict is not None and verdict.failed:
         raise typer.Exit(1)

@@ -1,5 +1,6 @@
 """The files a report writes: the tidy CSV, the markdown document, the plot of
-time and memory against N, and the trade-off chart, all from one ``RunReport``."""
+time and memory against N, the trade-off chart and the HTML page, all from one
+``RunReport``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class ReportFiles:
     markdown: Path | None = None
     plot: Path | None = None
     plot_tradeoff: Path | None = None
+    html: Path | None = None
 
 
 def write_report_files(report: RunReport, files: ReportFiles,
@@ -39,11 +41,11 @@ def write_report_files(report: RunReport, files: ReportFiles,
                  messages=messages)
         written.append(files.plot)
     if files.plot_tradeoff is not None:
-        from attnbench.report.plots import plot_tradeoff
+        from attnbench.report.plots import MQAR_QUALITY_LABEL, plot_tradeoff
 
         rows = report.relative if report.baseline is not None else report.frame  # with the paired intervals
         plot_tradeoff(rows, files.plot_tradeoff, title=title, quality=report.measured_scores or None,
-                      quality_label="MQAR accuracy (measured, mean over seeds)", banner=banner,
+                      quality_label=MQAR_QUALITY_LABEL, banner=banner,
                       messages=messages)
         written.append(files.plot_tradeoff)
     if files.markdown is not None:
@@ -53,4 +55,8 @@ def write_report_files(report: RunReport, files: ReportFiles,
         link = os.path.relpath(plot.resolve(), files.markdown.resolve().parent) if plot is not None else None
         write_text(files.markdown, markdown_report(report, plot=link))
         written.append(files.markdown)
+    if files.html is not None:
+        from attnbench.report.html import html_report, write_html
+
+        written.append(write_html(files.html, html_report(report)))
     return written

@@ -175,6 +175,7 @@ LRA_BATCH, LRA_N = 32, 4096  # LRA Table 2's setting read by the published panel
 
 POINT_COLUMNS = ["label", "variant", "examples_per_s", "speed_low", "speed_high", "memory", "score", "noisy"]
 EXACT_FAMILY = "exact"  # an exact attention takes the published Transformer's (softmax's) score
+MQAR_QUALITY_LABEL = "MQAR accuracy (measured, mean over seeds)"  # the quality axis of a run that measured it
 
 
 def _point(row: pd.Series, score: float | None) -> dict[str, Any]:
@@ -246,6 +247,16 @@ def unscored_points(frame: pd.DataFrame, n: int, scored: pd.DataFrame) -> pd.Dat
                          if label not in set(scored["label"])], columns=POINT_COLUMNS)
 
 
+def lra_scores() -> tuple[pd.DataFrame, Any]:
+    """LRA's Table 1 (the published scores): its rows with the average as
+    ``score`` (columns variant and score, as ``tradeoff_points`` takes them),
+    and the table (its citation and score label)."""
+    from attnbench.store.published import load_published
+
+    table1 = load_published(SCORES_TABLE, kind="scores")
+    return table1.frame.rename(columns={str(table1.meta.get("score", "avg")): "score"}), table1
+
+
 def published_tradeoff_points() -> pd.DataFrame:
     """LRA's own Figure 3 data: Table 2 at N = 4K (examples/s = 32 × steps/s, peak
     memory in GB) with Table 1's average score, one row per model (with the
@@ -281,13 +292,10 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
     circle area = measured peak memory; beside it the same chart from the paper's
     numbers (Table 2 at 4K, batch 32; Table 1 averages). Labels with no score are
     listed under the chart. Returns the path written."""
-    from attnbench.store.published import load_published
-
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise AttnbenchError(f"{path}: the trade-off chart must be a .png or .svg file")
-    table1 = load_published(SCORES_TABLE, kind="scores")
-    scores = table1.frame.rename(columns={str(table1.meta.get("score", "avg")): "score"})
+    scores, table1 = lra_scores()
     points, n, notes = tradeoff_points(frame, scores, quality)
     if n is None:
         raise AttnbenchError(f"{path}: the run has no successful {TRADEOFF_PASS} case to place on the chart")
