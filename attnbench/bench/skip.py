@@ -51,8 +51,8 @@ def largest_tensor_mib(case: Case) -> float | None:
     in the sweep's own process, where a custom layer's forward (which may
     crash, hang or exit) must never run. None where the layer cannot run on
     ``meta``."""
-    key = (case.variant, repr(sorted(case.params.items())), case.batch, case.seq_len, case.heads, case.dim,
-           case.dtype, case.causal)
+    key = (case.variant, repr(sorted(case.params.items())), case.batch, case.seq_len, case.heads, case.kv_heads,
+           case.dim, case.dtype, case.causal, case.passes == ("decode",))
     if key not in _LARGEST:
         _LARGEST[key] = _largest_on_meta(case)
     return _LARGEST[key]
@@ -85,10 +85,13 @@ def _largest_on_meta(case: Case) -> float | None:
     try:
         with torch.device("meta"):
             layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
-                          **case.params).to(dtype)
+                          kv_heads=case.kv_heads if case.kv_heads != case.heads else None, **case.params).to(dtype)
             x = torch.empty(case.batch, case.seq_len, case.dim, dtype=dtype)
         with torch.no_grad(), Largest() as mode:
-            layer(x)
+            if any(p != "decode" for p in case.passes):
+                layer(x)
+            else:  # decode alone needs the prompt's cache or state, not its forward
+                layer.prefill(x, case.seq_len + case.decode_steps, output=False)
     except Exception:  # noqa: BLE001 - a layer with an op meta cannot run: no estimate
         return None
     return mode.largest / MIB

@@ -94,11 +94,15 @@ class Suite:
                 dim = settings["head_dim"] * heads if "head_dim" in settings else settings["dim"]
                 for kv_heads, seq_len in itertools.product(grid.get("kv_heads") or [heads],
                                                            sorted(grid["seq_lens"])):
+                    passes = [p for p in settings["passes"]
+                              if p != "prefill" or seq_len <= settings.get("max_prefill_len", seq_len)]
+                    if not passes:
+                        continue
                     out.append(Case(
                         suite=self.name, variant=spec.name, label=spec.label, params=dict(spec.params),
                         batch=batch, seq_len=seq_len, heads=heads, dim=dim, kv_heads=kv_heads,
                         dtype=settings["dtype"], device=device, causal=settings["causal"],
-                        passes=tuple(settings["passes"]), compile=settings.get("compile", False),
+                        passes=tuple(passes), compile=settings.get("compile", False),
                         decode_steps=settings.get("decode_steps", DEFAULT_DECODE_STEPS),
                         timing=self.timing, limits=self.limits))
         return out

@@ -55,6 +55,9 @@ SETTING_FIELDS: dict[str, Field] = {
     "dim": Field("integer", "Model width (heads x head_dim).", 1, MAX_DIM),
     "head_dim": Field("integer", "Width of one head, instead of dim: dim = heads x head_dim for each heads of "
                       "the grid (32 heads of 128: head_dim: 128).", 1, MAX_DIM),
+    "max_prefill_len": Field("integer", "Time prefill only up to this N (a prompt's forward at a large N costs "
+                             "seconds on a CPU; decode still starts from the cache or state of every N).", 1,
+                             MAX_SEQ_LEN),
     "decode_steps": Field("integer", "One-token steps a decode pass times from its prefill's state; its figure "
                           "is the time per step.", 1, MAX_DECODE_STEPS),
     "dtype": Field("dtype", "The layer's and the input's dtype."),

@@ -237,20 +237,22 @@ class AFT(AttentionLayer):
 
     decode_refusal = None  # mode simple: running sums Σ exp(K)⊙V and Σ exp(K)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, parts: tuple[int, ...] = (0, 1, 2)) -> tuple[torch.Tensor, ...]:
+        """The projections ``parts`` (0: q, 1: k, 2: v) of x, in float32 at least."""
         weights, biases = self.to_qkv.weight.split(self.dim), self.to_qkv.bias.split(self.dim)
         dtype = acc_dtype(x.dtype)
-        return tuple(nn.functional.linear(x, w, b).to(dtype) for w, b in zip(weights, biases, strict=True))
+        return tuple(nn.functional.linear(x, weights[i], biases[i]).to(dtype) for i in parts)
 
-    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+    def prefill(self, x: torch.Tensor, capacity: int, output: bool = True) -> tuple[torch.Tensor | None,
+                                                                                   DecodeState]:
         """The causal forward and the running sums after N tokens, in the frame m of
         each channel's largest key so far (the shift cancels in the ratio)."""
         self.check_decodes()
-        _, k, v = self._qkv(x)
+        k, v = self._qkv(x, parts=(1, 2))
         frame = k.amax(dim=1, keepdim=True)
         e = torch.exp(k - frame)
         state = ((e * v).sum(dim=1, keepdim=True), e.sum(dim=1, keepdim=True), frame)
-        return self(x), DecodeState(length=x.shape[1], recurrent=state)
+        return self(x) if output else None, DecodeState(length=x.shape[1], recurrent=state)
 
     def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
         self.check_decodes()

@@ -136,12 +136,13 @@ class _ConvLayer(AttentionLayer):
         h = F.glu(self.in_proj(x), dim=-1)
         return self.out(self.conv(h))
 
-    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+    def prefill(self, x: torch.Tensor, capacity: int, output: bool = True) -> tuple[torch.Tensor | None,
+                                                                                   DecodeState]:
         self.check_decodes()
-        h = F.glu(self.in_proj(x), dim=-1)
         kept = self.kernel_size - 1
+        h = F.glu(self.in_proj(x if output else x[:, x.shape[1] - kept:] if kept else x[:, :0]), dim=-1)
         last = F.pad(h[:, -kept:] if kept else h[:, :0], (0, 0, max(0, kept - h.shape[1]), 0))
-        return self.out(self.conv(h)), DecodeState(length=x.shape[1], recurrent=(last,))
+        return self.out(self.conv(h)) if output else None, DecodeState(length=x.shape[1], recurrent=(last,))
 
     def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
         self.check_decodes()

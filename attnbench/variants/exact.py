@@ -52,8 +52,8 @@ class SoftmaxAttention(AttentionCore):
         return torch.matmul(probs.to(v.dtype), v)
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, DecodeState]:
-        return self(q, k, v), kv_cache_prefill(k, v, capacity)
+                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
+        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
@@ -110,8 +110,8 @@ class SDPAttention(AttentionCore):
                                                   enable_gqa=k.shape[1] != q.shape[1])
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, DecodeState]:
-        return self(q, k, v), kv_cache_prefill(k, v, capacity)
+                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
+        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:

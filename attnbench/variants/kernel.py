@@ -397,8 +397,8 @@ class LinearAttention(AttentionCore):
         self.eps = DEFAULT_EPS
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, DecodeState]:
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]))
+                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])) if output else None
         dt = acc_dtype(q.dtype)
         state = kernel_state(self.feature_map(k.to(dt)), v.to(dt))
         return out, DecodeState(length=q.shape[-2], recurrent=(state,))

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnbench.variants.decoding import DecodeState, expand_kv
@@ -241,9 +242,10 @@ class AttentionCore(nn.Module):
         return None
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
         """The causal forward of q (B, H, N, d) and k, v (B, kv_heads, N, d) and the
-        state that token N needs, with room for ``capacity`` tokens in a cache."""
+        state that token N needs, with room for ``capacity`` tokens in a cache; with
+        ``output`` False only the state (the forward's output is None)."""
         raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -282,9 +284,11 @@ class AttentionLayer(nn.Module):
     def flops(self, batch: int, seq_len: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+    def prefill(self, x: torch.Tensor, capacity: int, output: bool = True) -> tuple[torch.Tensor | None,
+                                                                                   DecodeState]:
         """The causal forward of x (B, N, dim) and the state token N needs, with room
-        for ``capacity`` tokens in a cache (attnbench.variants.decoding)."""
+        for ``capacity`` tokens in a cache (attnbench.variants.decoding); with ``output``
+        False only the state, as a decode pass needs (the output is None)."""
         raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
 
     def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
@@ -365,10 +369,20 @@ class ProjectedAttention(AttentionLayer):
             k, v = expand_kv(k, self.heads), expand_kv(v, self.heads)
         return self.out(self.merge_heads(self.core(q, k, v)))
 
-    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeState]:
+    def prefill(self, x: torch.Tensor, capacity: int, output: bool = True) -> tuple[torch.Tensor | None,
+                                                                                   DecodeState]:
         self.check_decodes()
-        out, state = self.core.prefill(*self.project(x), capacity, **self.core.layer_input(x))
-        return self.out(self.merge_heads(out)), state
+        q, k, v = self.project(x) if output else self._project_kv(x)
+        out, state = self.core.prefill(q, k, v, capacity, output=output, **self.core.layer_input(x))
+        return (self.out(self.merge_heads(out)) if out is not None else None), state
+
+    def _project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a state alone needs: k and v projected (the fused weight's rows after the
+        queries'), q a zero view of its shape (no memory, no work)."""
+        b, n, _ = x.shape
+        k, v = F.linear(x, self.qkv.weight[self.dim:]).split(self.kv_heads * self.head_dim, dim=-1)
+        k, v = (t.view(b, n, self.kv_heads, -1).transpose(1, 2) for t in (k, v))
+        return x.new_zeros(()).expand(b, self.heads, n, self.head_dim), k, v
 
     def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
         self.check_decodes()

@@ -153,11 +153,11 @@ class PerformerAttention(AttentionCore):
         return exponents, exponents.detach().amax(-1) + log_norm
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, DecodeState]:
+                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
         """The causal forward and the state after N keys, [S z] in the frame M_N (the
         running max after the last key), with M_N: what query N + 1 reads in frame
         max(M_N, its own key's max), as the chunked form does."""
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]))
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])) if output else None
         dt = acc_dtype(q.dtype)
         with torch.autocast(q.device.type, enabled=False):
             exponents, key_max = self._key_exponents(k.to(dt))
@@ -286,11 +286,12 @@ class RandomFeatureAttention(AttentionCore):
         b, h, n, d = result.shape
         return out(result.transpose(1, 2).reshape(b, n, h * d))
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, capacity: int,
-                gate_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeState]:
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, capacity: int, output: bool = True,
+                gate_logits: torch.Tensor | None = None) -> tuple[torch.Tensor | None, DecodeState]:
         """The causal forward and the state after N keys: Σ_j φ(k_j)ᵀ[v_j 1], or with
         the gate Σ_j (1 − g_j) Π_{j<t≤N} g_t φ(k_j)ᵀ[v_j 1]."""
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), gate_logits=gate_logits)
+        out = (self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), gate_logits=gate_logits)
+               if output else None)
         dt = acc_dtype(q.dtype)
         with torch.autocast(q.device.type, enabled=False):
             phi_k, v = self.feature_map(k.to(dt)), v.to(dt)

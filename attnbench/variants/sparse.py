@@ -189,8 +189,9 @@ class LocalAttention(SparseCore):
         super().__init__(heads, head_dim, seq_len, causal)
         self.window = check_int("local window", window)
 
-    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int) -> tuple[Tensor, DecodeState]:
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]))
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int,
+                output: bool = True) -> tuple[Tensor | None, DecodeState]:
+        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])) if output else None
         return out, ring_prefill(k, v, self.window + 1)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:

@@ -195,3 +195,16 @@ def test_half_precision_decodes_within_its_tolerance(name: str) -> None:
 def test_expand_kv_repeats_each_head_for_its_group() -> None:
     t = torch.arange(2.0).view(1, 2, 1, 1)
     assert expand_kv(t, 4).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_a_state_alone_is_the_state_of_the_full_prefill(name: str, params: dict) -> None:
+    """A decode pass builds its state with ``output=False`` (no forward output): the
+    state must be the same, and so must the steps from it."""
+    layer = layer_of(name, params)
+    x = torch.randn(2, N + 1, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        out, full = layer.prefill(x[:, :N], capacity=N + 1)
+        none, alone = layer.prefill(x[:, :N], capacity=N + 1, output=False)
+        assert out is not None and none is None and alone.nbytes == full.nbytes
+        torch.testing.assert_close(layer.step(x[:, N:], alone)[0], layer.step(x[:, N:], full)[0], rtol=0, atol=1e-12)

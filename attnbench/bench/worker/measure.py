@@ -185,14 +185,24 @@ def _serving_functions(name: str, built: BuiltCase, result: PassResult | None
         with torch.inference_mode():
             return layer.prefill(x, capacity)
 
+    def state_only() -> Any:
+        """The prompt's cache or state, without the forward's output where the layer
+        can skip it (a quadratic forward need not fit for the cache it leaves)."""
+        import inspect
+
+        with torch.inference_mode():
+            if "output" in inspect.signature(layer.prefill).parameters:
+                return layer.prefill(x, capacity, output=False)[1]
+            return layer.prefill(x, capacity)[1]
+
     if name == "prefill":
-        _, state = prefill()
+        state = state_only()
         if result is not None:
-            result.cache_mib = state.nbytes / MIB
+            result.cache_mib = _state_bytes(state) / MIB
         state = None
         return prefill, lambda: timing.timed(prefill, device)
 
-    _, start = prefill()
+    start = state_only()
     generator = torch.Generator(device="cpu").manual_seed(case.seed + 2)
     tokens = torch.randn(case.batch, case.decode_steps, case.dim, generator=generator).to(device, x.dtype)
 
@@ -202,15 +212,28 @@ def _serving_functions(name: str, built: BuiltCase, result: PassResult | None
                 _, state = layer.step(tokens[:, t:t + 1], state)
 
     if result is not None:
-        result.cache_mib = start.nbytes / MIB
+        result.cache_mib = _state_bytes(start) / MIB
         weights = sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
-        result.step_bytes = start.step_traffic_bytes + weights + 2 * tokens[:, :1].numel() * tokens.element_size()
+        traffic = getattr(start, "step_traffic_bytes", None)
+        traffic = _state_bytes(start) if traffic is None else traffic
+        result.step_bytes = traffic + weights + 2 * tokens[:, :1].numel() * tokens.element_size()
+    fork = getattr(start, "fork", lambda: start)  # a state of one's own: shared (steps must not write it)
 
     def sample_once() -> float:
-        state = start.fork()  # untimed: a ring is copied, a KV cache or recurrent state shared
+        state = fork()  # untimed: a ring is copied, a KV cache or recurrent state shared
         return timing.timed(lambda: steps(state), device) / case.decode_steps
 
-    return lambda: steps(start.fork()), sample_once
+    return lambda: steps(fork()), sample_once
+
+
+def _state_bytes(state: Any) -> int:
+    """A DecodeState's ``nbytes``; for a state of a layer's own making, its tensors' bytes."""
+    nbytes = getattr(state, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    tensors = [t for t in (state.values() if isinstance(state, dict) else state if isinstance(state, tuple | list)
+                           else [state]) if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
