@@ -189,6 +189,9 @@ def report(
     html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the whole report as one "
                                               "self-contained HTML page (charts, sortable tables; opens offline). "
                                               "Needs the html extra.", show_default=False)] = None,
+    plot_decode: Annotated[Path | None, typer.Option(
+        "--plot-decode", metavar="FILE", help="Plot decode time per token and the cache or state against N "
+        "(log-log) to a .png or .svg file.", show_default=False)] = None,
 ) -> None:
     """Print a run's tables again from disk; write its CSV, markdown and plot.
 
@@ -199,7 +202,7 @@ def report(
     from attnbench.report.files import ReportFiles
 
     with user_errors():
-        check_outputs(plot, csv, as_json, plot_tradeoff, html)
+        check_outputs(plot, csv, as_json, plot_tradeoff, html, plot_decode)
         options = ReportOptions(baseline=baseline, variants=variants, seq_lens=ns, pass_name=pass_option(pass_name))
         report = build_run_report(run_dir, options)
     warn(report.run.warnings)
@@ -216,7 +219,8 @@ def report(
             out.print(item, highlight=False)
     with user_errors():
         write_files(report, ReportFiles(csv=Path(csv) if csv not in (None, "-") else None, markdown=markdown,
-                                        plot=plot, plot_tradeoff=plot_tradeoff, html=html))
+                                        plot=plot, plot_tradeoff=plot_tradeoff, html=html,
+                                        plot_decode=plot_decode))
     if strict_exit(report.verdict, strict):
         raise typer.Exit(EXIT_UNRELIABLE)
 

@@ -40,7 +40,7 @@ def pass_option(value: str | None) -> str | None:
 
 
 def check_outputs(plot: Path | None, csv: str | None, as_json: bool, plot_tradeoff: Path | None = None,
-                  html: Path | None = None) -> None:
+                  html: Path | None = None, plot_decode: Path | None = None) -> None:
     """Refuse what cannot be written before anything is printed (an HTML page
     without the html extra: one line naming it)."""
     from attnbench.report.plots import FORMATS
@@ -50,7 +50,7 @@ def check_outputs(plot: Path | None, csv: str | None, as_json: bool, plot_tradeo
 
         require_html()
 
-    for option, path in (("--plot", plot), ("--plot-tradeoff", plot_tradeoff)):
+    for option, path in (("--plot", plot), ("--plot-tradeoff", plot_tradeoff), ("--plot-decode", plot_decode)):
         if path is not None and path.suffix.lower() not in FORMATS:
             raise AttnbenchError(f"{option} {path}: the plot must be a {' or '.join(FORMATS)} file")
     if csv == "-" and as_json:

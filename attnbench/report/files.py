@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnbench.errors import AttnbenchError
 from attnbench.report.build import RunReport
 from attnbench.store.results import write_csv
 
@@ -21,6 +22,7 @@ class ReportFiles:
     plot: Path | None = None
     plot_tradeoff: Path | None = None
     html: Path | None = None
+    plot_decode: Path | None = None
 
 
 def write_report_files(report: RunReport, files: ReportFiles,
@@ -48,6 +50,14 @@ def write_report_files(report: RunReport, files: ReportFiles,
                       quality_label=MQAR_QUALITY_LABEL, banner=banner,
                       messages=messages)
         written.append(files.plot_tradeoff)
+    if files.plot_decode is not None:
+        from attnbench.report.serving import plot_decode
+
+        if report.decode.empty:
+            raise AttnbenchError(f"{files.plot_decode}: not written: the run has no measured decode case "
+                                 "(a suite with passes: [prefill, decode] and causal: true measures them)")
+        plot_decode(report, files.plot_decode, banner=banner)
+        written.append(files.plot_decode)
     if files.markdown is not None:
         from attnbench.report.markdown import markdown_report, write_text
 

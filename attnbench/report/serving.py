@@ -146,7 +146,9 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from attnbench.report.plots import BANNER_HEIGHT, draw_banner, readable_log_ticks
+    from attnbench.report.plots import _n_label, draw_banner, readable_log_ticks
+
+    top = 0.14 if banner else 0.0  # room for the banner's lines above the title
 
     rows = report.decode
     path = Path(path)
@@ -159,9 +161,11 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
         ax_t.scatter(noisy["seq_len"], noisy["us_per_token"], facecolors="white", edgecolors=line.get_color(),
                      zorder=3)
         ax_m.plot(group["seq_len"], group["cache_mib"], marker="o", color=line.get_color(), label=name)
+    ns = sorted(set(rows["seq_len"]))
     for ax, what in ((ax_t, "µs per generated token"), (ax_m, "cache or state after the prompt (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(ns, [_n_label(int(n)) for n in ns])
         ax.set_xlabel("N (prompt length)")
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)
@@ -170,9 +174,8 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     rows_of_legend = -(-len(labels) // 5)
     title = str(report.meta.get("suite_name") or "")
-    fig.suptitle(f"{title}: decode against a cache or state (hollow: noisy)".lstrip(": "),
-                 y=0.98 - (BANNER_HEIGHT if banner else 0))
-    fig.tight_layout(rect=(0, 0.05 * rows_of_legend + 0.02, 1, 0.95 - (BANNER_HEIGHT if banner else 0)))
+    fig.suptitle(f"{title}: decode against a cache or state (hollow: noisy)".lstrip(": "), y=0.98 - top)
+    fig.tight_layout(rect=(0, 0.05 * rows_of_legend + 0.02, 1, 0.94 - top))
     draw_banner(fig, banner)
     fig.savefig(path, dpi=110)
     plt.close(fig)
