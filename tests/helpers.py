@@ -822,3 +822,31 @@ def check_gradients_are_finite_and_reach_every_parameter(name: str, causal: bool
     for pname, p in layer.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+
+
+# --- a run whose every text is hostile (the HTML report's escaping) -------------------------
+
+#: A label that would run a script if a page pasted it in as markup.
+HOSTILE_LABEL = "<img src=x onerror=alert(1)>"
+HOSTILE_ERROR = "</script><script>alert(2)</script><!--"
+HOSTILE_TRACEBACK = 'Traceback:\n  File "<svg onload=alert(3)>", line 1\nValueError: <b>&amp;</b>\u2028'
+
+
+def hostile_run(path: Path) -> Path:
+    """softmax and a variant labelled HOSTILE_LABEL (parameters, suite name,
+    machine, command and a failed case's error and traceback hostile too), at N
+    64 and 128, forward and forward_backward, four rounds."""
+    rng = np.random.default_rng(5)
+    records = []
+    for label, f in (("softmax", 1.0), (HOSTILE_LABEL, 0.5)):
+        for n in (64, 128):
+            for rec in visits(rng, label, n, {"forward": f * n / 64, "forward_backward": 3 * f * n / 64}):
+                rec["case"]["params"] = {"note": "<script>alert(5)</script>"} if label != "softmax" else {}
+                records.append(rec)
+    for rnd in range(ROUNDS):
+        failed = record("broken", 64, {"forward": "error", "forward_backward": "error"}, rnd=rnd)
+        failed["error"] = failed["passes"][0]["error"] = HOSTILE_ERROR
+        failed["traceback"] = HOSTILE_TRACEBACK
+        records.append(failed)
+    return write_run(path, records, suite_name="<b>hostile</b>", command=["attnbench", "run", "<i>x</i>.yaml"],
+                     environment={"cpu_model": "<img src=y onerror=alert(4)>", "torch": "2.13.0+cpu"})

@@ -115,7 +115,17 @@ def html_report(report: RunReport) -> str:
         sections.append(("summary", "summary", notes_html(summary, "lines")))
     title = f"attnbench report: {report.meta.get('suite_name') or report.run.run_id}"
     verdict = report.verdict
-    return page(title, [Banner(verdict.level, verdict.headline)], _header(report), labels, colors, sections, charts)
+    return page(title, [Banner(verdict.level, verdict.headline)], _header(report), labels, colors, sections, charts,
+                variant_details(report))
+
+
+def variant_details(report: RunReport) -> dict[str, str]:
+    """Each label's variant and parameters, as the switches' hover text shows them."""
+    if report.frame.empty:
+        return {}
+    first = report.frame.drop_duplicates("label").set_index("label")
+    return {label: f"{label}: {row['variant']} {row['params'] if row['params'] not in (None, '', '{}') else ''}"
+            .strip() for label, row in first.iterrows()}
 
 
 def write_html(path: str | Path, text: str) -> Path:
@@ -170,14 +180,27 @@ def calibration_html(metas: list[tuple[str, dict[str, Any]]]) -> str:
     return table.html()
 
 
+def summary_line(report: RunReport) -> str:
+    """The run in one line: suite, when, machine, torch, allocator, baseline."""
+    facts = dict(run_facts(report))
+    parts = [f"suite {facts['suite']}" if facts.get("suite") else None, facts.get("started"), facts.get("machine"),
+             f"torch {facts['torch']}" if facts.get("torch") else None,
+             f"allocator {report.allocator}" if report.allocator else None,
+             f"baseline {report.baseline}" if report.baseline else None, facts.get("setting")]
+    return f'<p class="summary-line">{esc(" · ".join(str(x) for x in parts if x))}</p>'
+
+
 def _header(report: RunReport) -> str:
+    """The summary line, the warnings, the calibration, then every fact (folded)."""
     notes = [plain_note(line) for line in report.notes] + [f"warning: {w}" for w in report.run.warnings]
+    nothing = report.nothing_measured
     legend = (f"Cells: median ms of a pass; steps/s = 1000 / median ms; {NOISY_MARK} marks a noisy figure "
               f"(IQR/median over 10%), drawn hollow in the charts. {relative_legend(report)}."
               if not report.frame.empty else "No finished cases.")
-    nothing = report.nothing_measured
-    return (facts_html(run_facts(report)) + notes_html(notes) + (notes_html([nothing]) if nothing else "")
-            + calibration_html([(report.run.run_id, report.meta)]) + f'<p class="caption">{esc(legend)}</p>')
+    return (summary_line(report) + notes_html(notes) + (notes_html([nothing]) if nothing else "")
+            + calibration_html([(report.run.run_id, report.meta)])
+            + f'<details class="more"><summary>everything about the run: directory, command, versions</summary>'
+            f'{facts_html(run_facts(report))}</details><p class="caption">{esc(legend)}</p>')
 
 
 # --- one pass -------------------------------------------------------------------------------

@@ -247,11 +247,14 @@ class Banner:
     text: str
 
 
-def variant_switches(labels: Sequence[str], colors: dict[str, str]) -> str:
-    """The switches that show or hide each variant everywhere (with its colour: the charts' legend)."""
+def variant_switches(labels: Sequence[str], colors: dict[str, str], about: dict[str, str] | None = None) -> str:
+    """The switches that show or hide each variant everywhere (with its colour:
+    the charts' legend); ``about``: each label's hover text (variant, parameters)."""
     if not labels:
         return ""
-    chips = "".join(f'<label class="chip"><input type="checkbox" checked data-label="{esc(label)}">'
+    about = about or {}
+    chips = "".join(f'<label class="chip" title="{esc(about.get(label, label))}"><input type="checkbox" checked '
+                    f'data-label="{esc(label)}">'
                     f'<span class="swatch" style="background:{colors[label]}"></span><span>{esc(label)}</span>'
                     f"</label>" for label in labels)
     return (f'<details id="variants" open><summary>Variants <span id="shown-count">{len(labels)} of '
@@ -274,10 +277,11 @@ def notes_html(lines: Sequence[str], css: str = "warnings") -> str:
 
 
 def page(title: str, banners: Sequence[Banner], header: str, labels: Sequence[str], colors: dict[str, str],
-         sections: Sequence[tuple[str, str, str]], charts: Charts) -> str:
+         sections: Sequence[tuple[str, str, str]], charts: Charts, about: dict[str, str] | None = None) -> str:
     """The whole document: ``sections`` are (id, heading, inner HTML), linked
     from a table of contents; ``header`` and the sections' HTML are escaped
-    already (built with ``esc`` and the helpers here)."""
+    already (built with ``esc`` and the helpers here); ``about``: the
+    switches' hover texts."""
     worst = max((b.level for b in banners), key=lambda level: _LEVEL_RANK.get(level, 0), default="unjudged")
     banner = "".join(f'<p class="banner-line {esc(b.level)}">{esc(b.text)}</p>' for b in banners)
     toc = "".join(f'<a href="#{esc(sid)}">{esc(heading)}</a>' for sid, heading, _ in sections)
@@ -287,7 +291,7 @@ def page(title: str, banners: Sequence[Banner], header: str, labels: Sequence[st
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta name="generator" content="attnbench"><title>{esc(title)}</title><style>{STYLE}</style></head>'
             f'<body><header id="verdict" class="banner" data-level="{esc(worst)}" role="status">{banner}</header><main>'
-            f"<h1>{esc(title)}</h1>{header}{variant_switches(labels, colors)}<nav class=toc>{toc}</nav>{body}"
+            f"<h1>{esc(title)}</h1>{header}{variant_switches(labels, colors, about)}<nav class=toc>{toc}</nav>{body}"
             f'<p class="footer">written by attnbench; charts drawn with Vega-Lite (inlined: this file needs no '
             f"network)</p></main>"
             f'<script type="application/json" id="attnbench-data">{script_json({"specs": charts.specs})}</script>'
@@ -317,6 +321,8 @@ h4{font-size:13px;margin:14px 0 6px;color:var(--fg)}
 .facts div{display:flex;gap:8px;min-width:0}
 .facts dt{color:var(--muted);flex:0 0 84px}
 .facts dd{margin:0;overflow-wrap:anywhere;min-width:0}
+.summary-line{margin:4px 0 10px;color:var(--muted);overflow-wrap:anywhere}
+details.more{margin:6px 0}details.more summary{cursor:pointer;color:var(--muted);font-size:13px}
 .warnings{margin:8px 0;padding:8px 12px 8px 28px;background:#fff6e5;border-left:3px solid #d48806}
 .warnings li{overflow-wrap:anywhere}
 .lines{padding-left:20px}.lines li{overflow-wrap:anywhere}

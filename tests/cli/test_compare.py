@@ -244,3 +244,37 @@ def test_runs_of_different_suites_say_what_differs_before_the_table(tmp_path):
     assert "different suites" not in same.stderr
     payload = json.loads(runner.invoke(app, ["compare", str(a), str(b), "--json"]).stdout)
     assert payload["suite_differences"] == ["linformer.params.k 128 → 384"]
+
+
+# --- compare --html (the page itself: tests/report/test_html.py and test_html_browser.py) ---------
+
+def test_compare_html_writes_the_page_and_keeps_the_gates_exit_code(tmp_path: Path):
+    pytest.importorskip("vl_convert", reason="the html extra (vl-convert-python) is not installed")
+    run_a = recorded_run("aa", tmp_path)
+    slow = load_run(run_a).visits
+    for r in slow:
+        for p in r["passes"]:
+            p["samples_ms"] = [2 * x for x in p["samples_ms"]]
+    run_b = write_run(tmp_path / "slow", slow)
+    page = tmp_path / "compare.html"
+    result = runner.invoke(app, ["compare", str(run_a), str(run_b), "--fail-above", "1.5", "--html", str(page)])
+    assert result.exit_code == 1 and f"wrote {page}" in result.stderr
+    text = page.read_text(encoding="utf-8")
+    assert "--fail-above 1.5: failed" in text and text.index('id="changed"') < text.index('id="cases"')
+
+
+def test_compare_html_with_one_run_writes_its_report(tiny_run: Path, tmp_path: Path):
+    pytest.importorskip("vl_convert", reason="the html extra (vl-convert-python) is not installed")
+    page = tmp_path / "tiny.html"
+    result = runner.invoke(app, ["compare", str(tiny_run), "--baseline", "sdpa", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "speed-up vs sdpa" in page.read_text(encoding="utf-8")
+
+
+def test_compare_html_without_the_extra_is_refused_first(honest_run: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vl_convert", None)
+    result = runner.invoke(app, ["compare", str(honest_run), str(honest_run), "--html", str(tmp_path / "c.html")])
+    assert result.exit_code == 2 and "pip install 'attnbench[html]'" in result.stderr and result.stdout == ""

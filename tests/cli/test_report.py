@@ -293,3 +293,27 @@ def test_an_unreliable_run_carries_a_banner_on_its_charts(tmp_path, monkeypatch)
     quiet = _busy_run(tmp_path, 0.01)
     assert runner.invoke(app, ["report", str(quiet), "--plot", str(tmp_path / "q.png")]).exit_code == 0
     assert banners[-1] is None
+
+
+# --- report --html (the page itself: tests/report/test_html.py and test_html_browser.py) ----------
+
+def test_report_html_writes_one_page_and_says_where(tiny_run: Path, tmp_path: Path):
+    pytest.importorskip("vl_convert", reason="the html extra (vl-convert-python) is not installed")
+    page = tmp_path / "out" / "tiny.html"
+    result = runner.invoke(app, ["report", str(tiny_run), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {page}" in result.stderr and "softmax" in result.stdout  # the tables too
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and build_report(tiny_run).verdict.headline in text
+
+
+def test_report_html_without_the_extra_is_one_line_naming_it_and_exit_2(tiny_run: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vl_convert", None)  # as if not installed: importing it fails
+    page = tmp_path / "tiny.html"
+    result = runner.invoke(app, ["report", str(tiny_run), "--html", str(page)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "pip install 'attnbench[html]'" in result.stderr
+    assert result.stdout == "" and not page.exists()  # refused before anything is printed
