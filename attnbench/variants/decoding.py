@@ -46,6 +46,7 @@ class DecodeState:
     rows: int = 0
     recurrent: tuple[torch.Tensor, ...] = ()
     ring: bool = False  # the cache is a ring: a step overwrites the oldest row
+    read_fraction: float = 1.0  # the share of the live cache rows a step reads (a sparse pattern's)
 
     def fork(self) -> DecodeState:
         """A state that steps may advance while this one stays as it is, to run the same
@@ -71,9 +72,9 @@ class DecodeState:
 
     @property
     def step_traffic_bytes(self) -> int:
-        """Bytes a step must move at least: the live cache rows read (one row written is
-        counted with them), the recurrent state read and written."""
-        return self.cache_bytes + 2 * self.recurrent_bytes
+        """Bytes a step must move at least: the live cache rows it reads (one row written
+        is counted with them), the recurrent state read and written."""
+        return round(self.cache_bytes * self.read_fraction) + 2 * self.recurrent_bytes
 
 
 def group_queries(q: torch.Tensor, kv_heads: int) -> torch.Tensor:

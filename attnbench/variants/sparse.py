@@ -22,6 +22,7 @@ Causal variants use the non-causal pattern intersected with j ≤ i.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ from attnbench.variants.decoding import (
     DecodeState,
     expand_kv,
     group_queries,
+    kv_cache_append,
+    kv_cache_prefill,
     ring_append,
     ring_prefill,
     ungroup_queries,
@@ -228,7 +231,7 @@ class StridedAttention(SparseCore):
         stride: l: the strided heads' stride and the local heads' width; None: ⌈√N⌉
     """
 
-    decode_refusal = 'does not decode yet: its strided heads would read every l-th row of a full cache'
+    decode_refusal = None  # a KV cache; a step reads l rows (local heads) or every l-th row (strided heads)
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  stride: int | None = None) -> None:
@@ -237,6 +240,29 @@ class StridedAttention(SparseCore):
             check_int("strided stride", stride)
         self.stride = stride
         self.local_heads = heads - heads // 2
+        self.decode_refusal = (None if stride is not None else
+                               "decodes with a fixed stride only: with stride None it is ⌈√N⌉ and moves as tokens "
+                               "come (set stride)")
+
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int,
+                output: bool = True) -> tuple[Tensor | None, DecodeState]:
+        """A KV cache of every token: the strided heads reach back to the first."""
+        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Token t: the local heads read the last l rows, the strided heads rows t, t − l, …"""
+        t = state.rows
+        keys, values, state = kv_cache_append(state, k, v)
+        stride, split = self.stride, self.local_heads
+        q = q * self.scale
+        local = attend_scores(q[:, :split], keys[:, :split, max(0, t + 1 - stride):],
+                              values[:, :split, max(0, t + 1 - stride):], None)
+        parts = [local]
+        if split < self.heads:
+            parts.append(attend_scores(q[:, split:], keys[:, split:, t % stride::stride],
+                                       values[:, split:, t % stride::stride], None))
+        read = split * min(stride, t + 1) + (self.heads - split) * (t // stride + 1)
+        return torch.cat(parts, dim=1), replace(state, read_fraction=read / (self.heads * (t + 1)))
 
     def _stride(self, n: int) -> int:
         return min(self.stride if self.stride is not None else ceil_sqrt(n), n)
@@ -307,13 +333,31 @@ class LongformerAttention(SparseCore):
         global_tokens: g: the first g tokens see, and are seen by, every token
     """
 
-    decode_refusal = 'does not decode yet: its global rows and band would need a ring plus the global keys'
+    decode_refusal = None  # a KV cache; a step reads its band and the global keys
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 512, global_tokens: int = 1) -> None:
         super().__init__(heads, head_dim, seq_len, causal)
         self.window = check_int("longformer window", window)
         self.global_tokens = check_int("longformer global_tokens", global_tokens, 0)
+
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int,
+                output: bool = True) -> tuple[Tensor | None, DecodeState]:
+        """A KV cache of every token (a ring of the band and the global keys would do:
+        the cache reported is the larger one); a step reads the band and the globals."""
+        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Token t: keys t − ⌊w/2⌋ … t and the first g; a global token (t < g) sees all."""
+        t = state.rows
+        keys, values, state = kv_cache_append(state, k, v)
+        g, start = self.global_tokens, max(0, t - self.window // 2)
+        if t >= g and start > g:  # the globals and the band apart: read only those rows
+            keys = torch.cat([keys[:, :, :g], keys[:, :, start:]], dim=2)
+            values = torch.cat([values[:, :, :g], values[:, :, start:]], dim=2)
+        # otherwise the band reaches the globals (or the token is one): every row so far
+        out = attend_scores(q * self.scale, keys, values, None)
+        return out, replace(state, read_fraction=keys.shape[2] / (t + 1))
 
     def _geometry(self, n: int) -> tuple[int, int, int]:
         half = self.window // 2

@@ -23,9 +23,11 @@ from attnbench.variants.registry import registered
 
 DIM, HEADS, N, STEPS = 32, 4, 24, 6
 # Small settings so that each mechanism's pattern shows at N = 24.
-SMALL = {"local": {"window": 5}, "flex_local": {"window": 5}, "linear": {"chunk": 4}, "performer": {"chunk": 4},
+SMALL = {"local": {"window": 5}, "flex_local": {"window": 5}, "strided": {"stride": 5},
+         "longformer": {"window": 8, "global_tokens": 2}, "linear": {"chunk": 4}, "performer": {"chunk": 4},
          "rfa": {"chunk": 4}, "lightconv": {"kernel_size": 5}, "dynamicconv": {"kernel_size": 5}}
-EXTRA = [("rfa", {"chunk": 4, "gate": True}), ("lightconv", {"kernel_size": 1})]
+EXTRA = [("rfa", {"chunk": 4, "gate": True}), ("lightconv", {"kernel_size": 1}),
+         ("longformer", {"window": 64, "global_tokens": 3}), ("strided", {"stride": 1})]
 
 
 def built_in() -> list[str]:
@@ -63,8 +65,8 @@ def decode(layer: torch.nn.Module, x: torch.Tensor, prompt: int) -> tuple[torch.
 
 
 def test_the_serving_mechanisms_decode() -> None:
-    assert {"softmax", "sdpa", "local", "linear", "performer", "rfa", "aft", "lightconv", "dynamicconv"} \
-        <= set(DECODING)
+    assert {"softmax", "sdpa", "local", "strided", "longformer", "linear", "performer", "rfa", "aft", "lightconv",
+            "dynamicconv"} <= set(DECODING)
 
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=lambda v: v if isinstance(v, str) else "")
@@ -145,7 +147,7 @@ def test_the_kv_cache_is_two_rows_of_kv_heads_per_token() -> None:
 @pytest.mark.parametrize("name", REFUSING)
 def test_the_others_refuse_in_one_line(name: str) -> None:
     torch.manual_seed(0)
-    params = {"window": 8} if name in ("longformer", "flex_longformer") else {}
+    params = {"window": 8} if name == "flex_longformer" else {}
     causal = registered()[name].info.causal
     layer = build(name, dim=DIM, heads=HEADS, seq_len=N, causal=causal, **params)
     reason = layer.decode_refusal
@@ -208,3 +210,16 @@ def test_a_state_alone_is_the_state_of_the_full_prefill(name: str, params: dict)
         none, alone = layer.prefill(x[:, :N], capacity=N + 1, output=False)
         assert out is not None and none is None and alone.nbytes == full.nbytes
         torch.testing.assert_close(layer.step(x[:, N:], alone)[0], layer.step(x[:, N:], full)[0], rtol=0, atol=1e-12)
+
+
+def test_strided_decodes_only_with_a_fixed_stride() -> None:
+    layer = build("strided", dim=DIM, heads=HEADS, seq_len=N, causal=True)
+    assert "set stride" in layer.decode_refusal
+
+
+@pytest.mark.parametrize(("name", "params"), [("strided", {"stride": 5}), ("longformer", {"window": 8})])
+def test_a_sparse_step_reads_part_of_its_cache(name: str, params: dict) -> None:
+    layer = layer_of(name, params)
+    x = torch.randn(1, N + STEPS, DIM, dtype=torch.float64)
+    _, state = decode(layer, x, N)
+    assert state.step_traffic_bytes < state.cache_bytes / 2  # (N + T) rows kept, a few read
