@@ -96,6 +96,24 @@ def parameter_rows(name: str) -> list[dict[str, str]]:
              "meaning": meanings.get(s.name, "")} for s in parameter_specs(name)]
 
 
+def serving_text(name: str, causal: bool) -> str | None:
+    """Whether the variant decodes (prefill, decode) and shares key/value heads, with
+    its default parameters; None where it cannot be built on ``meta`` to ask."""
+    import torch
+
+    from attnbench.variants import build
+
+    try:
+        with torch.device("meta"):
+            layer = build(name, dim=64, heads=4, seq_len=256, causal=causal)
+    except Exception:  # noqa: BLE001 - a custom layer that cannot be built without data
+        return None
+    decode = getattr(layer, "decode_refusal", "has no prefill and step methods")
+    kv = getattr(layer, "kv_heads_refusal", "takes no kv_heads")
+    return (f"decode: {'yes' if decode is None else 'no, ' + decode.removeprefix('cannot decode: ')}\n"
+            f"kv_heads: {'yes' if kv is None else 'no, ' + kv.removeprefix('kv_heads: ')}")
+
+
 def variant_detail(name: str) -> list[Any]:
     """What ``attnbench list NAME`` prints: the facts, the docstring, the parameters."""
     info = variant_info(name)
@@ -104,6 +122,9 @@ def variant_detail(name: str) -> list[Any]:
              f"origin: {info.origin}"]
     head = Text.assemble((info.name, "bold"), " — " + ", ".join(f for f in facts if f) + f"\n{paper}")
     out: list[Any] = [head, "", Text(docstring(name)), ""]
+    serving = serving_text(name, info.causal)
+    if serving:
+        out += [Text(serving), ""]
     rows = parameter_rows(name)
     if not rows:
         out.append("parameters: none")
