@@ -251,7 +251,7 @@ def time_chart(report: RunReport, ok: pd.DataFrame, pass_name: str, charts: Char
     tooltip = [{"field": "series", "title": "variant"}, {"field": "n", "title": "N"},
                {"field": "median", "title": "median ms", "format": ".4~g"},
                {"field": "iqr", "title": "IQR of samples (ms)"}, {"field": "samples", "title": "samples"},
-               {"field": "rounds", "title": "rounds"}, {"field": "spread", "title": "spread between rounds"},
+               {"field": "rounds", "title": "rounds"}, {"field": "spread", "title": "round spread"},
                {"field": "noisy_text", "title": "noisy"}]
     spec = base_spec(values, height=320)
     y = {"type": "quantitative", "scale": {"type": "log"}, "title": "median ms (band: IQR of the samples)",
