@@ -93,7 +93,7 @@ def plot_run(frame: pd.DataFrame, path: str | Path, records: list[dict[str, Any]
             ns = sorted(set(sub["seq_len"]))
             if ns:
                 ax.set_xticks(ns)
-                ax.set_xticklabels([_n_label(n) for n in ns], rotation=45 if len(ns) > 6 else 0)
+                ax.set_xticklabels([n_label(n) for n in ns], rotation=45 if len(ns) > 6 else 0)
                 ax.xaxis.set_minor_locator(NullLocator())
         ax_t.set_title(PASS_TITLES.get(pass_name, pass_name))
         for ax in (ax_t, ax_m):
@@ -142,7 +142,7 @@ def draw_banner(fig: Any, banner: str | None) -> None:
                  bbox={"boxstyle": "square,pad=0.4", "facecolor": "#b22222", "edgecolor": "none"})
 
 
-def _n_label(n: int) -> str:
+def n_label(n: int) -> str:
     if n >= 1024 and n % 1024 == 0:
         return f"{n // 1024}K"
     return str(n)
@@ -234,7 +234,7 @@ def tradeoff_points(frame: pd.DataFrame, scores: pd.DataFrame | None = None,
     if borrowed:
         notes.append(f"exact attention, placed at the Transformer's score: {', '.join(borrowed)}")
     if missing:
-        notes.append(f"not measured at N={_n_label(n)}: {', '.join(missing)}")
+        notes.append(f"not measured at N={n_label(n)}: {', '.join(missing)}")
     return pd.DataFrame(rows, columns=POINT_COLUMNS), n, notes
 
 
@@ -311,7 +311,7 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, title: str = "",
     apart = unscored_points(frame, n, points)
     colors = variant_colors(published, points, apart)
     _bubbles(ax_run, points, "MiB", colors, apart)
-    ax_run.set_title(f"measured: one layer, training step, N={_n_label(n)}, batch {', '.join(map(str, batch))}")
+    ax_run.set_title(f"measured: one layer, training step, N={n_label(n)}, batch {', '.join(map(str, batch))}")
     ax_run.set_ylabel(y_label)
     _bubbles(ax_lra, published, "GB", colors)
     ax_lra.set_title(f"LRA's own numbers: 4-layer model, N=4K, batch {LRA_BATCH} (TPU v3)")

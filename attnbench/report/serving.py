@@ -146,7 +146,7 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from attnbench.report.plots import _n_label, draw_banner, readable_log_ticks
+    from attnbench.report.plots import draw_banner, n_label, readable_log_ticks
 
     top = 0.14 if banner else 0.0  # room for the banner's lines above the title
 
@@ -165,7 +165,7 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
     for ax, what in ((ax_t, "µs per generated token"), (ax_m, "cache or state after the prompt (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xticks(ns, [_n_label(int(n)) for n in ns])
+        ax.set_xticks(ns, [n_label(int(n)) for n in ns])
         ax.set_xlabel("N (prompt length)")
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)

@@ -89,12 +89,18 @@ class Cumulative(nn.Module):
 
 @pytest.mark.parametrize("wrong", [False, True])
 def test_a_custom_layer_that_claims_to_decode_is_checked_first(tmp_path, monkeypatch, wrong: bool) -> None:
+    from attnbench.variants import registry
+
+    before = dict(registry.registered())
     (tmp_path / "serving_layer.py").write_text(CUSTOM)
     monkeypatch.syspath_prepend(str(tmp_path))
     variants = f"[{{name: 'serving_layer:Cumulative', label: mine, params: {{wrong: {str(wrong).lower()}}}}}]"
     case = serving_cases(variants, kv_heads="[4]")[0]
     messages: list = []
-    run_case(case, messages.append)
+    try:
+        run_case(case, messages.append)
+    finally:
+        registry.restore(before)  # the import path registered itself: other tests list the registry
     if wrong:
         failure = messages[0]
         assert failure.status == "error" and "differ from its causal forward" in failure.error
