@@ -18,6 +18,7 @@ from typing import Any
 from attnbench.bench.environment import collect_environment
 from attnbench.bench.shard import Shard
 from attnbench.errors import AttnbenchError, ResultsError
+from attnbench.model import DEFAULT_DECODE_STEPS
 from attnbench.store.results import RECORD_SCHEMA, load_run, write_atomic
 from attnbench.suite.load import Suite
 
@@ -69,7 +70,7 @@ def _check_writable(path: Path) -> None:
         raise ResultsError(f"{path}: cannot write results there ({exc.strerror or exc})") from None
 
 
-_COMPARABLE_CASE_KEYS = ("variant", "params", "passes", "compile")
+_COMPARABLE_CASE_KEYS = ("variant", "params", "passes", "compile", "decode_steps")
 
 #: Timing keys added after runs were recorded, and how such a run measured:
 #: a run recorded before ``rounds`` visited each case once, one before
@@ -114,6 +115,8 @@ def _differences(meta: dict[str, Any], suite: Suite, done: list[dict[str, Any]])
             before, after = record["case"].get(key), case.get(key)
             if key == "compile":
                 before = bool(before)
+            if key == "decode_steps" and before is None:  # recorded before decode existed
+                before = DEFAULT_DECODE_STEPS
             if before != after and (case["label"], key) not in seen:
                 seen.add((case["label"], key))
                 diffs.append(f"{case['label']} {key}: {before!r} -> {after!r}")
