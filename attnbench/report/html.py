@@ -21,6 +21,7 @@ import pandas as pd
 
 from attnbench.analysis.baseline import add_quartiles, describe_setting, label_order, settings_groups, table_groups
 from attnbench.model import Status
+from attnbench.report import serving
 from attnbench.report.build import RunReport
 from attnbench.report.cells import (
     FAILURE_COLUMNS,
@@ -95,6 +96,9 @@ def html_report(report: RunReport) -> str:
         for pass_name in report.passes:
             sections.append((f"pass-{pass_name}", PASS_TITLES.get(pass_name, pass_name),
                              _pass_section(report, pass_name, charts, labels, colors)))
+    decode = _decode_section(report)
+    if decode:
+        sections.append(("decode", "decode: per token, the cache, the bandwidth bound", decode))
     tradeoff = _tradeoff_section(report, charts, labels, colors)
     if tradeoff:
         sections.append(("tradeoff", "speed, quality and memory (after LRA Figure 3)", tradeoff))
@@ -424,6 +428,34 @@ def scaling_table(report: RunReport, pass_name: str) -> str:
     return table.html()
 
 
+# --- serving ---------------------------------------------------------------------------------
+
+def _decode_section(report: RunReport) -> str:
+    """The decode table (µs per token, cache or state, % of the bandwidth bound;
+    a cell sorts by its µs) and the decode scaling, as the terminal shows them."""
+    rows = report.decode
+    if rows.empty:
+        return ""
+    ns, body = serving.decode_cells(rows)
+    us = {(str(r.label), int(r.batch), int(r.seq_len)): float(r.us_per_token) for r in rows.itertuples()}
+    table = Table("decode", "decode: µs per token · cache or state · % of the bandwidth bound",
+                  ["variant", "B", *[f"N={n}" for n in ns]], numeric=range(1, len(ns) + 2),
+                  caption=serving.DECODE_LEGEND)
+    for label, batch, cells in body:
+        table.add([label], [label, str(batch), *[Cell(" · ".join(c), us.get((label, batch, n)))
+                                                  for n, c in zip(ns, cells, strict=True)]])
+    parts = [table.html()]
+    scaling = serving.scaling_rows(report)
+    if scaling:
+        fits = Table("decode-scaling", "decode scaling in N and crossover vs the KV cache",
+                     serving.SCALING_COLUMNS, numeric=range(1, len(serving.SCALING_COLUMNS)),
+                     caption=serving.SCALING_LEGEND)
+        for row in scaling:
+            fits.add([row[0]], row)
+        parts.append(fits.html())
+    return "".join(parts)
+
+
 # --- the trade-off chart --------------------------------------------------------------------
 
 def _tradeoff_section(report: RunReport, charts: Charts, labels: list[str], colors: dict[str, str]) -> str:
@@ -470,11 +502,14 @@ def speed_domain(points: pd.DataFrame) -> list[float]:
     return [low / 1.6, high * 2.2]
 
 
+# The largest circle's area (px²) on a chart BUBBLE_WIDTH wide; the page's script shrinks it on narrower ones,
+# and on one NARROW_WIDTH wide or less (a phone) takes the labels' layout made for that width (dy_narrow).
+BUBBLE_AREA, BUBBLE_WIDTH, NARROW_WIDTH = 1600, 520, 320
 LABEL_STEP_PX = 12  # a label's height: labels closer than this on the same line are moved apart
 
 
 def label_offsets(xs: list[float], ys: list[float], texts: list[str], domain: list[float],
-                  width: float = 420.0, height: float = 300.0) -> list[int]:
+                  width: float = BUBBLE_WIDTH, height: float = 300.0) -> list[int]:
     """Each point's label moved down (then up) by a line at a time while it would
     overlap one placed already (the trade-off PNG's greedy layout), reckoned on
     a chart of about ``width`` × ``height`` pixels (the charts are as tall
@@ -488,7 +523,7 @@ def label_offsets(xs: list[float], ys: list[float], texts: list[str], domain: li
         px = (math.log10(xs[i]) - lo) / (hi - lo or 1.0) * width + 7
         py = (y_hi - ys[i]) / y_span * height * 0.85
         text_width = 6.5 * len(texts[i])
-        for step in (0, 1, -1, 2, -2, 3, -3, 4, -4):
+        for step in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6):
             y = py + LABEL_STEP_PX * step
             if all(abs(y - oy) >= LABEL_STEP_PX - 1 or px + text_width < ox or ox + ow < px for ox, oy, ow in placed):
                 break
@@ -505,14 +540,15 @@ def bubble_chart(points: pd.DataFrame, y_title: str | None, domain: list[float],
     values = []
     records = points.to_dict("records")
     strip = y_title is None
-    offsets = label_offsets([r["examples_per_s"] for r in records],
-                            [0.0 if strip else float(r["score"]) for r in records],
-                            [str(r["label"]) for r in records], domain)
-    for r, dy in zip(records, offsets, strict=True):
+    where = ([r["examples_per_s"] for r in records], [0.0 if strip else float(r["score"]) for r in records],
+             [str(r["label"]) for r in records], domain)
+    wide, narrow = label_offsets(*where, width=BUBBLE_WIDTH), label_offsets(*where, width=NARROW_WIDTH)
+    for r, dy, dy_narrow in zip(records, wide, narrow, strict=True):
         label = r["label"] if own else r["run_label"]
         values.append({"label": label, "name": r["label"], "x": r["examples_per_s"], "low": r["speed_low"],
                        "high": r["speed_high"], "memory": r["memory"], "score": 0 if strip else r["score"],
                        "noisy": bool(r["noisy"]), "color_key": label if label in colors else "", "dy": dy,
+                       "dy_narrow": dy_narrow,
                        "speed_text": f"{r['examples_per_s']:.3g}", "memory_text": f"{r['memory']:.3g} {unit}",
                        "interval": ("-" if pd.isna(r["speed_low"]) else
                                     f"{r['speed_low']:.3g} – {r['speed_high']:.3g}")})
@@ -523,6 +559,7 @@ def bubble_chart(points: pd.DataFrame, y_title: str | None, domain: list[float],
                if not strip else {"field": "score", "type": "quantitative", "axis": None,
                                   "scale": {"domain": [-1, 1]}})}
     spec = base_spec(values, height=110 if strip else 300)
+    spec["usermeta"] = {"bubbleArea": BUBBLE_AREA, "bubbleWidth": BUBBLE_WIDTH, "narrowWidth": NARROW_WIDTH}
     color = {"field": "color_key", "type": "nominal", "scale": scale, "legend": None}
     tooltip = [{"field": "name", "title": "variant" if own else "model"},
                {"field": "speed_text", "title": "examples/s"}, {"field": "interval", "title": "95% interval"},
@@ -536,7 +573,7 @@ def bubble_chart(points: pd.DataFrame, y_title: str | None, domain: list[float],
          "encoding": {"x": {**x, "field": "x"}, **y, "stroke": color,
                       "fill": {"condition": {"test": "datum.noisy", "value": "#ffffff"}, **color},
                       "size": {"field": "memory", "type": "quantitative", "legend": None,
-                               "scale": {"type": "linear", "zero": True, "range": [0, 1600]}},
+                               "scale": {"type": "linear", "zero": True, "range": [0, BUBBLE_AREA]}},
                       "tooltip": tooltip}},
         {"mark": {"type": "rule", "color": "#8a909a", "strokeWidth": 0.6, "x2Offset": 6,
                   "y2Offset": {"expr": "datum.dy"}}, "transform": [{"filter": "datum.dy != 0"}],

@@ -212,8 +212,9 @@ def base_spec(values: list[dict[str, Any]], height: int | dict[str, int] = 260) 
 
 
 CHART_CONFIG = {"font": "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif",
-                "view": {"stroke": "#d0d4dc"}, "axis": {"gridColor": "#eceef2", "labelColor": "#3a4150",
-                                                       "titleColor": "#3a4150", "titleFontWeight": 500},
+                "view": {"stroke": "#d0d4dc"},
+                "axis": {"gridColor": "#eceef2", "labelColor": "#3a4150", "labelOverlap": "greedy",
+                         "labelSeparation": 6, "titleColor": "#3a4150", "titleFontWeight": 500},
                 "legend": {"labelColor": "#3a4150", "titleColor": "#3a4150"}}
 
 N_LABEL_EXPR = ("datum.value >= 1024 && datum.value % 1024 == 0 ? (datum.value / 1024) + 'K' "
@@ -445,6 +446,15 @@ SCRIPT = r"""
     for (const el of boxes) {
       const spec = JSON.parse(JSON.stringify(data.specs[el.dataset.spec]));
       spec.width = Math.max(160, el.clientWidth - 4);
+      const meta = spec.usermeta || {};
+      if (meta.bubbleArea) {  // circles as large as the chart is wide allows (a phone's are smaller)
+        const area = meta.bubbleArea * Math.min(1, Math.pow(spec.width / meta.bubbleWidth, 2));
+        spec.layer.forEach((layer) => {
+          const size = (layer.encoding || {}).size;
+          if (size && size.scale) size.scale.range = [0, area];
+        });
+        if (spec.width <= meta.narrowWidth * 1.15) spec.data.values.forEach((v) => { v.dy = v.dy_narrow; });
+      }
       const old = views.get(el.id);
       if (old) { old.finalize(); views.delete(el.id); }
       try {

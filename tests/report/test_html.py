@@ -213,3 +213,28 @@ def test_compare_lists_the_changed_cases_first_with_their_visits(tmp_path: Path)
     assert len(visits_drawn) == sum(int(r.n_a + r.n_b) for r in ordered.iloc[:2].itertuples())
     assert {v["run"] for v in visits_drawn} == {"A", "B"}
     assert not FETCHES.search(markup_of(page))
+
+
+@pytest.mark.slow
+def test_a_decode_run_has_the_decode_table(tmp_path: Path):
+    """A small decode suite, run in process: the page holds the decode table, each
+    cell sorting by the report's µs per token, and the decode scaling."""
+    from attnbench.bench.rundir import RunOptions
+    from attnbench.bench.sweep import run_suite
+    from attnbench.suite import load as suite_mod
+    from tests.helpers import write
+
+    suite = write(tmp_path / "serve.yaml", """\
+        name: serve
+        defaults: {head_dim: 8, causal: true, passes: [prefill, decode], decode_steps: 4}
+        grid: {seq_lens: [32, 64], heads: [4], kv_heads: [4, 2]}
+        variants: [sdpa, linear]
+        timing: {rounds: 2, warmup: 0, max_reps: 3, min_reps: 2, min_time_s: 0.001}
+        """)
+    summary = run_suite(suite_mod.load(suite), RunOptions(out_dir=tmp_path / "runs", quiet=True, in_process=True))
+    report = build_report(summary.run_dir)
+    page = html_report(report)
+    table = re.search(r'data-table="decode">(.*?)</table>', page, re.S).group(1)
+    values = sorted(float(v) for v in re.findall(r'data-value="([^"]+)"', table))
+    assert values == pytest.approx(sorted(report.decode["us_per_token"]), rel=1e-12)
+    assert 'data-table="decode-scaling"' in page and 'data-chart="time" data-pass-name="decode"' in page
