@@ -325,7 +325,7 @@ h4{font-size:13px;margin:14px 0 6px;color:var(--fg)}
 .summary-line{margin:4px 0 10px;color:var(--muted);overflow-wrap:anywhere}
 details.more{margin:6px 0}details.more summary{cursor:pointer;color:var(--muted);font-size:13px}
 .warnings{margin:8px 0;padding:8px 12px 8px 28px;background:#fff6e5;border-left:3px solid #d48806}
-.warnings li{overflow-wrap:anywhere}
+.warnings li{overflow-wrap:anywhere;white-space:pre-line}
 .lines{padding-left:20px}.lines li{overflow-wrap:anywhere}
 #variants{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:6px 10px;margin:12px 0}
 #variants summary{cursor:pointer;color:var(--muted);font-size:13px}
