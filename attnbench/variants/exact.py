@@ -57,9 +57,14 @@ class SoftmaxAttention(AttentionCore):
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """The cache against the group's queries, K·qᵀ (N × G) rather than q·Kᵀ: the tall,
+        narrow product streams the cache row by row and ran faster on a 2-core CPU
+        (benchmarks/NOTES.md, decode); then the softmax over the keys and Pᵀ·V."""
         keys, values, state = kv_cache_append(state, k, v)
-        out = self.attend(group_queries(q, k.shape[1]), keys, values, causal=False)
-        return ungroup_queries(out, q.shape[1]), state
+        grouped = group_queries(q, k.shape[1])
+        scores = torch.matmul(keys, grouped.transpose(-1, -2)) * self.scale  # (B, kv_heads, N, G)
+        probs = torch.softmax(scores, dim=-2, dtype=acc_dtype(scores.dtype)).to(values.dtype)
+        return ungroup_queries(torch.matmul(probs.transpose(-1, -2), values), q.shape[1]), state
 
     def flops(self, batch: int, seq_len: int) -> int:
         return batch * self.heads * attend_flops(seq_len, seq_len, self.head_dim)
