@@ -303,10 +303,11 @@ def test_a_hostile_label_shows_as_text_and_runs_nothing(browser, pages):
         labels = page.evaluate("Array.from(document.querySelectorAll('.chart svg text')).map(t => t.textContent)")
         assert HOSTILE_LABEL in labels  # drawn as SVG text (the speed-up chart's row, the trade-off label)
         # Its tooltip: the label as text, no element made from it.
+        page.evaluate("document.getElementById('variants').open = false")  # the switches float over the charts
         points = page.locator('.chart[data-chart="time"] g.points_marks > path')
         shown = ""
         for i in range(points.count()):
-            points.nth(i).hover()
+            points.nth(i).hover(timeout=5_000)
             page.wait_for_timeout(50)
             shown = page.evaluate("(document.getElementById('vg-tooltip-element') || {}).innerText || ''")
             if HOSTILE_LABEL in shown:
