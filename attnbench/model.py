@@ -222,6 +222,12 @@ def case_field(case: dict[str, Any], name: str) -> Any:
     return case[name]
 
 
+def kv_heads_of(case: Case) -> dict[str, int]:
+    """``{"kv_heads": n}`` for a build when the case has fewer key/value heads than
+    heads, else nothing (a custom layer may take ``kv_heads`` as its own parameter)."""
+    return {"kv_heads": case.kv_heads} if case.kv_heads != case.heads else {}
+
+
 def setting_of(case: dict[str, Any]) -> tuple:
     """The setting group (``Case.setting``) of a case as a record stores it."""
     return tuple(case_field(case, name) for name in SETTING_FIELDS)

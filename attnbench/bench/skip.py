@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from attnbench.errors import AttnbenchError
-from attnbench.model import MIB, Case, Status, series_of
+from attnbench.model import MIB, Case, Status, kv_heads_of, series_of
 
 
 def estimated_peak_mib(case: Case, previous: list[dict[str, Any]]) -> float | None:
@@ -85,7 +85,7 @@ def _largest_on_meta(case: Case) -> float | None:
     try:
         with torch.device("meta"):
             layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
-                          kv_heads=case.kv_heads if case.kv_heads != case.heads else None, **case.params).to(dtype)
+                          **kv_heads_of(case), **case.params).to(dtype)
             x = torch.empty(case.batch, case.seq_len, case.dim, dtype=dtype)
         with torch.no_grad(), Largest() as mode:
             if any(p != "decode" for p in case.passes):

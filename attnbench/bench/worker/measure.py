@@ -32,7 +32,7 @@ from attnbench.bench.worker.checks import TRUSTED_ORIGINS, LayerCheckError, chec
 from attnbench.bench.worker.flops import PASS_FLOPS_FACTOR, forward_flops
 from attnbench.bench.worker.messages import Emit, Failure, Meta, PassResult
 from attnbench.errors import AttnbenchError
-from attnbench.model import MIB, SDPA_KERNELS, SERVING_PASSES, Case, Status, resolve_device
+from attnbench.model import MIB, SDPA_KERNELS, SERVING_PASSES, Case, Status, kv_heads_of, resolve_device
 from attnbench.variants import build, variant_info
 from attnbench.variants.layer import AttentionLayer
 
@@ -68,9 +68,10 @@ def classify(exc: BaseException) -> Status:
 _SDPA_OPS = {op: kernel.name for kernel in SDPA_KERNELS for op in kernel.ops}
 
 
-def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor) -> list[str]:
-    """Which SDPA kernels one forward of ``layer`` actually ran ("math" when the
-    layer is an sdpa variant and no fused kernel appeared: math decomposes)."""
+def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor,
+                       call: Callable[[torch.Tensor], object] | None = None) -> list[str]:
+    """Which SDPA kernels one forward of ``layer`` (or ``call(x)``) actually ran ("math"
+    when the layer is an sdpa variant and no fused kernel appeared: math decomposes)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _Ops(TorchDispatchMode):
@@ -85,7 +86,7 @@ def sdpa_backends_used(layer: torch.nn.Module, x: torch.Tensor) -> list[str]:
     # Not inference_mode: without the autograd key the mode would see the
     # composite sdpa op before it picks its kernel.
     with torch.no_grad(), _Ops() as ops:
-        layer(x)
+        (call or layer)(x)
     used = sorted({backend for op, backend in _SDPA_OPS.items() if op in ops.names})
     if not used and _is_sdpa(layer):
         used = ["math"]
@@ -109,7 +110,13 @@ def _prepare(case: Case, layer: torch.nn.Module, x: torch.Tensor, grad: torch.Te
             layer.zero_grad(set_to_none=True)
         info["compile_s"] = time.perf_counter() - t0
     if _is_sdpa(layer):
-        info["sdpa_backend"] = ",".join(sdpa_backends_used(layer, x)) or None
+        call = None
+        # decode alone: the step's kernel, from a short prompt (a whole prompt's forward would cost seconds)
+        if all(p == "decode" for p in case.passes) and x.shape[1] > 1:
+            def call(t: torch.Tensor) -> object:
+                prompt = t[:, :-1][:, :64]
+                return layer.step(t[:, -1:], layer.prefill(prompt, prompt.shape[1] + 1, output=False)[1])
+        info["sdpa_backend"] = ",".join(sdpa_backends_used(layer, x, call)) or None
     return info
 
 
@@ -239,7 +246,7 @@ def _state_bytes(state: Any) -> int:
 def build_layer(case: Case, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(case.seed)
     layer = build(case.variant, dim=case.dim, heads=case.heads, seq_len=case.seq_len, causal=case.causal,
-                  kv_heads=case.kv_heads if case.kv_heads != case.heads else None, **case.params)
+                  **kv_heads_of(case), **case.params)
     layer = layer.to(device=device, dtype=torch_dtype(case.dtype))
     if case.compile:
         layer = torch.compile(layer)
@@ -269,7 +276,8 @@ def start_case(case: Case, emit: Emit) -> BuiltCase | None:
         layer = build_layer(case, device)
         generator = torch.Generator(device="cpu").manual_seed(case.seed)
         x = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, torch_dtype(case.dtype))
-        grad = torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, torch_dtype(case.dtype))
+        grad = (torch.randn(case.batch, case.seq_len, case.dim, generator=generator).to(device, torch_dtype(case.dtype))
+                if {"backward", "forward_backward"} & set(case.passes) else x[:, :0])  # only backward reads it
         if info.origin not in TRUSTED_ORIGINS:  # shape, dtype, device, causal: the fix, before timing
             check_layer(case, layer, x)
             if set(case.passes) & set(SERVING_PASSES) and getattr(layer, "decode_refusal", "") is None:
