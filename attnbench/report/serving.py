@@ -153,14 +153,21 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
     rows = report.decode
     path = Path(path)
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.6))
-    for (label, batch), group in rows.groupby(["label", "batch"], sort=False):
+    # A colour per mechanism, a line style per key/value heads (solid: as many as query heads).
+    mechanisms = list(dict.fromkeys(label.split(" kv")[0] for label in rows["label"]))
+    palette = plt.get_cmap("tab10" if len(mechanisms) <= 10 else "tab20")
+    colors = {m: palette(i % palette.N) for i, m in enumerate(mechanisms)}
+    styles = {kv: style for kv, style in zip(sorted(set(rows["kv_heads"]), reverse=True),
+                                             ("-", "--", ":", "-.") * 4, strict=False)}
+    for (label, batch, kv), group in rows.groupby(["label", "batch", "kv_heads"], sort=False):
         name = label if rows["batch"].nunique() == 1 else f"{label} B={batch}"
         group = group.sort_values("seq_len")
-        line, = ax_t.plot(group["seq_len"], group["us_per_token"], marker="o", label=name)
+        color = colors[label.split(" kv")[0]]
+        ax_t.plot(group["seq_len"], group["us_per_token"], marker="o", label=name, color=color,
+                  linestyle=styles[kv])
         noisy = group[group["noisy"]]
-        ax_t.scatter(noisy["seq_len"], noisy["us_per_token"], facecolors="white", edgecolors=line.get_color(),
-                     zorder=3)
-        ax_m.plot(group["seq_len"], group["cache_mib"], marker="o", color=line.get_color(), label=name)
+        ax_t.scatter(noisy["seq_len"], noisy["us_per_token"], facecolors="white", edgecolors=color, zorder=3)
+        ax_m.plot(group["seq_len"], group["cache_mib"], marker="o", color=color, linestyle=styles[kv], label=name)
     ns = sorted(set(rows["seq_len"]))
     for ax, what in ((ax_t, "µs per generated token"), (ax_m, "cache or state after the prompt (MiB)")):
         ax.set_xscale("log", base=2)
@@ -174,7 +181,8 @@ def plot_decode(report: RunReport, path: str | Path, banner: str | None = None) 
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     rows_of_legend = -(-len(labels) // 5)
     title = str(report.meta.get("suite_name") or "")
-    fig.suptitle(f"{title}: decode against a cache or state (hollow: noisy)".lstrip(": "), y=0.98 - top)
+    fig.suptitle(f"{title}: time per generated token and the cache or state it reads, against the prompt's N "
+                 "(hollow: noisy; line style: key/value heads)".lstrip(": "), y=0.98 - top, fontsize=10)
     fig.tight_layout(rect=(0, 0.05 * rows_of_legend + 0.02, 1, 0.94 - top))
     draw_banner(fig, banner)
     fig.savefig(path, dpi=110)
