@@ -24,7 +24,9 @@ settings: one visit, its median); B is ``torch.utils.benchmark.Timer("with
 torch.inference_mode(): layer(x)").blocked_autorange(min_run_time)`` on
 torch's thread count, its median. Per case: the median over rounds of each
 timer (attnbench's own figure is the median of its visit medians too), their
-ratio, the range of the per-round ratios, and each timer's round spread (the
+ratio (the median of the per-round ratios: paired within rounds, as
+attnbench's speed-ups are), the range of the per-round ratios, and each
+timer's round spread (the
 standard deviation of the log round medians, as attnbench's
 ``round_spread``). A case whose ratio is off by more than 10%, or that could
 not be built, fails the check: the exit status is 1. Where either timer's
@@ -93,12 +95,15 @@ def verdict(ratio: float, spreads: list[float | None], tolerance: float = TOLERA
 
 
 def summarize(attnbench_ms: list[float], timer_ms: list[float], tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """One case's figures from its round medians: each timer's median over rounds, their ratio,
-    the range of the per-round ratios (rounds paired, when both have as many), the round spreads."""
+    """One case's figures from its round medians: each timer's median over rounds, their ratio
+    (the median of the per-round ratios when both have as many rounds, else of the medians),
+    the range of the per-round ratios, the round spreads."""
     ours, theirs = statistics.median(attnbench_ms), statistics.median(timer_ms)
-    ratio = ours / theirs
     paired = ([a / t for a, t in zip(attnbench_ms, timer_ms, strict=True)]
               if len(attnbench_ms) == len(timer_ms) > 1 else [])
+    # Paired within rounds, as attnbench's speed-ups are: the two timers of one round ran seconds
+    # apart, so what the machine did between rounds cancels in their ratio.
+    ratio = statistics.median(paired) if paired else ours / theirs
     spreads = [log_spread(attnbench_ms), log_spread(timer_ms)]
     return {"attnbench_ms": ours, "timer_ms": theirs, "ratio": ratio,
             "ratio_lo": min(paired) if paired else None, "ratio_hi": max(paired) if paired else None,

@@ -36,6 +36,15 @@ def test_summarize_takes_the_median_over_rounds_and_pairs_the_rounds():
     assert got["verdict"] == "agree"
 
 
+def test_the_ratio_is_paired_within_rounds():
+    """A machine twice as slow in one round slows both timers of that round: the paired
+    ratio sees no difference, where the ratio of the medians sees 2."""
+    got = ta.summarize([10.0, 20.0, 20.0], [10.0, 10.0, 20.0])  # round 2: only the Timer was lucky
+    assert got["ratio"] == pytest.approx(1.0)  # per round 1.0, 2.0, 1.0
+    assert got["attnbench_ms"] / got["timer_ms"] == pytest.approx(2.0)
+    assert ta.summarize([10.0, 20.0, 40.0], [10.0, 20.0, 40.0])["ratio"] == pytest.approx(1.0)
+
+
 def test_summarize_of_unpaired_rounds_has_no_ratio_range():
     got = ta.summarize([10.0], [9.0, 9.5, 10.0])
     assert got["ratio_lo"] is None and got["attnbench_spread"] is None
