@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench.model import Status, setting_of
+from attnbench.analysis.serving import kv_label
+from attnbench.model import Status, case_field, setting_of
 from attnbench.stats import between_runs
 from attnbench.store.visits import passes_by_name, visit_medians_by_round
 
@@ -65,7 +66,8 @@ def compare_run_visits(records_a: list[dict[str, Any]], records_b: list[dict[str
         (rec_a, pa), (rec_b, pb) = ia.get(key, (None, None)), ib.get(key, (None, None))
         case = (rec_a or rec_b)["case"]
         ma, mb = medians_a.get(key) or [], medians_b.get(key) or []
-        row = {"label": case["label"], "seq_len": case["seq_len"], "heads": case["heads"], "pass": key[1],
+        label = kv_label(case["label"], case["heads"], case_field(case, "kv_heads"))  # sdpa kv2 apart from sdpa
+        row = {"label": label, "seq_len": case["seq_len"], "heads": case["heads"], "pass": key[1],
                "batch": case["batch"], "dim": case["dim"], "dtype": case["dtype"], "device": case["device"],
                "causal": case["causal"], "status_a": pa["status"] if pa else "missing",
                "status_b": pb["status"] if pb else "missing", "n_a": len(ma), "n_b": len(mb),

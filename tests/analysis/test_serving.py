@@ -81,3 +81,11 @@ def test_grouped_query_cases_are_labelled_apart_and_mha_cases_are_not() -> None:
     plain = pd.DataFrame({"label": ["sdpa"], "heads": [8], "kv_heads": [8]})
     assert with_kv_labels(plain) is plain
     assert list(decode_rows(decode_frame())["label"].unique()) == ["linear kv2", "sdpa kv2"]
+
+
+def test_compare_keeps_grouped_query_cases_apart() -> None:
+    from attnbench.analysis.two_runs import compare_run_visits
+
+    records = [decode_record("sdpa", 1024, 1.0, 1.0, 10**6, kv_heads=kv) for kv in (8, 2)]
+    table, _ = compare_run_visits(records, records)
+    assert sorted(table["label"]) == ["sdpa", "sdpa kv2"]
