@@ -46,14 +46,17 @@ def with_kv_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def measured_decode(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the decode cases that were measured."""
+    return frame[(frame["pass"] == DECODE) & (frame["status"] == Status.OK)] if not frame.empty else frame
+
+
 def decode_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The decode table: one row per measured decode case."""
-    rows = frame[(frame["pass"] == DECODE) & (frame["status"] == Status.OK)] if not frame.empty else frame
+    rows = measured_decode(frame)
     if rows.empty:
         return pd.DataFrame(columns=DECODE_COLUMNS)
-    out = rows.copy()
-    out["us_per_token"] = out["median_ms"] * 1e3
-    out["label"] = [kv_label(lab, h, k) for lab, h, k in zip(out["label"], out["heads"], out["kv_heads"], strict=True)]
+    out = with_kv_labels(rows).assign(us_per_token=rows["median_ms"] * 1e3)
     return out.sort_values(["label", "batch", "seq_len"])[DECODE_COLUMNS].reset_index(drop=True)
 
 
@@ -83,7 +86,7 @@ def _fit(ns: np.ndarray, values: np.ndarray) -> tuple[float, float]:
 def decode_scaling(frame: pd.DataFrame) -> list[DecodeScaling]:
     """Per decode series with at least two N: the exponents of its step time and its
     cache in N, and its fixed cost at the smallest N (time beyond the bound)."""
-    rows = frame[(frame["pass"] == DECODE) & (frame["status"] == Status.OK)] if not frame.empty else frame
+    rows = measured_decode(frame)
     out = []
     for key, group in rows.groupby(SERIES, sort=True, dropna=False):
         group = group.sort_values("seq_len")
@@ -137,7 +140,7 @@ def _crossing(ns: np.ndarray, ratio: np.ndarray) -> tuple[float | None, str | No
 def crossovers(frame: pd.DataFrame) -> list[Crossover]:
     """Per decode series that is not a KV cache: where it overtakes the KV cache of
     the same setting (sdpa, else softmax), in time per token and in cache size."""
-    rows = frame[(frame["pass"] == DECODE) & (frame["status"] == Status.OK)] if not frame.empty else frame
+    rows = measured_decode(frame)
     if rows.empty:
         return []
     reference = next((v for v in KV_CACHE_VARIANTS if v in set(rows["variant"])), None)

@@ -51,9 +51,8 @@ class SoftmaxAttention(AttentionCore):
         probs = torch.softmax(scores, dim=-1, dtype=acc_dtype(scores.dtype))
         return torch.matmul(probs.to(v.dtype), v)
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
-        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> DecodeState:
+        return kv_cache_prefill(k, v, capacity)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
@@ -114,9 +113,8 @@ class SDPAttention(AttentionCore):
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
                                                   enable_gqa=k.shape[1] != q.shape[1])
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
-        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> DecodeState:
+        return kv_cache_prefill(k, v, capacity)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:

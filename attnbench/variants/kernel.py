@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from attnbench.variants.decoding import DecodeState, expand_kv, group_queries, ungroup_queries
+from attnbench.variants.decoding import DecodeState, group_queries, ungroup_queries
 from attnbench.variants.layer import (
     AttentionCore,
     acc_dtype,
@@ -396,12 +396,10 @@ class LinearAttention(AttentionCore):
         self.chunk = check_int("linear chunk", chunk)
         self.eps = DEFAULT_EPS
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])) if output else None
-        dt = acc_dtype(q.dtype)
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> DecodeState:
+        dt = acc_dtype(k.dtype)
         state = kernel_state(self.feature_map(k.to(dt)), v.to(dt))
-        return out, DecodeState(length=q.shape[-2], recurrent=(state,))
+        return DecodeState(length=k.shape[-2], recurrent=(state,))
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:

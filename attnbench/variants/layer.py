@@ -241,11 +241,22 @@ class AttentionCore(nn.Module):
         the heads and project. ``flops()`` counts the standard form either way."""
         return None
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
-        """The causal forward of q (B, H, N, d) and k, v (B, kv_heads, N, d) and the
-        state that token N needs, with room for ``capacity`` tokens in a cache; with
-        ``output`` False only the state (the forward's output is None)."""
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, capacity: int, output: bool = True,
+                **extra: torch.Tensor) -> tuple[torch.Tensor | None, DecodeState]:
+        """The causal forward of q (B, H, N, d) and k, v (B, kv_heads, N, d) (keys and
+        values repeated per query head unless ``grouped_forward``), and ``decode_state``;
+        with ``output`` False only the state (the output is None)."""
+        out = None
+        if output:
+            heads = q.shape[1]
+            full = (k, v) if self.grouped_forward else (expand_kv(k, heads), expand_kv(v, heads))
+            out = self(q, *full, **extra)
+        return out, self.decode_state(k, v, capacity, **extra)
+
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor, capacity: int,
+                     **extra: torch.Tensor) -> DecodeState:
+        """The state that token N needs after the keys and values (B, kv_heads, N, d) of a
+        prompt, with room for ``capacity`` tokens in a cache (``extra``: ``layer_input``'s)."""
         raise NotImplementedError(f"{type(self).__name__} {self.decode_refusal}")
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -349,11 +360,9 @@ class ProjectedAttention(AttentionLayer):
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, H, N, d) and k, v (B, kv_heads, N, d) of x (B, N, dim)."""
         if self.kv_heads != self.heads:
-            b, n, _ = x.shape
             kv_width = self.kv_heads * self.head_dim
             q, k, v = self.qkv(x).split([self.dim, kv_width, kv_width], dim=-1)
-            return (q.view(b, n, self.heads, -1).transpose(1, 2),
-                    *(t.view(b, n, self.kv_heads, -1).transpose(1, 2) for t in (k, v)))
+            return self._heads(q, self.heads), self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
         parts = split_projection(self.qkv(x), self.n_proj, self.heads)
         if self.n_proj == 2:
             q, v = parts
@@ -372,17 +381,19 @@ class ProjectedAttention(AttentionLayer):
     def prefill(self, x: torch.Tensor, capacity: int, output: bool = True) -> tuple[torch.Tensor | None,
                                                                                    DecodeState]:
         self.check_decodes()
-        q, k, v = self.project(x) if output else self._project_kv(x)
-        out, state = self.core.prefill(q, k, v, capacity, output=output, **self.core.layer_input(x))
-        return (self.out(self.merge_heads(out)) if out is not None else None), state
+        extra = self.core.layer_input(x)
+        if not output:  # the state alone: only k and v projected (the fused weight's rows after the queries')
+            k, v = F.linear(x, self.qkv.weight[self.dim:]).split(self.kv_heads * self.head_dim, dim=-1)
+            return None, self.core.decode_state(self._heads(k, self.kv_heads), self._heads(v, self.kv_heads),
+                                                capacity, **extra)
+        out, state = self.core.prefill(*self.project(x), capacity, **extra)
+        return self.out(self.merge_heads(out)), state
 
-    def _project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What a state alone needs: k and v projected (the fused weight's rows after the
-        queries'), q a zero view of its shape (no memory, no work)."""
-        b, n, _ = x.shape
-        k, v = F.linear(x, self.qkv.weight[self.dim:]).split(self.kv_heads * self.head_dim, dim=-1)
-        k, v = (t.view(b, n, self.kv_heads, -1).transpose(1, 2) for t in (k, v))
-        return x.new_zeros(()).expand(b, self.heads, n, self.head_dim), k, v
+    @staticmethod
+    def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+        """(B, N, heads·d) -> (B, heads, N, d), a view."""
+        b, n, _ = t.shape
+        return t.view(b, n, heads, -1).transpose(1, 2)
 
     def step(self, x: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
         self.check_decodes()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.variants.decoding import DecodeState, expand_kv, group_queries, ungroup_queries
+from attnbench.variants.decoding import DecodeState, group_queries, ungroup_queries
 from attnbench.variants.kernel import DEFAULT_EPS, kernel_attention, kernel_attention_flops, kernel_state, kernel_step
 from attnbench.variants.layer import (
     AttentionCore,
@@ -152,18 +152,16 @@ class PerformerAttention(AttentionCore):
         exponents = self._projected(k) - self._half_sq_norm(k) - log_norm
         return exponents, exponents.detach().amax(-1) + log_norm
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                capacity: int, output: bool = True) -> tuple[torch.Tensor | None, DecodeState]:
-        """The causal forward and the state after N keys, [S z] in the frame M_N (the
-        running max after the last key), with M_N: what query N + 1 reads in frame
-        max(M_N, its own key's max), as the chunked form does."""
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])) if output else None
-        dt = acc_dtype(q.dtype)
-        with torch.autocast(q.device.type, enabled=False):
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> DecodeState:
+        """The state after N keys, [S z] in the frame M_N (the running max after the last
+        key), with M_N: what query N + 1 reads in frame max(M_N, its own key's max), as
+        the chunked form does."""
+        dt = acc_dtype(k.dtype)
+        with torch.autocast(k.device.type, enabled=False):
             exponents, key_max = self._key_exponents(k.to(dt))
             frame = key_max.amax(-1)  # (B, kv_heads)
             state = kernel_state(torch.exp(exponents - frame[..., None, None]), v.to(dt))
-        return out, DecodeState(length=q.shape[-2], recurrent=(state, frame))
+        return DecodeState(length=k.shape[-2], recurrent=(state, frame))
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
@@ -286,14 +284,12 @@ class RandomFeatureAttention(AttentionCore):
         b, h, n, d = result.shape
         return out(result.transpose(1, 2).reshape(b, n, h * d))
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, capacity: int, output: bool = True,
-                gate_logits: torch.Tensor | None = None) -> tuple[torch.Tensor | None, DecodeState]:
-        """The causal forward and the state after N keys: Σ_j φ(k_j)ᵀ[v_j 1], or with
-        the gate Σ_j (1 − g_j) Π_{j<t≤N} g_t φ(k_j)ᵀ[v_j 1]."""
-        out = (self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1]), gate_logits=gate_logits)
-               if output else None)
-        dt = acc_dtype(q.dtype)
-        with torch.autocast(q.device.type, enabled=False):
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor, capacity: int,
+                     gate_logits: torch.Tensor | None = None) -> DecodeState:
+        """The state after N keys: Σ_j φ(k_j)ᵀ[v_j 1], or with the gate
+        Σ_j (1 − g_j) Π_{j<t≤N} g_t φ(k_j)ᵀ[v_j 1]."""
+        dt = acc_dtype(k.dtype)
+        with torch.autocast(k.device.type, enabled=False):
             phi_k, v = self.feature_map(k.to(dt)), v.to(dt)
             if gate_logits is not None:
                 logits = gate_logits.to(dt)
@@ -301,7 +297,7 @@ class RandomFeatureAttention(AttentionCore):
                 weight = torch.sigmoid(-logits) * torch.exp(frames - frames[..., -1:])  # (1 − g_j)·Π g_t ≤ 1
                 phi_k = phi_k * weight.unsqueeze(-1)
             state = kernel_state(phi_k, v)
-        return out, DecodeState(length=q.shape[-2], recurrent=(state,))
+        return DecodeState(length=k.shape[-2], recurrent=(state,))
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: DecodeState,
              gate_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeState]:
@@ -316,7 +312,7 @@ class RandomFeatureAttention(AttentionCore):
         return ungroup_queries(out, q.shape[1]).to(v.dtype), DecodeState(length=state.length + 1, recurrent=(s,))
 
     def layer_input(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What prefill and step read from the layer input x (B, N, dim): the gates."""
+        """What the prefill and step read from the layer input x (B, N, dim): the gates."""
         return {} if self.gate_proj is None else {"gate_logits": self.gate_proj(x).transpose(1, 2)}
 
     def flops(self, batch: int, seq_len: int) -> int:

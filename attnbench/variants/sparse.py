@@ -30,7 +30,6 @@ import torch.nn.functional as F
 
 from attnbench.variants.decoding import (
     DecodeState,
-    expand_kv,
     group_queries,
     kv_cache_append,
     kv_cache_prefill,
@@ -192,10 +191,8 @@ class LocalAttention(SparseCore):
         super().__init__(heads, head_dim, seq_len, causal)
         self.window = check_int("local window", window)
 
-    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int,
-                output: bool = True) -> tuple[Tensor | None, DecodeState]:
-        out = self(q, expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])) if output else None
-        return out, ring_prefill(k, v, self.window + 1)
+    def decode_state(self, k: Tensor, v: Tensor, capacity: int) -> DecodeState:
+        return ring_prefill(k, v, self.window + 1)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         keys, values, state = ring_append(state, k, v)
@@ -244,10 +241,9 @@ class StridedAttention(SparseCore):
                                "decodes with a fixed stride only: with stride None it is ⌈√N⌉ and moves as tokens "
                                "come (set stride)")
 
-    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int,
-                output: bool = True) -> tuple[Tensor | None, DecodeState]:
+    def decode_state(self, k: Tensor, v: Tensor, capacity: int) -> DecodeState:
         """A KV cache of every token: the strided heads reach back to the first."""
-        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
+        return kv_cache_prefill(k, v, capacity)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Token t: the local heads read the last l rows, the strided heads rows t, t − l, …"""
@@ -341,11 +337,10 @@ class LongformerAttention(SparseCore):
         self.window = check_int("longformer window", window)
         self.global_tokens = check_int("longformer global_tokens", global_tokens, 0)
 
-    def prefill(self, q: Tensor, k: Tensor, v: Tensor, capacity: int,
-                output: bool = True) -> tuple[Tensor | None, DecodeState]:
+    def decode_state(self, k: Tensor, v: Tensor, capacity: int) -> DecodeState:
         """A KV cache of every token (a ring of the band and the global keys would do:
         the cache reported is the larger one); a step reads the band and the globals."""
-        return self(q, k, v) if output else None, kv_cache_prefill(k, v, capacity)
+        return kv_cache_prefill(k, v, capacity)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Token t: keys t − ⌊w/2⌋ … t and the first g; a global token (t < g) sees all."""

@@ -19,6 +19,7 @@ x requires grad in the backward passes, as for any layer inside a network.
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 import traceback
 from collections.abc import Callable
@@ -190,26 +191,20 @@ def _serving_functions(name: str, built: BuiltCase, result: PassResult | None
 
     def prefill() -> tuple[torch.Tensor, Any]:
         with torch.inference_mode():
-            return layer.prefill(x, capacity)
-
-    def state_only() -> Any:
-        """The prompt's cache or state, without the forward's output where the layer
-        can skip it (a quadratic forward need not fit for the cache it leaves)."""
-        import inspect
-
-        with torch.inference_mode():
-            if "output" in inspect.signature(layer.prefill).parameters:
-                return layer.prefill(x, capacity, output=False)[1]
-            return layer.prefill(x, capacity)[1]
+            out, state = layer.prefill(x, capacity)
+        if result is not None and result.cache_mib is None:  # from the first call: the size never changes
+            result.cache_mib = _state_bytes(state) / MIB
+        return out, state
 
     if name == "prefill":
-        state = state_only()
-        if result is not None:
-            result.cache_mib = _state_bytes(state) / MIB
-        state = None
         return prefill, lambda: timing.timed(prefill, device)
 
-    start = state_only()
+    with torch.inference_mode():  # the state alone where the layer can skip the forward's output: a
+        # quadratic forward need not fit for the cache it leaves
+        if "output" in inspect.signature(layer.prefill).parameters:
+            start = layer.prefill(x, capacity, output=False)[1]
+        else:
+            start = layer.prefill(x, capacity)[1]
     generator = torch.Generator(device="cpu").manual_seed(case.seed + 2)
     tokens = torch.randn(case.batch, case.decode_steps, case.dim, generator=generator).to(device, x.dtype)
 
