@@ -21,6 +21,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same console width whoever runs the tests: pytest-xdist exports its
+    terminal's COLUMNS to its workers, and a test that wants a width sets it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Torch on one thread for a module of tiny-tensor tests: a second thread
