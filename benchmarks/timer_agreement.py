@@ -53,6 +53,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,10 +66,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOCATORS = ("steady", "default")
 TOLERANCE = 0.10  # the check: |attnbench / Timer - 1| at most this, per case
 NOISY_SPREAD = 0.05  # a round spread over this: a 10% disagreement cannot be told from noise
+# Minor page faults per call further apart than this (relative): the two timers' calls did different
+# work, as glibc's default malloc does when what was freed before differs.
+FAULTS_APART = 0.10
 CLI = [sys.executable, "-c", "from attnbench.cli.entry import main; main()"]
-TIMER_STMT = "with torch.inference_mode(): layer(x)"
+TIMER_STMT = "with torch.inference_mode(): layer(x)\ncalls[0] += 1"  # the count: faults per call
 COLUMNS = ("case", "allocator", "attnbench_ms", "timer_ms", "ratio", "ratio_lo", "ratio_hi", "attnbench_spread",
-           "timer_spread", "rounds", "threads", "verdict")
+           "timer_spread", "attnbench_faults", "timer_faults", "rounds", "threads", "verdict")
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -85,19 +89,33 @@ def log_spread(values: list[float]) -> float | None:
     return statistics.stdev(logs) if len(logs) > 1 else None
 
 
+def faults_apart(faults: list[float | None], apart: float = FAULTS_APART) -> bool:
+    """Whether the two timers' calls paid page faults more than ``apart`` apart (relative to
+    the larger; a call or two of faults either way is nothing)."""
+    if len(faults) != 2 or any(f is None for f in faults):
+        return False
+    low, high = sorted(faults)
+    return high - low > max(apart * high, 2)
+
+
 def verdict(ratio: float, spreads: list[float | None], tolerance: float = TOLERANCE,
-            noisy: float = NOISY_SPREAD) -> str:
+            noisy: float = NOISY_SPREAD, faults: list[float | None] | None = None) -> str:
     """``agree`` within the tolerance; else ``DISAGREE``, marked ``noisy`` when a
-    timer's round spread is over ``noisy``."""
+    timer's round spread is over ``noisy`` and ``page faults differ`` when the two
+    timers' calls paid different numbers of page faults (``faults``: per call)."""
     if abs(ratio - 1) <= tolerance:
         return "agree"
-    return "DISAGREE (noisy)" if any(s is not None and s > noisy for s in spreads) else "DISAGREE"
+    marks = (["noisy"] if any(s is not None and s > noisy for s in spreads) else []) + \
+        (["page faults differ"] if faults and faults_apart(faults) else [])
+    return "DISAGREE" + (f" ({', '.join(marks)})" if marks else "")
 
 
-def summarize(attnbench_ms: list[float], timer_ms: list[float], tolerance: float = TOLERANCE) -> dict[str, Any]:
+def summarize(attnbench_ms: list[float], timer_ms: list[float], tolerance: float = TOLERANCE,
+              faults: list[float | None] | None = None) -> dict[str, Any]:
     """One case's figures from its round medians: each timer's median over rounds, their ratio
     (the median of the per-round ratios when both have as many rounds, else of the medians),
-    the range of the per-round ratios, the round spreads."""
+    the range of the per-round ratios, the round spreads; ``faults``: each timer's minor page
+    faults per call, carried into the row and the verdict."""
     ours, theirs = statistics.median(attnbench_ms), statistics.median(timer_ms)
     paired = ([a / t for a, t in zip(attnbench_ms, timer_ms, strict=True)]
               if len(attnbench_ms) == len(timer_ms) > 1 else [])
@@ -105,10 +123,12 @@ def summarize(attnbench_ms: list[float], timer_ms: list[float], tolerance: float
     # apart, so what the machine did between rounds cancels in their ratio.
     ratio = statistics.median(paired) if paired else ours / theirs
     spreads = [log_spread(attnbench_ms), log_spread(timer_ms)]
+    faults = faults or [None, None]
     return {"attnbench_ms": ours, "timer_ms": theirs, "ratio": ratio,
             "ratio_lo": min(paired) if paired else None, "ratio_hi": max(paired) if paired else None,
-            "attnbench_spread": spreads[0], "timer_spread": spreads[1], "rounds": len(timer_ms),
-            "verdict": verdict(ratio, spreads, tolerance),
+            "attnbench_spread": spreads[0], "timer_spread": spreads[1],
+            "attnbench_faults": faults[0], "timer_faults": faults[1], "rounds": len(timer_ms),
+            "verdict": verdict(ratio, spreads, tolerance, faults=faults),
             "attnbench_rounds_ms": list(attnbench_ms), "timer_rounds_ms": list(timer_ms)}
 
 
@@ -134,19 +154,23 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def _count(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The markdown table of the rows."""
     lines = ["| case | allocator | attnbench ms | Timer ms | ratio | round ratios | attnbench spread "
-             "| Timer spread | verdict |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| Timer spread | faults/call | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['case']} | {r['allocator']} | – | – | – | – | – | – | error: {r['error']} |")
+            lines.append(f"| {r['case']} | {r['allocator']} | – | – | – | – | – | – | – | error: {r['error']} |")
             continue
         span = "–" if r["ratio_lo"] is None else f"{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}"
         lines.append(f"| {r['case']} | {r['allocator']} | {r['attnbench_ms']:.2f} | {r['timer_ms']:.2f} "
                      f"| {r['ratio']:.3f} | {span} | {_pct(r['attnbench_spread'])} | {_pct(r['timer_spread'])} "
-                     f"| {r['verdict']} |")
+                     f"| {_count(r.get('attnbench_faults'))} / {_count(r.get('timer_faults'))} | {r['verdict']} |")
     return lines
 
 
@@ -210,6 +234,9 @@ def measure(cases: list[dict[str, Any]], allocator: str, rounds: int, min_run_ti
     from attnbench.bench.worker.messages import Failure
     from attnbench.model import Case
 
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
     out = []
     for n, spec in enumerate(cases, 1):
         case = Case.from_dict(spec["case"])
@@ -223,19 +250,29 @@ def measure(cases: list[dict[str, Any]], allocator: str, rounds: int, min_run_ti
         with torch.enable_grad():  # as the worker calls it; the forward runs under inference_mode
             memory_region, sample_once = pass_functions(built, "forward")
         memory_region()  # untimed, as the worker's memory run on a case's first visit
-        timer = benchmark.Timer(TIMER_STMT, globals={"torch": torch, "layer": built.layer, "x": built.x},
-                                num_threads=threads)
+        calls = {"attnbench": [0], "timer": [0]}  # counted to give the minor page faults per call
+        timer = benchmark.Timer(TIMER_STMT, num_threads=threads,
+                                globals={"torch": torch, "layer": built.layer, "x": built.x, "calls": calls["timer"]})
+
+        def counted(inner=sample_once, count=calls["attnbench"]):  # noqa: B008 - bound once, on purpose
+            count[0] += 1
+            return inner()
+
         medians: dict[str, list[float]] = {"attnbench": [], "timer": []}
+        paid = {"attnbench": 0, "timer": 0}
         for r in range(rounds):
             for which in round_order(r):
+                before = faults()
                 if which == "timer":
                     medians["timer"].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
                 elif not timer_only:
-                    medians["attnbench"].append(statistics.median(timing.sample(sample_once, case.timing)))
-        memory_region = sample_once = timer = None
+                    medians["attnbench"].append(statistics.median(timing.sample(counted, case.timing)))
+                paid[which] += faults() - before
+        per_call = {k: paid[k] / calls[k][0] if calls[k][0] else None for k in paid}
+        memory_region = sample_once = timer = counted = None
         release(built)
         built = None
-        out.append({**medians, "threads": threads})
+        out.append({**medians, "faults": [per_call["attnbench"], per_call["timer"]], "threads": threads})
         ours = f"{statistics.median(medians['attnbench']):.2f} ms, " if medians["attnbench"] else ""
         print(f"  [{allocator}] {n}/{len(cases)} {spec['name']}: {ours}Timer "
               f"{statistics.median(medians['timer']):.2f} ms", file=sys.stderr, flush=True)
@@ -363,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({**row, "error": got["error"]})
                     continue
                 if figures is None:
-                    row.update(summarize(got["attnbench"], got["timer"]))
+                    row.update(summarize(got["attnbench"], got["timer"], faults=got.get("faults")))
                 elif spec["case_id"] in figures:
                     median, spread = figures[spec["case_id"]]
                     row.update(summarize([median], got["timer"]))

@@ -61,6 +61,25 @@ def test_verdict(ratio, spreads, expected):
     assert ta.verdict(ratio, spreads) == expected
 
 
+@pytest.mark.parametrize(("faults", "apart"), [
+    ([3314.0, 2289.0], True),  # softmax N=1024 H=4 under glibc's default malloc, measured
+    ([49155.0, 49155.0], False),
+    ([0.0, 1.5], False),  # a stray fault or two is nothing
+    ([1000.0, 905.0], False),
+    ([None, 10.0], False),
+])
+def test_faults_apart(faults, apart):
+    assert ta.faults_apart(faults) is apart
+
+
+def test_a_disagreement_names_the_page_faults():
+    assert ta.verdict(1.15, [0.01, 0.01], faults=[3314.0, 2289.0]) == "DISAGREE (page faults differ)"
+    assert ta.verdict(1.15, [0.2, 0.01], faults=[3314.0, 2289.0]) == "DISAGREE (noisy, page faults differ)"
+    assert ta.verdict(1.05, [0.2, 0.01], faults=[3314.0, 2289.0]) == "agree"
+    row = ta.summarize([1.2, 1.2], [1.0, 1.0], faults=[3314.0, 2289.0])
+    assert row["attnbench_faults"] == 3314.0 and row["verdict"] == "DISAGREE (page faults differ)"
+
+
 def _spec_of(label, n, heads, **over):
     case = {"label": label, "seq_len": n, "heads": heads, "dim": 256, "batch": 1, "dtype": "float32",
             "causal": False, **over}
@@ -84,7 +103,7 @@ def _rows():
     rows = [{"case": "softmax N=256 H=4", "allocator": "steady", "threads": 2,
              **ta.summarize([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])},
             {"case": "sdpa N=256 H=4", "allocator": "steady", "threads": 2,
-             **ta.summarize([1.3, 1.3, 1.3], [1.0, 1.0, 1.0])},
+             **ta.summarize([1.3, 1.3, 1.3], [1.0, 1.0, 1.0], faults=[12.0, 11.5])},
             {"case": "sdpa N=256 H=4", "allocator": "default", "error": "boom"}]
     return rows
 
@@ -93,7 +112,8 @@ def test_table_and_summary():
     rows = _rows()
     table = ta.table_lines(rows)
     assert len(table) == 2 + len(rows)
-    assert "| 1.300 | 1.30–1.30 | 0.0% | 0.0% | DISAGREE |" in table[3]
+    assert "| 1.300 | 1.30–1.30 | 0.0% | 0.0% | 12 / 12 | DISAGREE |" in table[3]
+    assert "| – / – | agree |" in table[2]
     assert "error: boom" in table[4]
     (steady,) = ta.summary_lines(rows)  # the allocator whose cases all failed has no line
     assert steady.startswith("steady: worst +30.0% (sdpa N=256 H=4)") and "1 of 2 cases beyond 10%" in steady
