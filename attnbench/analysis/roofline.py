@@ -11,8 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.bench.calibration import calibration_drift
-from attnbench.bench.noise import noise_warnings
+from attnbench.bench.noise import run_warnings
 
 
 def calibrations(meta: dict[str, Any], when: str = "start") -> dict[tuple[str, str], dict[str, Any]]:
@@ -45,14 +44,5 @@ def with_peak_fraction(frame: pd.DataFrame, meta: dict[str, Any], best: bool = F
 
 def run_notes(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     """Warnings from the run's calibrations (drift between start and end) and
-    its noise record, as printable lines."""
-    lines = []
-    ends = calibrations(meta, "end")
-    for key, start in calibrations(meta).items():
-        lines += calibration_drift(start, ends.get(key))
-    if meta.get("noise"):
-        threads = max((r.get("threads") or 0 for r in records), default=0) or None
-        environment = meta.get("environment") or {}
-        usable = environment.get("cpu_affinity") or environment.get("cpu_cores_logical")
-        lines += noise_warnings(meta["noise"], threads, usable)
-    return [f"[yellow]warning:[/] {line}" for line in lines]
+    its noise record, as printable lines (those the sweep printed after the run)."""
+    return [f"[yellow]warning:[/] {line}" for line in run_warnings(meta, records)]

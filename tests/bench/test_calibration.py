@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attnbench.bench import calibration
-from attnbench.bench.calibration import calibrate, calibration_drift, format_rate
+from attnbench.bench.calibration import calibrate, calibration_drift, drift, format_rate
 
 
 def test_cpu_calibration_measures_both_figures_quickly():
@@ -57,11 +57,13 @@ def test_cuda_calibration():
 
 def test_drift_warns_beyond_the_threshold_only():
     start = {"device": "cpu", "dtype": "float32", "matmul_flops": 50e9, "bandwidth_bytes_per_s": 15e9}
-    assert calibration_drift(start, {**start, "matmul_flops": 48.5e9}) == []
-    warned = calibration_drift(start, {**start, "matmul_flops": 40e9})
+    assert calibration_drift(start, {**start, "matmul_flops": 42e9}) == []  # 19% either way
+    warned = calibration_drift(start, {**start, "matmul_flops": 40e9})  # 25% slower: 1.25 times as long
     assert len(warned) == 1 and "matmul rate" in warned[0] and "-20%" in warned[0]
     assert "50 GFLOP/s -> 40 GFLOP/s" in warned[0]
-    assert len(calibration_drift(start, {**start, "bandwidth_bytes_per_s": 20e9}, threshold=0.2)) == 1
+    assert len(calibration_drift(start, {**start, "bandwidth_bytes_per_s": 20e9}, threshold=0.3)) == 1
+    assert drift(100.0, 125.0) == drift(125.0, 100.0) == pytest.approx(0.25)
+    assert drift(None, 1.0) is None and drift(0.0, 1.0) is None
     assert calibration_drift(start, {"error": "CUDA is not available"}) == []
     assert calibration_drift(None, start) == []
     assert format_rate("matmul_flops", 1.5e12) == "1.5 TFLOP/s" and format_rate("bw", None) == "—"
