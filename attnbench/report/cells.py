@@ -291,6 +291,20 @@ def agreement_lines(section: PublishedSection) -> list[str]:
 VERDICT_STYLES = {"trustworthy": "bold green", "noisy": "bold yellow", "unreliable": "bold red", "unjudged": "dim"}
 
 
+_MARKUP_PREFIX = re.compile(r"^\[[a-z ]+\](warning|note):\[/\]\s*")
+
+
+def plain_note(line: str) -> str:
+    """A report note without its terminal colour (``[yellow]warning:[/] x`` -> ``warning: x``)."""
+    return _MARKUP_PREFIX.sub(lambda m: f"{m.group(1)}: ", line)
+
+
+def plain_notes(report: RunReport) -> list[str]:
+    """The run's warnings (calibration, noise, and what reading it found), as
+    plain lines for the markdown and HTML reports."""
+    return [plain_note(line) for line in report.notes] + [f"warning: {w}" for w in report.run.warnings]
+
+
 def verdict_text(verdict: Verdict, markup: bool = False) -> str:
     """The verdict's one line; with ``markup``, its level coloured for rich."""
     line = verdict.headline

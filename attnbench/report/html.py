@@ -13,7 +13,6 @@ page itself (escaping, the switches, sorting, drawing) is ``html_page``.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from attnbench.report.cells import (
     fmt_mib,
     fmt_ms,
     lookup_rows,
+    plain_notes,
     published_cells,
     ratio_text,
     relative_cell,
@@ -141,14 +141,6 @@ def write_html(path: str | Path, text: str) -> Path:
 
 # --- the header -----------------------------------------------------------------------------
 
-_MARKUP_PREFIX = re.compile(r"^\[[a-z ]+\](warning|note):\[/\]\s*")
-
-
-def plain_note(line: str) -> str:
-    """A report note without its terminal colour (``[yellow]warning:[/] x`` -> ``warning: x``)."""
-    return _MARKUP_PREFIX.sub(lambda m: f"{m.group(1)}: ", line)
-
-
 def run_facts(report: RunReport) -> list[tuple[str, Any]]:
     """The facts of a run's header, as the markdown report lists them."""
     run, meta = report.run, report.meta
@@ -196,7 +188,7 @@ def summary_line(report: RunReport) -> str:
 
 def _header(report: RunReport) -> str:
     """The summary line, the warnings, the calibration, then every fact (folded)."""
-    notes = [plain_note(line) for line in report.notes] + [f"warning: {w}" for w in report.run.warnings]
+    notes = plain_notes(report)
     nothing = report.nothing_measured
     legend = (f"Cells: median ms of a pass; steps/s = 1000 / median ms; {NOISY_MARK} marks a noisy figure "
               f"(IQR/median over 10%), drawn hollow in the charts. {relative_legend(report)}."

@@ -25,6 +25,7 @@ from attnbench.report.cells import (
     fmt_ms,
     lookup_rows,
     md_escape,
+    plain_notes,
     published_cells,
     relative_rows,
     scaling_rows,
@@ -84,6 +85,10 @@ def markdown_report(report: RunReport, plot: str | None = None) -> str:
     env = meta.get("environment") or {}
     lines = [f"# attnbench report: {md_escape(meta.get('suite_name') or run.run_id)}", "",
              f"> **{verdict_text(report.verdict)}**", ""]
+    notes = plain_notes(report)
+    if notes:  # the file people share carries what the terminal warned of
+        lines += [f"> {md_escape(note)}" + ("  " if i < len(notes) - 1 else "") for i, note in enumerate(notes)]
+        lines += [""]
     facts = [("run", run.run_id), ("suite", meta.get("suite_path")), ("started", meta.get("started_at")),
              ("finished", meta.get("finished_at")), ("status", meta.get("status")),
              ("attnbench", env.get("attnbench")), ("git commit", env.get("git_commit")),

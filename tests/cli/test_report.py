@@ -271,6 +271,17 @@ def test_the_verdict_comes_first_in_every_format_and_strict_exits_4(tmp_path):
     assert payload["verdict"]["level"] == "unreliable" and payload["verdict"]["reasons"]
 
 
+def test_the_markdown_report_carries_the_warnings_the_terminal_printed(tmp_path):
+    busy = _busy_run(tmp_path, 0.47)
+    terminal = runner.invoke(app, ["report", str(busy)], env={"COLUMNS": "300"}).stdout
+    warned = [line for line in terminal.splitlines() if line.startswith("warning: other processes")]
+    assert warned
+    md = tmp_path / "r.md"
+    assert runner.invoke(app, ["report", str(busy), "--markdown", str(md)]).exit_code == 0
+    quoted = [line.removeprefix("> ").rstrip() for line in md.read_text().splitlines()[:8]]
+    assert warned[0] in quoted  # right under the verdict, before the facts
+
+
 def test_every_report_states_the_allocator(tmp_path):
     run = _busy_run(tmp_path, 0.01)
     out = runner.invoke(app, ["report", str(run)], env={"COLUMNS": "200"}).stdout
