@@ -178,10 +178,7 @@ def test_the_reference_runs_pages_stay_under_the_size_limit(name: str, tmp_path:
     page = html_report(build_report(REFERENCE / name))
     size = len(page.encode("utf-8"))
     assert size < html_page.SIZE_LIMIT_BYTES, f"{name}: {size:,} bytes"
-    assert 'class="banner-line unreliable"' not in page  # a committed reference carries no warning banner
-    # ... and reads trustworthy, but decode/: recorded three times with nothing else running, the VM's own
-    # copy bandwidth rose 25-49% during each (results/reference-cpu/README.md, "Serving").
-    assert 'class="banner-line trustworthy"' in page or name == "decode"
+    assert 'class="banner-line trustworthy"' in page  # every committed reference reads trustworthy
 
 
 def test_without_the_extra_the_error_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch):
