@@ -31,8 +31,13 @@ standard deviation of the log round medians, as attnbench's
 ``round_spread``). A case whose ratio is off by more than 10%, or that could
 not be built, fails the check: the exit status is 1. Where either timer's
 round spread is over 5% a disagreement is marked ``noisy``: the machine
-moved too much between rounds to tell it from noise; rerun it on a quiet
-machine.
+moved too much between rounds to tell it from noise. A noisy disagreement is
+measured again, ``--retry-rounds`` more rounds (twice ``--rounds``) in a
+fresh process, and judged on all its rounds (marked ``measured again``): a
+difference between the timers persists, one the machine made does not. Each
+timer's minor page faults per call are counted too; where they differ, the
+two timers' calls did different work (glibc's default malloc, whose
+thresholds move with what was freed before), and a disagreement says so.
 
 ``--sweep`` answers another question: what the sweep's protocol costs. It
 runs the suite (forward only) through the command line under each allocator,
@@ -69,10 +74,11 @@ NOISY_SPREAD = 0.05  # a round spread over this: a 10% disagreement cannot be to
 # Minor page faults per call further apart than this (relative): the two timers' calls did different
 # work, as glibc's default malloc does when what was freed before differs.
 FAULTS_APART = 0.10
+FAULTS_FLOOR = 100  # per call: 400 KiB of fresh pages, ~0.1 ms; fewer cannot move a case by 10%
 CLI = [sys.executable, "-c", "from attnbench.cli.entry import main; main()"]
 TIMER_STMT = "with torch.inference_mode(): layer(x)\ncalls[0] += 1"  # the count: faults per call
 COLUMNS = ("case", "allocator", "attnbench_ms", "timer_ms", "ratio", "ratio_lo", "ratio_hi", "attnbench_spread",
-           "timer_spread", "attnbench_faults", "timer_faults", "rounds", "threads", "verdict")
+           "timer_spread", "attnbench_faults", "timer_faults", "rounds", "retried", "threads", "verdict")
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -91,11 +97,11 @@ def log_spread(values: list[float]) -> float | None:
 
 def faults_apart(faults: list[float | None], apart: float = FAULTS_APART) -> bool:
     """Whether the two timers' calls paid page faults more than ``apart`` apart (relative to
-    the larger; a call or two of faults either way is nothing)."""
+    the larger) and by more than ``FAULTS_FLOOR`` a call."""
     if len(faults) != 2 or any(f is None for f in faults):
         return False
     low, high = sorted(faults)
-    return high - low > max(apart * high, 2)
+    return high - low > max(apart * high, FAULTS_FLOOR)
 
 
 def verdict(ratio: float, spreads: list[float | None], tolerance: float = TOLERANCE,
@@ -108,6 +114,26 @@ def verdict(ratio: float, spreads: list[float | None], tolerance: float = TOLERA
     marks = (["noisy"] if any(s is not None and s > noisy for s in spreads) else []) + \
         (["page faults differ"] if faults and faults_apart(faults) else [])
     return "DISAGREE" + (f" ({', '.join(marks)})" if marks else "")
+
+
+def agrees(row: dict[str, Any]) -> bool:
+    """Whether a row passes the check (measured again or not)."""
+    return str(row.get("verdict", "")).startswith("agree")
+
+
+def retry_wanted(row: dict[str, Any]) -> bool:
+    """A noisy disagreement, not yet measured again: the machine may have made it."""
+    return str(row.get("verdict", "")).startswith("DISAGREE (noisy") and not row.get("retried")
+
+
+def merged(first: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
+    """One case's measurements from two processes as one: the rounds of both (each
+    paired within its round), the page faults per call averaged over the two."""
+    faults = [None if a is None or b is None else (a + b) / 2
+              for a, b in zip(first.get("faults") or [None, None], again.get("faults") or [None, None],
+                              strict=True)]
+    return {"attnbench": first["attnbench"] + again["attnbench"], "timer": first["timer"] + again["timer"],
+            "faults": faults, "threads": first["threads"]}
 
 
 def summarize(attnbench_ms: list[float], timer_ms: list[float], tolerance: float = TOLERANCE,
@@ -183,11 +209,13 @@ def summary_lines(rows: list[dict[str, Any]], tolerance: float = TOLERANCE) -> l
         if not mine:
             continue
         worst = max(mine, key=lambda r: abs(r["ratio"] - 1))
-        bad = [r for r in mine if r["verdict"] != "agree"]
+        bad = [r for r in mine if not agrees(r)]
         noisy = sum(1 for r in bad if "noisy" in r["verdict"])
+        again = sum(1 for r in mine if r.get("retried"))
         out.append(f"{allocator}: worst {worst['ratio'] - 1:+.1%} ({worst['case']}), median ratio "
                    f"{statistics.median(r['ratio'] for r in mine):.3f}, {len(bad)} of {len(mine)} cases beyond "
-                   f"{tolerance:.0%}" + (f" ({noisy} of them noisy)" if bad else ""))
+                   f"{tolerance:.0%}" + (f" ({noisy} of them noisy)" if bad else "")
+                   + (f"; {again} measured again" if again else ""))
     return out
 
 
@@ -280,12 +308,13 @@ def measure(cases: list[dict[str, Any]], allocator: str, rounds: int, min_run_ti
 
 
 def measure_in_child(cases: list[dict[str, Any]], allocator: str, args: argparse.Namespace, tmp: Path,
-                     timer_only: bool = False) -> dict[str, Any]:
-    """``measure`` in a process of its own, under ``allocator``."""
+                     timer_only: bool = False, rounds: int | None = None) -> dict[str, Any]:
+    """``measure`` in a process of its own, under ``allocator`` (``rounds``: instead of ``--rounds``)."""
     spec, result = tmp / f"cases-{allocator}.json", tmp / f"result-{allocator}.json"
     spec.write_text(json.dumps(cases))
     command = [sys.executable, __file__, str(args.suite), "--measure", allocator, "--cases", str(spec),
-               "--result", str(result), "--rounds", str(args.rounds), "--min-run-time", str(args.min_run_time)]
+               "--result", str(result), "--rounds", str(rounds or args.rounds),
+               "--min-run-time", str(args.min_run_time)]
     subprocess.run(command + (["--timer-only"] if timer_only else []), check=True, cwd=ROOT,
                    env={**os.environ, "ATTNBENCH_MALLOC": allocator})
     return json.loads(result.read_text())
@@ -348,6 +377,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--match", help="only the cases whose name or case id matches this regular expression")
     parser.add_argument("--limit", type=int, help="only the first LIMIT cases (after --match)")
     parser.add_argument("--allocators", nargs="+", choices=ALLOCATORS, default=list(ALLOCATORS))
+    parser.add_argument("--retry-rounds", type=int, default=None,
+                        help="rounds to measure a noisy disagreement again, in a fresh process, before judging "
+                             "it on all its rounds (default twice --rounds; 0: never)")
     parser.add_argument("--out", type=Path, help="write the table as CSV, or JSON if the name ends in .json")
     parser.add_argument("--sweep", action="store_true", help="time attnbench by a run of the suite (forward "
                         "only) instead, the Timer afterwards: what the sweep's protocol costs; exits 0")
@@ -364,6 +396,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sweep = True
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.retry_rounds is None:
+        args.retry_rounds = 2 * args.rounds
+    if args.retry_rounds < 0:
+        parser.error("--retry-rounds must be 0 or more")
     return args
 
 
@@ -394,13 +430,32 @@ def main(argv: list[str] | None = None) -> int:
                 figures = sweep_figures(run_dir)
             result = measure_in_child(cases, allocator, args, Path(tmp), timer_only=args.sweep)
             malloc[allocator] = result["malloc"]
+            retried: dict[str, dict[str, Any]] = {}
+            if not args.sweep and args.retry_rounds:
+                # A noisy disagreement is measured again, in a fresh process, and judged on all its
+                # rounds: a difference of the timers persists, one the machine made does not.
+                noisy = [spec for spec, got in zip(cases, result["cases"], strict=True)
+                         if not got.get("error") and retry_wanted(summarize(got["attnbench"], got["timer"],
+                                                                            faults=got.get("faults")))]
+                if noisy:
+                    print(f"  [{allocator}] {len(noisy)} noisy disagreement(s): {args.retry_rounds} more rounds",
+                          file=sys.stderr, flush=True)
+                    again = measure_in_child(noisy, allocator, args, Path(tmp), rounds=args.retry_rounds)
+                    retried = {spec["case_id"]: got for spec, got in zip(noisy, again["cases"], strict=True)}
             for spec, got in zip(cases, result["cases"], strict=True):
+                if spec["case_id"] in retried and not retried[spec["case_id"]].get("error"):
+                    got = {**merged(got, retried[spec["case_id"]]), "retried": True}
                 row: dict[str, Any] = {"case": spec["name"], "allocator": allocator}
                 if got.get("error"):
                     rows.append({**row, "error": got["error"]})
                     continue
                 if figures is None:
                     row.update(summarize(got["attnbench"], got["timer"], faults=got.get("faults")))
+                    if got.get("retried"):
+                        row["retried"] = True
+                        verdict_now = row["verdict"]
+                        row["verdict"] = (f"{verdict_now[:-1]}; measured again)" if verdict_now.endswith(")")
+                                          else f"{verdict_now} (measured again)")
                 elif spec["case_id"] in figures:
                     median, spread = figures[spec["case_id"]]
                     row.update(summarize([median], got["timer"]))
@@ -424,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         print("(--sweep reports what the sweep's protocol costs; the check is the default, interleaved mode)")
         return 0
-    return 0 if all(r.get("verdict") == "agree" for r in rows) else 1
+    return 0 if all(agrees(r) for r in rows) else 1
 
 
 if __name__ == "__main__":

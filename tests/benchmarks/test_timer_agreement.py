@@ -65,6 +65,7 @@ def test_verdict(ratio, spreads, expected):
     ([3314.0, 2289.0], True),  # softmax N=1024 H=4 under glibc's default malloc, measured
     ([49155.0, 49155.0], False),
     ([0.0, 1.5], False),  # a stray fault or two is nothing
+    ([9.0, 0.0], False),  # nor the first visit's growth spread over a small layer's calls
     ([1000.0, 905.0], False),
     ([None, 10.0], False),
 ])
@@ -133,3 +134,22 @@ def test_the_suite_cases_are_its_cpu_forward_cases():
     cases = ta.suite_cases(ROOT / "suites" / "quick.yaml")
     assert len(cases) == 32 and all(c["case"]["passes"] == ["forward"] for c in cases)
     assert cases[0]["name"] == "softmax N=256 H=4"
+
+
+def test_only_a_noisy_disagreement_is_measured_again():
+    noisy = ta.summarize([1.3, 1.0, 1.3], [1.0, 1.0, 1.0])
+    assert noisy["verdict"] == "DISAGREE (noisy)" and ta.retry_wanted(noisy)
+    assert not ta.retry_wanted(ta.summarize([1.3, 1.3, 1.3], [1.0, 1.0, 1.0]))  # steady: a real difference
+    assert not ta.retry_wanted(ta.summarize([1.0, 1.0], [1.0, 1.0]))
+    assert not ta.retry_wanted({**noisy, "retried": True})
+
+
+def test_measured_again_the_rounds_join_and_the_verdict_is_on_all():
+    first = {"attnbench": [1.3, 1.0, 1.3], "timer": [1.0, 1.0, 1.0], "faults": [10.0, 12.0], "threads": 2}
+    again = {"attnbench": [1.0] * 6, "timer": [1.0] * 6, "faults": [14.0, None], "threads": 2}
+    both = ta.merged(first, again)
+    assert len(both["attnbench"]) == len(both["timer"]) == 9 and both["faults"] == [12.0, None]
+    row = ta.summarize(both["attnbench"], both["timer"], faults=both["faults"])
+    assert row["ratio"] == 1.0 and ta.agrees({**row, "verdict": row["verdict"] + " (measured again)"})
+    lines = ta.summary_lines([{"case": "c", "allocator": "default", **row, "retried": True}])
+    assert lines[0].endswith("0 of 1 cases beyond 10%; 1 measured again")
