@@ -33,6 +33,7 @@ from attnbench.variants.decoding import (
     group_queries,
     kv_cache_append,
     kv_cache_prefill,
+    new_cache,
     ring_append,
     ring_prefill,
     ungroup_queries,
@@ -329,7 +330,7 @@ class LongformerAttention(SparseCore):
         global_tokens: g: the first g tokens see, and are seen by, every token
     """
 
-    decode_refusal = None  # a KV cache; a step reads its band and the global keys
+    decode_refusal = None  # the g global keys and a ring of the band: g + ⌊w/2⌋ + 1 rows at any N
 
     def __init__(self, heads: int, head_dim: int, seq_len: int, causal: bool = False,
                  window: int = 512, global_tokens: int = 1) -> None:
@@ -337,22 +338,47 @@ class LongformerAttention(SparseCore):
         self.window = check_int("longformer window", window)
         self.global_tokens = check_int("longformer global_tokens", global_tokens, 0)
 
+    # Decoding keeps what a step reads, no more: the first g tokens in slots 0..g-1, and
+    # the last ⌊w/2⌋ + 1 tokens after them in a ring, token t >= g in slot
+    # g + (t - g) mod (⌊w/2⌋ + 1). The live slots are always the first ones, so a step
+    # attends to slots 0..rows-1: keys 0..t for a global token t < g, else the union of
+    # the globals and the band max(g, t - ⌊w/2⌋)..t, as the forward has it.
+
+    def _ring_slots(self) -> tuple[int, int]:
+        """(global slots, band slots)."""
+        return self.global_tokens, self.window // 2 + 1
+
+    def _slot(self, t: int) -> int:
+        g, band = self._ring_slots()
+        return t if t < g else g + (t - g) % band
+
+    def _live_rows(self, length: int) -> int:
+        g, band = self._ring_slots()
+        return min(length, g) + min(max(0, length - g), band)
+
     def decode_state(self, k: Tensor, v: Tensor, capacity: int) -> DecodeState:
-        """A KV cache of every token (a ring of the band and the global keys would do:
-        the cache reported is the larger one); a step reads the band and the globals."""
-        return kv_cache_prefill(k, v, capacity)
+        """The globals and the band's ring after a prefill of N tokens (``capacity`` is
+        not needed: the ring's size does not grow)."""
+        n = k.shape[-2]
+        g, band = self._ring_slots()
+        kept = [*range(min(n, g)), *range(max(g, n - band), n)]
+        tokens = torch.tensor(kept, dtype=torch.long, device=k.device)
+        slots = torch.tensor([self._slot(t) for t in kept], dtype=torch.long, device=k.device)
+        keys, values = new_cache(k, g + band), new_cache(v, g + band)
+        keys[:, :, slots] = k[:, :, tokens]
+        values[:, :, slots] = v[:, :, tokens]
+        return DecodeState(length=n, cache=(keys, values), rows=len(kept), ring=True)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Token t: keys t − ⌊w/2⌋ … t and the first g; a global token (t < g) sees all."""
-        t = state.rows
-        keys, values, state = kv_cache_append(state, k, v)
-        g, start = self.global_tokens, max(0, t - self.window // 2)
-        if t >= g and start > g:  # the globals and the band apart: read only those rows
-            keys = torch.cat([keys[:, :, :g], keys[:, :, start:]], dim=2)
-            values = torch.cat([values[:, :, :g], values[:, :, start:]], dim=2)
-        # otherwise the band reaches the globals (or the token is one): every row so far
-        out = attend_scores(q * self.scale, keys, values, None)
-        return out, replace(state, read_fraction=keys.shape[2] / (t + 1))
+        t = state.length
+        keys, values = state.cache
+        slot = self._slot(t)
+        keys[:, :, slot:slot + 1].copy_(k)
+        values[:, :, slot:slot + 1].copy_(v)
+        rows = self._live_rows(t + 1)
+        out = attend_scores(q * self.scale, keys[:, :, :rows], values[:, :, :rows], None)
+        return out, DecodeState(length=t + 1, cache=state.cache, rows=rows, ring=True)
 
     def _geometry(self, n: int) -> tuple[int, int, int]:
         half = self.window // 2
