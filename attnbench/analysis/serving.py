@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from attnbench.analysis.scaling import crossover, fit_power_law
 from attnbench.model import Status
 
 DECODE = "decode"
@@ -74,15 +75,6 @@ class DecodeScaling:
     fixed_us: float | None  # at the smallest N: the step's time beyond its bandwidth bound
 
 
-def _fit(ns: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    """(slope, R²) of log(values) against log(ns)."""
-    x, y = np.log(ns), np.log(values)
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (slope * x + intercept)
-    total = ((y - y.mean()) ** 2).sum()
-    return float(slope), float(1 - (residual ** 2).sum() / total) if total > 0 else 1.0
-
-
 def decode_scaling(frame: pd.DataFrame) -> list[DecodeScaling]:
     """Per decode series with at least two N: the exponents of its step time and its
     cache in N, and its fixed cost at the smallest N (time beyond the bound)."""
@@ -93,9 +85,10 @@ def decode_scaling(frame: pd.DataFrame) -> list[DecodeScaling]:
         if group["seq_len"].nunique() < 2:
             continue
         ns = group["seq_len"].to_numpy(float)
-        time_k, r2 = _fit(ns, group["median_ms"].to_numpy(float))
+        time = fit_power_law(ns, group["median_ms"].to_numpy(float))
+        r2 = 1.0 if math.isnan(time.r2) else time.r2  # two points: the line goes through both
         cache = group["cache_mib"].to_numpy(float)
-        cache_k = _fit(ns, cache)[0] if (cache > 0).all() else math.nan
+        cache_k = fit_power_law(ns, cache).exponent if (cache > 0).all() else math.nan
         first = group.iloc[0]
         fixed = None
         if pd.notna(first.get("bandwidth_pct")) and first["bandwidth_pct"] > 0:
@@ -103,7 +96,7 @@ def decode_scaling(frame: pd.DataFrame) -> list[DecodeScaling]:
             fixed = (first["median_ms"] - bound_ms) * 1e3
         label, heads, kv_heads, _, batch = key[:5]
         out.append(DecodeScaling(kv_label(label, int(heads), int(kv_heads)), int(kv_heads), int(batch), len(group),
-                                 time_k, r2, cache_k, fixed))
+                                 time.exponent, r2, cache_k, fixed))
     return out
 
 
@@ -124,17 +117,15 @@ class Crossover:
     memory_side: str | None
 
 
-def _crossing(ns: np.ndarray, ratio: np.ndarray) -> tuple[float | None, str | None]:
-    """The N where ``ratio`` (variant / reference) first falls below 1 for good."""
-    below = ratio < 1
-    if below.all():
-        return None, "below"
-    if not below[-1]:
-        return None, "above"
-    i = int(np.flatnonzero(~below)[-1])  # the last N where the reference was still ahead
-    x0, x1 = math.log(ns[i]), math.log(ns[i + 1])
-    y0, y1 = math.log(ratio[i]), math.log(ratio[i + 1])
-    return math.exp(x0 + (x1 - x0) * y0 / (y0 - y1)), None
+def _crossing(ns: np.ndarray, values: np.ndarray, reference: np.ndarray) -> tuple[float | None, str | None]:
+    """Where ``values`` fall below the ``reference`` for good (scaling.crossover): an N,
+    or "below" (already at the smallest N), "above" (not by the largest)."""
+    found = crossover(ns, values, reference)
+    if found.kind == "at":
+        return found.n, None
+    if found.kind == "n/a":  # one common N: ahead there or not
+        return None, "below" if values[0] < reference[0] else "above"
+    return None, "below" if found.kind == "below" else "above"
 
 
 def crossovers(frame: pd.DataFrame) -> list[Crossover]:
@@ -159,8 +150,8 @@ def crossovers(frame: pd.DataFrame) -> list[Crossover]:
             ns = np.array(sorted(set(series.index) & set(ref.index)), dtype=float)
             if len(ns) == 0:
                 continue
-            t = _crossing(ns, np.array([series.at[n, "median_ms"] / ref.at[n, "median_ms"] for n in ns]))
-            m = _crossing(ns, np.array([series.at[n, "cache_mib"] / ref.at[n, "cache_mib"] for n in ns]))
+            t, m = (_crossing(ns, series.loc[ns, column].to_numpy(float), ref.loc[ns, column].to_numpy(float))
+                    for column in ("median_ms", "cache_mib"))
             heads, kv_heads, _, batch = (int(k) for k in key[:4])
             ref_label = kv_label(str(ref["label"].iloc[0]), heads, kv_heads)
             out.append(Crossover(kv_label(str(label), heads, kv_heads), ref_label, kv_heads, batch, *t, *m))
