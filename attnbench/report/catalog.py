@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attnbench.variants import variant_info
+from attnbench.variants.decoding import refusal_of
 from attnbench.variants.factory import parameter_specs, resolve
 
 _SECTION = re.compile(r"^\s*Parameters:\s*$")
@@ -108,7 +109,7 @@ def serving_text(name: str, causal: bool) -> str | None:
             layer = build(name, dim=64, heads=4, seq_len=256, causal=causal)
     except Exception:  # noqa: BLE001 - a custom layer that cannot be built without data
         return None
-    decode = getattr(layer, "decode_refusal", "has no prefill and step methods")
+    decode = refusal_of(layer)
     kv = getattr(layer, "kv_heads_refusal", "takes no kv_heads")
     return (f"decode: {'yes' if decode is None else 'no, ' + decode.removeprefix('cannot decode: ')}\n"
             f"kv_heads: {'yes' if kv is None else 'no, ' + kv.removeprefix('kv_heads: ')}")

@@ -59,10 +59,12 @@ def check_builds(suite: Any) -> None:
 
 def _refusals(case: Any, layer: Any) -> dict[str, str]:
     """{pass: reason} of the passes of ``case`` that ``layer`` cannot run."""
+    from attnbench.variants.decoding import refusal_of
+
     if case.kv_heads != case.heads:
         reason = getattr(layer, "kv_heads_refusal", None)
         if reason:
             return dict.fromkeys(case.passes, f"kv_heads: this mechanism {reason}")
     serving = [p for p in case.passes if p in SERVING_PASSES]
-    reason = getattr(layer, "decode_refusal", "has no prefill and step methods") if serving else None
+    reason = refusal_of(layer) if serving else None
     return dict.fromkeys(serving, reason) if reason else {}

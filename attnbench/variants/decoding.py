@@ -28,8 +28,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-#: A decode pass runs this many consecutive steps from the prefill's state unless the suite says otherwise.
-DEFAULT_DECODE_STEPS = 16
+#: Why a layer without a ``decode_refusal`` of its own cannot decode.
+NO_DECODE = "has no prefill and step methods (attnbench.variants.decoding)"
+
+
+def refusal_of(layer: object) -> str | None:
+    """Why ``layer`` cannot decode, in one line; None when it says it can."""
+    return getattr(layer, "decode_refusal", NO_DECODE)
 
 
 @dataclass(frozen=True)

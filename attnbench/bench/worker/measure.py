@@ -35,6 +35,7 @@ from attnbench.bench.worker.messages import Emit, Failure, Meta, PassResult
 from attnbench.errors import AttnbenchError
 from attnbench.model import MIB, SDPA_KERNELS, SERVING_PASSES, Case, Status, kv_heads_of, resolve_device
 from attnbench.variants import build, variant_info
+from attnbench.variants.decoding import refusal_of
 from attnbench.variants.layer import AttentionLayer
 
 
@@ -184,7 +185,7 @@ def _serving_functions(name: str, built: BuiltCase, result: PassResult | None
     """(memory region, one timed sample) of prefill or decode; the cache or state's
     size (and, for decode, the least bytes a step moves) go into ``result``."""
     layer, x, device, case = built.layer, built.x, built.device, built.case
-    refusal = getattr(layer, "decode_refusal", "has no prefill and step methods (attnbench.variants.decoding)")
+    refusal = refusal_of(layer)
     if refusal is not None:
         raise CaseSkipped(f"{case.label} {refusal}" if not refusal.startswith(case.label) else refusal)
     capacity = case.seq_len + case.decode_steps  # the room a server leaves for the answer
@@ -275,7 +276,7 @@ def start_case(case: Case, emit: Emit) -> BuiltCase | None:
                 if {"backward", "forward_backward"} & set(case.passes) else x[:, :0])  # only backward reads it
         if info.origin not in TRUSTED_ORIGINS:  # shape, dtype, device, causal: the fix, before timing
             check_layer(case, layer, x)
-            if set(case.passes) & set(SERVING_PASSES) and getattr(layer, "decode_refusal", "") is None:
+            if set(case.passes) & set(SERVING_PASSES) and refusal_of(layer) is None:
                 check_decode(case, layer)
         flops, flops_source = forward_flops(case, layer, x)
         prepared = _prepare(case, layer, x, grad)
