@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.bench.noise import run_warnings
+from attnbench.store.results import best_calibrated
 
 
 def calibrations(meta: dict[str, Any], when: str = "start") -> dict[tuple[str, str], dict[str, Any]]:
@@ -21,11 +22,9 @@ def calibrations(meta: dict[str, Any], when: str = "start") -> dict[tuple[str, s
 
 
 def best_rates(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """(device, dtype) -> the higher of the matmul rates measured at the run's
-    start and end: what the machine showed it can do."""
-    ends = calibrations(meta, "end")
-    return {key: max(start.get("matmul_flops") or 0.0, ends.get(key, {}).get("matmul_flops") or 0.0)
-            for key, start in calibrations(meta).items()}
+    """(device, dtype) -> the higher of the matmul rates measured at the run's start
+    and end: what the machine showed it can do."""
+    return best_calibrated(meta, "matmul_flops")
 
 
 def with_peak_fraction(frame: pd.DataFrame, meta: dict[str, Any], best: bool = False) -> pd.DataFrame:

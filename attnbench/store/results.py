@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.errors import ResultsError
-from attnbench.model import STATUSES, Status
+from attnbench.model import STATUSES, Status, case_field
 from attnbench.stats.samples import NOISY_REL_IQR, summarize
 from attnbench.store.visits import latest_visits, merge_visits, round_spread, visit_medians
 
@@ -33,17 +33,18 @@ CSV_COLUMNS = [
 ]
 
 
-def copy_bandwidths(meta: dict[str, Any] | None) -> dict[tuple[str, str], float]:
-    """(device, dtype) -> the higher copy bandwidth (bytes/s) of the run's calibrations
-    at its start and end (run.json's ``calibration``): what the machine showed it can move."""
+def best_calibrated(meta: dict[str, Any] | None, figure: str) -> dict[tuple[str, str], float]:
+    """(device, dtype) -> the higher of a calibration ``figure`` (``matmul_flops``,
+    ``bandwidth_bytes_per_s``) at the run's start and end (run.json's ``calibration``):
+    what the machine showed it can do."""
     found: dict[tuple[str, str], float] = {}
     calibration = (meta or {}).get("calibration") or {}
     for when in ("start", "end"):
         for c in calibration.get(when) or []:
-            rate = c.get("bandwidth_bytes_per_s") if isinstance(c, dict) and not c.get("error") else None
-            if rate:
+            value = c.get(figure) if isinstance(c, dict) and not c.get("error") else None
+            if value:
                 key = (c.get("device"), c.get("dtype"))
-                found[key] = max(found.get(key, 0.0), float(rate))
+                found[key] = max(found.get(key, 0.0), float(value))
     return found
 
 
@@ -229,8 +230,8 @@ def _stats_row(samples: list[float]) -> dict[str, Any]:
 
 def record_rows(record: dict[str, Any], run_id: str,
                 bandwidths: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
-    """The CSV rows (one per pass) of a case record; ``bandwidths`` (``copy_bandwidths``)
-    give a decode step's bound."""
+    """The CSV rows (one per pass) of a case record; ``bandwidths``
+    (``best_calibrated``) give a decode step's bound."""
     case = record["case"]
     passes = {p["pass"]: p for p in record.get("passes", [])}
     rows = []
@@ -275,7 +276,7 @@ def record_rows(record: dict[str, Any], run_id: str,
 def _serving(case: dict[str, Any], pass_name: str, result: dict[str, Any], median_ms: float | None,
              bandwidths: dict[tuple[str, str], float]) -> dict[str, Any]:
     """kv_heads, and for prefill and decode the cache, steps and bandwidth columns."""
-    out: dict[str, Any] = {"kv_heads": case.get("kv_heads") or case["heads"], "cache_mib": result.get("cache_mib"),
+    out: dict[str, Any] = {"kv_heads": case_field(case, "kv_heads"), "cache_mib": result.get("cache_mib"),
                            "decode_steps": None, "bandwidth_gbs": None, "bandwidth_pct": None}
     if pass_name == "decode":
         out["decode_steps"] = case.get("decode_steps")
@@ -292,7 +293,7 @@ def records_frame(records: list[dict[str, Any]], run_id: str, meta: dict[str, An
     """The tidy frame (results.csv) of case records, or of visit records,
     which are merged per case first; ``meta`` (run.json) gives the calibrated
     copy bandwidth that a decode step's figure is held against."""
-    bandwidths = copy_bandwidths(meta)
+    bandwidths = best_calibrated(meta, "bandwidth_bytes_per_s")
     rows = [row for record in merge_visits(records) for row in record_rows(record, run_id, bandwidths)]
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     if not frame.empty:
