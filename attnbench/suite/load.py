@@ -384,9 +384,7 @@ def _variant(v: _Validator, item: Any, i: int, line: int | None, items: list, de
     labels[label] = line or 0
     own = v.fields(item, f"{key}.", SETTING_FIELDS, {})
     own.update(v.fields(item, f"{key}.", GRID_FIELDS, {}))
-    if "dim" in own and "head_dim" in own:
-        v.fail("give dim or head_dim, not both (dim = heads x head_dim)", key=f"{key}.head_dim",
-               line=v.line_of(item, "head_dim"))
+    _one_width(v, own, item, f"{key}.")
     passes = own.get("passes", defaults["passes"])
     serving = [p for p in passes if p in SERVING_PASSES]
     if serving and not own.get("causal", defaults["causal"]):
@@ -441,12 +439,16 @@ def _references(v: _Validator, raw: dict, suite: Suite) -> None:
                key="baseline", line=v.line_of(raw, "baseline"))
 
 
+def _one_width(v: _Validator, values: dict, item: dict, prefix: str) -> None:
+    """dim or head_dim at one level (a variant, a defaults section), not both."""
+    if "dim" in values and "head_dim" in values:
+        v.fail("give dim or head_dim, not both (dim = heads x head_dim)", key=f"{prefix}head_dim",
+               line=v.line_of(item, "head_dim"))
+
+
 def _check_width(v: _Validator, sections: _Sections) -> None:
-    """dim or head_dim in a defaults section, not both."""
     for part in sections.parts("defaults", tuple(SETTING_FIELDS)):
-        if "dim" in part and "head_dim" in part:
-            v.fail("give dim or head_dim, not both (dim = heads x head_dim)", key="defaults.head_dim",
-                   line=v.line_of(part, "head_dim"))
+        _one_width(v, part, part, "defaults.")
 
 
 def _check_heads(suite: Suite, v: _Validator, raw: dict) -> None:
