@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.analysis.roofline import calibrations
-from attnbench.analysis.verdict import _median_round_spread
+from attnbench.analysis.verdict import median_round_spread
 from attnbench.bench.calibration import FIELDS, drift
 from attnbench.report.build import build_report
 from attnbench.store.results import load_run
@@ -48,7 +48,7 @@ def evidence(run_dir: Path) -> dict[str, Any] | None:
     if noise.get("other_share") is None or not moves:
         return None
     return {"run_id": meta.get("run_id"), "suite": meta.get("suite_name"), "wall_s": noise.get("wall_s"),
-            "share": noise["other_share"], "spread": _median_round_spread(run.frame()),
+            "share": noise["other_share"], "spread": median_round_spread(run.frame()),
             "moved": max(moves.values()), "moves": moves, "verdict": build_report(run).verdict.level}
 
 

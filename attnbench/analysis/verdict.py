@@ -101,7 +101,7 @@ def run_verdict(meta: dict[str, Any], frame: pd.DataFrame, peak_fractions: pd.Se
                                       f"{OTHER_SHARE_UNRELIABLE:.0%}"))
         elif share > OTHER_SHARE_NOISY:
             found.append((NOISY, f"other processes took {share:.0%} of the cores, over {OTHER_SHARE_NOISY:.0%}"))
-    spread = _median_round_spread(frame)
+    spread = median_round_spread(frame)
     starts, ends = calibrations(meta), calibrations(meta, "end")
     for key, start in starts.items():
         end = ends.get(key) or {}
@@ -136,7 +136,7 @@ def run_verdict(meta: dict[str, Any], frame: pd.DataFrame, peak_fractions: pd.Se
                    + [reason for level, reason in found if LEVELS.index(level) < worst], notes)
 
 
-def _median_round_spread(frame: pd.DataFrame) -> float | None:
+def median_round_spread(frame: pd.DataFrame) -> float | None:
     """The median round spread of the run's measured passes (None with one round)."""
     if frame.empty or "round_spread" not in frame.columns:
         return None
