@@ -22,15 +22,15 @@ def calibrations(meta: dict[str, Any], when: str = "start") -> dict[tuple[str, s
 
 
 def best_rates(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """(device, dtype) -> the higher of the matmul rates measured at the run's start
-    and end: what the machine showed it can do."""
+    """(device, dtype) -> the best matmul rate the run's calibrations (start, between
+    rounds, end) measured: what the machine showed it can do."""
     return best_calibrated(meta, "matmul_flops")
 
 
 def with_peak_fraction(frame: pd.DataFrame, meta: dict[str, Any], best: bool = False) -> pd.DataFrame:
     """Add ``peak_fraction``: achieved FLOP/s (FLOPs over the median time) over
     the matmul rate measured at the run's start on the case's device and dtype
-    (``best``: over the higher of the start's and the end's, beyond which a
+    (``best``: over the best of the run's calibrations, beyond which a
     figure is impossible)."""
     out = frame.copy()
     peaks = best_rates(meta) if best else {k: c.get("matmul_flops") for k, c in calibrations(meta).items()}

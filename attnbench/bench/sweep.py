@@ -181,6 +181,10 @@ def run_suite(suite: Suite, options: RunOptions, executor: Executor | None = Non
                 while waiting and executor.in_flight < executor.slots:
                     unit = waiting.popleft()
                     if unit.round != current_round:
+                        if current_round is not None and not executor.in_flight:
+                            # Between rounds, with nothing running: the machine's limits again, so that
+                            # the peak a figure is held against is the best it showed, not one moment's.
+                            calibration.setdefault("rounds", []).extend(_calibrate(executor, all_cases))
                         executor.fresh()  # a distributed executor starts each unit's round fresh itself
                         current_round = unit.round
                     runnable = []

@@ -50,7 +50,7 @@ def roofline_groups(report: RunReport) -> list[RooflineGroup]:
         cal = peaks.get((setting["device"], setting["dtype"]))
         if cal is None or group["peak_fraction"].isna().all():
             continue
-        # past the higher of the start's and the end's rates a figure is impossible
+        # past the best rate the run's calibrations showed a figure is impossible
         ceiling = PEAK_FRACTION_MAX * best_rates(report.meta)[(setting["device"], setting["dtype"])] \
             / cal["matmul_flops"]
         shown = [p for p in REPORTED_PASSES if p in set(group["pass"])]

@@ -34,12 +34,12 @@ CSV_COLUMNS = [
 
 
 def best_calibrated(meta: dict[str, Any] | None, figure: str) -> dict[tuple[str, str], float]:
-    """(device, dtype) -> the higher of a calibration ``figure`` (``matmul_flops``,
-    ``bandwidth_bytes_per_s``) at the run's start and end (run.json's ``calibration``):
-    what the machine showed it can do."""
+    """(device, dtype) -> the highest of a calibration ``figure`` (``matmul_flops``,
+    ``bandwidth_bytes_per_s``) at the run's start, between its rounds and at its end
+    (run.json's ``calibration``): what the machine showed it can do."""
     found: dict[tuple[str, str], float] = {}
     calibration = (meta or {}).get("calibration") or {}
-    for when in ("start", "end"):
+    for when in ("start", "rounds", "end"):
         for c in calibration.get(when) or []:
             value = c.get(figure) if isinstance(c, dict) and not c.get("error") else None
             if value:
