@@ -109,12 +109,12 @@ def _reference(report: RunReport) -> str:
 
 
 def decode_markdown(report: RunReport, md_table: Any, md_escape: Any) -> list[str]:
-    """The decode section of the markdown report."""
+    """The decode section of the markdown report (``md_table`` escapes its cells)."""
     rows = report.decode
     if rows.empty:
         return []
     header = ["variant", "B", "N", "µs/token", "tokens/s", "cache MiB", "GB/s", "% of bound"]
-    body = [[md_escape(r.label), str(r.batch), str(r.seq_len), f"{r.us_per_token:,.0f}{'~' if r.noisy else ''}",
+    body = [[str(r.label), str(r.batch), str(r.seq_len), f"{r.us_per_token:,.0f}{'~' if r.noisy else ''}",
              f"{r.tokens_per_s:,.0f}", _mib(r.cache_mib), _fmt(r.bandwidth_gbs, ".3g"),
              _fmt(r.bandwidth_pct, ".0f")] for r in rows.itertuples()]
     lines = ["## decode", "", f"{md_escape(DECODE_LEGEND)}.", "",
@@ -123,7 +123,7 @@ def decode_markdown(report: RunReport, md_table: Any, md_escape: Any) -> list[st
     if scaling:
         lines += [f"**decode scaling in N and crossover vs the KV cache{md_escape(_reference(report))}** "
                   f"({md_escape(SCALING_LEGEND)})", "",
-                  md_table(list(SCALING_COLUMNS), [[md_escape(c) for c in r] for r in scaling],
+                  md_table(list(SCALING_COLUMNS), scaling,
                            ["l", "r", "r", "r", "r", "r", "r", "r", "r"]), ""]
     return lines
 
